@@ -1,0 +1,3 @@
+//! Benchmarks (run through `cargo xtask bench`).
+
+fn main() {}

@@ -1,0 +1,2 @@
+//! Guest-side library of the tiny test guests.
+#![no_std]
