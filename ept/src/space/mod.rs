@@ -1,0 +1,1 @@
+//! The guest address space: areas, backends, on-demand faults, guest memory access.
