@@ -29,6 +29,8 @@ struct State {
     free_4k: Vec<usize>,
     free_2m: Vec<usize>,
     in_use_4k: usize,
+    in_use_2m: usize,
+    blocks: usize,
 }
 
 /// A cheap `Clone` handle on one arena.
@@ -57,18 +59,36 @@ impl Arena {
             // SAFETY: `i < layout.size()`, inside the block just allocated.
             unsafe { base.wrapping_add(i).write_volatile(0) };
         }
-        let free_2m = (0..blocks_2m)
-            .rev()
-            .map(|i| base as usize + i * SIZE_2M)
-            .collect();
+        let free_2m = Self::all_blocks(base as usize, blocks_2m);
         Arena {
             block: Rc::new(block),
             state: Rc::new(RefCell::new(State {
                 free_2m,
                 free_4k: Vec::new(),
                 in_use_4k: 0,
+                in_use_2m: 0,
+                blocks: blocks_2m,
             })),
         }
+    }
+
+    fn all_blocks(base: usize, blocks: usize) -> Vec<usize> {
+        (0..blocks).rev().map(|i| base + i * SIZE_2M).collect()
+    }
+
+    /// Puts every block back in one piece (undoes carving blocks into 4 KiB frames).
+    ///
+    /// # Panics
+    /// If anything is still handed out.
+    pub fn reset(&self) {
+        let mut s = self.state.borrow_mut();
+        assert_eq!(
+            (s.in_use_4k, s.in_use_2m),
+            (0, 0),
+            "arena reset while in use"
+        );
+        s.free_4k.clear();
+        s.free_2m = Self::all_blocks(self.block.base as usize, s.blocks);
     }
 
     /// A 4 KiB frame (contents unspecified), or `None` when the arena is exhausted.
@@ -93,18 +113,28 @@ impl Arena {
 
     /// A 2 MiB-aligned 2 MiB block, or `None`.
     pub fn alloc_2m(&self) -> Option<usize> {
-        self.state.borrow_mut().free_2m.pop()
+        let mut s = self.state.borrow_mut();
+        let block = s.free_2m.pop()?;
+        s.in_use_2m += 1;
+        Some(block)
     }
 
     /// Returns a 2 MiB block.
     pub fn free_2m(&self, pa: usize) {
         self.check(pa, SIZE_2M);
-        self.state.borrow_mut().free_2m.push(pa);
+        let mut s = self.state.borrow_mut();
+        s.in_use_2m -= 1;
+        s.free_2m.push(pa);
     }
 
     /// 4 KiB frames currently handed out.
     pub fn in_use_4k(&self) -> usize {
         self.state.borrow().in_use_4k
+    }
+
+    /// 2 MiB blocks currently handed out.
+    pub fn in_use_2m(&self) -> usize {
+        self.state.borrow().in_use_2m
     }
 
     fn check(&self, pa: usize, size: usize) {
@@ -131,6 +161,14 @@ impl Arena {
             // block; `pa` is 4 KiB-aligned, so `u64` accesses are aligned.
             unsafe { table.wrapping_add(i).write(e) }
         }
+    }
+
+    /// Writes entry `i` (< 512) of the 4 KiB frame `pa`.
+    pub fn write_entry(&self, pa: usize, i: usize, value: u64) {
+        self.check(pa, SIZE_4K);
+        assert!(i < 512);
+        // SAFETY: as in `write_entries`.
+        unsafe { (pa as *mut u64).wrapping_add(i).write(value) }
     }
 
     /// Reads entry `i` (< 512) of the 4 KiB frame `pa`.
@@ -172,6 +210,8 @@ mod tests {
         let f = a.alloc_4k().unwrap();
         a.write_entries(f, [7u64, 9].into_iter());
         assert_eq!(a.read_entry(f, 1), 9);
+        a.write_entry(f, 511, 5);
+        assert_eq!(a.read_entry(f, 511), 5);
         a.zero(f, SIZE_4K);
         assert_eq!(a.read_entry(f, 1), 0);
     }

@@ -15,6 +15,8 @@ mod report;
 mod rng;
 mod w1;
 mod w3;
+mod w4;
+mod w5;
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -58,7 +60,11 @@ impl Options {
 }
 
 fn unit(id: &str) -> &'static str {
-    w1::unit(id).or_else(|| w3::unit(id)).unwrap_or("op")
+    w1::unit(id)
+        .or_else(|| w3::unit(id))
+        .or_else(|| w4::unit(id))
+        .or_else(|| w5::unit(id))
+        .unwrap_or("op")
 }
 
 fn main() -> ExitCode {
@@ -74,6 +80,8 @@ fn main() -> ExitCode {
     }
     let started = Instant::now();
     let table_arena = Arena::new(4);
+    let fault_arena = opts.runs("W4").then(|| Arena::new(w4::ARENA_BLOCKS));
+    let fault_order = rng::permutation(w1::PAGES, 0xfa17);
     let mut rec = Recorder::new();
     for round in 0..=opts.rounds {
         rec.recording = round > 0;
@@ -86,6 +94,14 @@ fn main() -> ExitCode {
         if opts.runs("W3") {
             let inputs = w3::Inputs::new(round, opts.large_searches);
             w3::round(&mut rec, &inputs, round);
+        }
+        if opts.runs("W5") {
+            w5::round(&mut rec, &table_arena, round);
+        }
+        if let Some(arena) = &fault_arena {
+            for mode in [w4::Mode::Small, w4::Mode::Huge] {
+                w4::round(&mut rec, arena, mode, &fault_order, round);
+            }
         }
     }
     println!(

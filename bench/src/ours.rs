@@ -12,3 +12,9 @@ pub fn available() -> bool {
 pub fn w3(_rec: &mut Recorder, _inp: &Inputs) -> Option<Answers> {
     None
 }
+
+/// W4 over our address space.
+pub fn w4(_rec: &mut Recorder, _mode: crate::w4::Mode, _order: &[usize]) {}
+
+/// W5 over our stage-2 table.
+pub fn w5(_rec: &mut Recorder) {}
