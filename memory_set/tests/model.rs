@@ -300,11 +300,11 @@ impl Harness {
                 let update = |f: u8| only.is_none_or(|o| o == f).then_some(new);
                 let mut renamed = BTreeMap::new();
                 for p in page..page + n {
-                    if let Some((id, flags)) = self.model.pages.get(&p).copied() {
-                        if let Some(nf) = update(flags).filter(|&nf| nf != flags) {
-                            let nid = *renamed.entry(id).or_insert_with(|| self.model.fresh());
-                            self.model.pages.insert(p, (nid, nf));
-                        }
+                    if let Some((id, flags)) = self.model.pages.get(&p).copied()
+                        && let Some(nf) = update(flags).filter(|&nf| nf != flags)
+                    {
+                        let nid = *renamed.entry(id).or_insert_with(|| self.model.fresh());
+                        self.model.pages.insert(p, (nid, nf));
                     }
                 }
                 self.set
