@@ -31,7 +31,7 @@ pub struct Stage2Caps {
     /// Guest-physical address width: GPAs at or above `2^max_phys_bits` are refused
     /// (48 for a 4-level walk).
     pub max_phys_bits: u8,
-    /// Host MAXPHYADDR (CPUID 8000_0008h EAX[7:0]): entry address bits at or above
+    /// Host MAXPHYADDR (CPUID 8000_0008h EAX bits 7:0): entry address bits at or above
     /// it are reserved. 52, the architectural maximum, unless told otherwise.
     pub host_phys_bits: u8,
 }
