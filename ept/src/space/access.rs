@@ -69,7 +69,10 @@ where
 }
 
 /// The byte range `[gpa, gpa + len)`, `None` when empty.
-fn byte_range(gpa: GuestPhysAddr, len: usize) -> Result<Option<AddrRange<GuestPhysAddr>>, SpaceError> {
+fn byte_range(
+    gpa: GuestPhysAddr,
+    len: usize,
+) -> Result<Option<AddrRange<GuestPhysAddr>>, SpaceError> {
     if len == 0 {
         return Ok(None);
     }
@@ -85,7 +88,9 @@ fn byte_range(gpa: GuestPhysAddr, len: usize) -> Result<Option<AddrRange<GuestPh
 /// The 4 KiB pages touched by a non-empty byte range.
 fn pages(range: AddrRange<GuestPhysAddr>) -> impl Iterator<Item = GuestPhysAddr> {
     let first = range.start().align_down(PAGE_SIZE_4K).as_usize();
-    let last = range.last().map_or(first, |l| l.align_down(PAGE_SIZE_4K).as_usize());
+    let last = range
+        .last()
+        .map_or(first, |l| l.align_down(PAGE_SIZE_4K).as_usize());
     (0..=(last - first) / PAGE_SIZE_4K).map(move |i| GuestPhysAddr::new(first + i * PAGE_SIZE_4K))
 }
 
@@ -182,7 +187,8 @@ where
             }
         }
         // Phase B: frames for the copies, taken first; kept aside while populating.
-        self.st.fill_reserve(copies + split_leaves.len(), range.start())?;
+        self.st
+            .fill_reserve(copies + split_leaves.len(), range.start())?;
         let cow_frames = core::mem::take(&mut self.st.reserve);
         // Phase C: populate absent pages (4 KiB or 2 MiB as a fault would).
         let mut added = Vec::new();
@@ -190,10 +196,16 @@ where
             if self.st.table.translate(page).is_some() {
                 continue;
             }
-            let (Some(attr), Some(area)) = (area_of(page), self.set.find(page).map(|a| a.va_range())) else {
+            let (Some(attr), Some(area)) =
+                (area_of(page), self.set.find(page).map(|a| a.va_range()))
+            else {
                 continue;
             };
-            if let Err(e) = self.st.populate_one(page, attr, area).map(|leaf| added.push(leaf)) {
+            if let Err(e) = self
+                .st
+                .populate_one(page, attr, area)
+                .map(|leaf| added.push(leaf))
+            {
                 self.st.rollback(&added);
                 self.st.reserve = cow_frames;
                 self.st.drain_reserve();

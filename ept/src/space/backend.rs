@@ -66,10 +66,13 @@ impl BackendKind {
     }
 }
 
+/// Names the state type a backend works on without owning one.
+type StateMarker<F, M, A, I> = fn() -> (F, M, A, I);
+
 /// A backend value for [`memory_set::MemorySet`]; generic only to name the state type.
 pub(crate) struct Backend<F, M, A, I> {
     pub(crate) kind: BackendKind,
-    _state: PhantomData<fn() -> (F, M, A, I)>,
+    _state: PhantomData<StateMarker<F, M, A, I>>,
 }
 
 impl<F, M, A, I> Backend<F, M, A, I> {
@@ -126,13 +129,12 @@ where
                 st.map_linear_leaves(start, hpa, size, flags.attr)
             }
             BackendKind::Alloc { populate: true } => {
-                let range = AddrRange::from_start_size(start, size).ok_or(
-                    SpaceError::InvalidRange {
+                let range =
+                    AddrRange::from_start_size(start, size).ok_or(SpaceError::InvalidRange {
                         start: start.as_usize(),
                         size,
                         problem: super::RangeProblem::Overflow,
-                    },
-                )?;
+                    })?;
                 let mut added = alloc::vec::Vec::new();
                 let r = st.populate(range, flags.attr, range, &mut added);
                 if r.is_err() {

@@ -65,9 +65,19 @@ where
     A: FrameAlloc + Clone,
     I: Invalidate,
 {
-    fn clone_parts(&mut self, invalidate: I, quota: usize) -> Result<Parts<F, M, A, I>, SpaceError> {
+    fn clone_parts(
+        &mut self,
+        invalidate: I,
+        quota: usize,
+    ) -> Result<Parts<F, M, A, I>, SpaceError> {
         let mapper = self.st.table.mapper().clone();
-        let mut child = State::new(mapper, self.st.alloc.clone(), invalidate, self.st.caps, quota)?;
+        let mut child = State::new(
+            mapper,
+            self.st.alloc.clone(),
+            invalidate,
+            self.st.caps,
+            quota,
+        )?;
         let mut set = MemorySet::new();
         let mut copies: Vec<HostPhysAddr> = Vec::new();
         let areas: Vec<_> = self
@@ -90,7 +100,9 @@ where
             }
             let leaves: Vec<Leaf> = self.st.table.leaves_in(*range).collect();
             for leaf in &leaves {
-                self.st.book.share_leaf_with(leaf.hpa, leaf.size, &mut child.book);
+                self.st
+                    .book
+                    .share_leaf_with(leaf.hpa, leaf.size, &mut child.book);
             }
             if flags.attr.access.contains(Access::WRITE) && !leaves.is_empty() {
                 let ro = LeafAttr {
@@ -190,7 +202,6 @@ where
                 reason: meter.reason(),
             });
         };
-        drop(meter);
         copies.push(new);
         let _ = copy_frame(table.mapper(), new, src);
         child.map_leaf(gpa, new, LeafSize::Size4K, leaf.attr)?;

@@ -166,7 +166,10 @@ impl fmt::Display for SpaceError {
                 AccessName(*access),
                 AccessName(*allowed)
             ),
-            Self::OutOfMemory { gpa: Some(gpa), reason } => {
+            Self::OutOfMemory {
+                gpa: Some(gpa),
+                reason,
+            } => {
                 write!(f, "out of memory serving {gpa:#x}: {reason}")
             }
             Self::OutOfMemory { gpa: None, reason } => write!(f, "out of memory: {reason}"),

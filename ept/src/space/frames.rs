@@ -49,7 +49,9 @@ impl Chunk {
 
     /// Whether another address space still references the chunk.
     pub(crate) fn is_shared(&self) -> bool {
-        self.share.as_ref().is_some_and(|s| Arc::strong_count(s) > 1)
+        self.share
+            .as_ref()
+            .is_some_and(|s| Arc::strong_count(s) > 1)
     }
 }
 
@@ -164,7 +166,12 @@ impl FrameBook {
 
     /// Marks the frame of a RAM leaf (`size` bytes at `hpa`) shared and records the
     /// same share in `child`, which maps the leaf too. Call once per leaf.
-    pub(crate) fn share_leaf_with(&mut self, hpa: HostPhysAddr, size: LeafSize, child: &mut FrameBook) {
+    pub(crate) fn share_leaf_with(
+        &mut self,
+        hpa: HostPhysAddr,
+        size: LeafSize,
+        child: &mut FrameBook,
+    ) {
         let pieces = size.size() / PAGE_SIZE_4K;
         let (base, big) = match self.chunk_of(hpa) {
             Some((base, c)) => (base, c.big),
@@ -183,7 +190,10 @@ impl FrameBook {
         let Some(chunk) = self.chunks.get_mut(&base) else {
             return;
         };
-        let mark = chunk.share.get_or_insert_with(|| Arc::new(ShareMark)).clone();
+        let mark = chunk
+            .share
+            .get_or_insert_with(|| Arc::new(ShareMark))
+            .clone();
         match child.chunks.get_mut(&base) {
             Some(c) => c.live += pieces,
             None => {

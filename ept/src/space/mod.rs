@@ -1,6 +1,6 @@
 //! The guest address space: areas, backends, on-demand faults, guest memory access,
 //! owned regions and copy-on-write clones, on top of [`memory_set::MemorySet`] and
-//! [`Stage2Table`].
+//! [`Stage2Table`](crate::table::Stage2Table).
 //!
 //! # Model
 //! An [`AddressSpace`] covers a guest-physical window `[base, base + size)`. Inside it,
@@ -15,7 +15,7 @@
 //!
 //! The table always agrees with the areas: a leaf never straddles an area boundary
 //! (huge leaves are split *before* an area is cut, see
-//! [`MappingBackend::prepare_split`]), no leaf exists outside an area, and a RAM leaf is
+//! [`MappingBackend::prepare_split`](memory_set::MappingBackend::prepare_split)), no leaf exists outside an area, and a RAM leaf is
 //! writable only if its area is and its frame is not shared copy-on-write.
 //!
 //! # Frames and flushes
@@ -119,7 +119,6 @@ use crate::caps::Stage2Caps;
 use crate::flush::{Flush, FlushScope};
 use crate::format::{Access, LeafAttr, MemType, Stage2Format};
 use crate::frame::{FrameAlloc, PhysMapper};
-use crate::table::Stage2Table;
 
 use backend::{AreaFlags, Backend, BackendKind};
 use lock::SpinLock;
@@ -200,11 +199,7 @@ where
         let root = st.table.root();
         let root_pointer = st.table.root_pointer();
         Self {
-            inner: Arc::new(SpinLock::new(Inner {
-                set,
-                st,
-                window,
-            })),
+            inner: Arc::new(SpinLock::new(Inner { set, st, window })),
             window,
             root,
             root_pointer,
@@ -288,13 +283,11 @@ where
                 align: PAGE_SIZE_4K,
             });
         }
-        let host_last = hpa
-            .checked_add(size - 1)
-            .ok_or(SpaceError::InvalidRange {
-                start: gpa.as_usize(),
-                size,
-                problem: RangeProblem::HostOverflow,
-            })?;
+        let host_last = hpa.checked_add(size - 1).ok_or(SpaceError::InvalidRange {
+            start: gpa.as_usize(),
+            size,
+            problem: RangeProblem::HostOverflow,
+        })?;
         let bits = inner.st.caps.host_phys_bits;
         if bits < 64 && host_last.as_usize() >> bits != 0 {
             return Err(SpaceError::BadHostAddress { hpa: host_last });

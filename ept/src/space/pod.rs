@@ -22,7 +22,9 @@ macro_rules! impl_pod {
     };
 }
 
-impl_pod!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize);
+impl_pod!(
+    u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize
+);
 
 // SAFETY: an array of plain-data elements has no padding between elements (size is a
 // multiple of alignment) and every bit pattern of each element is valid.

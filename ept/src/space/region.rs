@@ -177,7 +177,11 @@ where
     }
 
     /// Maps a populated RAM area for a new owner; returns the owner id.
-    fn map_owned(&mut self, range: AddrRange<GuestPhysAddr>, access: Access) -> Result<u64, SpaceError> {
+    fn map_owned(
+        &mut self,
+        range: AddrRange<GuestPhysAddr>,
+        access: Access,
+    ) -> Result<u64, SpaceError> {
         let attr = LeafAttr::ram(access);
         self.st.check_attr(attr)?;
         let owner = self.st.last_owner + 1;
@@ -314,8 +318,6 @@ where
             let owner = left.owner;
             left.owner = new_owner;
             (owner, left.access)
-        } else if offset == left.size() {
-            (new_owner, left.access)
         } else {
             (new_owner, left.access)
         };
@@ -372,7 +374,13 @@ where
     }
 
     /// The host pointer for a view of `len` bytes at `offset`, after every check.
-    fn view_ptr(&self, offset: usize, len: usize, align: usize, write: bool) -> Result<*mut u8, ViewError> {
+    fn view_ptr(
+        &self,
+        offset: usize,
+        len: usize,
+        align: usize,
+        write: bool,
+    ) -> Result<*mut u8, ViewError> {
         let oob = ViewError::OutOfBounds {
             offset,
             len,
@@ -427,11 +435,13 @@ where
 
     /// A slice of `len` values of `T` starting at byte `offset`.
     pub fn as_slice<T: Pod>(&self, offset: usize, len: usize) -> Result<&[T], ViewError> {
-        let bytes = len.checked_mul(size_of::<T>()).ok_or(ViewError::OutOfBounds {
-            offset,
-            len: usize::MAX,
-            size: self.size(),
-        })?;
+        let bytes = len
+            .checked_mul(size_of::<T>())
+            .ok_or(ViewError::OutOfBounds {
+                offset,
+                len: usize::MAX,
+                size: self.size(),
+            })?;
         if bytes == 0 {
             return Ok(&[]);
         }
@@ -441,12 +451,18 @@ where
     }
 
     /// A mutable slice of `len` values of `T` starting at byte `offset`.
-    pub fn as_slice_mut<T: Pod>(&mut self, offset: usize, len: usize) -> Result<&mut [T], ViewError> {
-        let bytes = len.checked_mul(size_of::<T>()).ok_or(ViewError::OutOfBounds {
-            offset,
-            len: usize::MAX,
-            size: self.size(),
-        })?;
+    pub fn as_slice_mut<T: Pod>(
+        &mut self,
+        offset: usize,
+        len: usize,
+    ) -> Result<&mut [T], ViewError> {
+        let bytes = len
+            .checked_mul(size_of::<T>())
+            .ok_or(ViewError::OutOfBounds {
+                offset,
+                len: usize::MAX,
+                size: self.size(),
+            })?;
         if bytes == 0 {
             return Ok(&mut []);
         }

@@ -140,11 +140,7 @@ where
                 mem_type: a.flags().attr.mem_type,
                 kind: match a.backend().kind {
                     BackendKind::Linear { .. } => AreaKind::Linear {
-                        hpa: a
-                            .backend()
-                            .kind
-                            .linear_hpa(a.start())
-                            .unwrap_or_default(),
+                        hpa: a.backend().kind.linear_hpa(a.start()).unwrap_or_default(),
                     },
                     BackendKind::Alloc { populate } => AreaKind::Ram {
                         populate,

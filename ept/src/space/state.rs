@@ -67,7 +67,11 @@ pub(crate) fn table_err(e: TableError, reason: OomReason, gpa: GuestPhysAddr) ->
 }
 
 /// Converts a `memory_set` error.
-pub(crate) fn set_err(e: MemorySetError<SpaceError>, start: GuestPhysAddr, size: usize) -> SpaceError {
+pub(crate) fn set_err(
+    e: MemorySetError<SpaceError>,
+    start: GuestPhysAddr,
+    size: usize,
+) -> SpaceError {
     use memory_set::InvalidParam;
     match e {
         MemorySetError::Backend(e) => e,
@@ -88,7 +92,10 @@ pub(crate) fn set_err(e: MemorySetError<SpaceError>, start: GuestPhysAddr, size:
                 },
                 align: page_size,
             },
-            InvalidParam::AlignNotPowerOfTwo { align } => SpaceError::Unaligned { value: align, align },
+            InvalidParam::AlignNotPowerOfTwo { align } => SpaceError::Unaligned {
+                value: align,
+                align,
+            },
             InvalidParam::ZeroSize => SpaceError::InvalidRange {
                 start: start.as_usize(),
                 size,
@@ -160,10 +167,12 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
             return Ok(());
         }
         let (_, mut meter) = self.parts();
-        meter.fill_reserve(n).map_err(|reason| SpaceError::OutOfMemory {
-            gpa: Some(gpa),
-            reason,
-        })
+        meter
+            .fill_reserve(n)
+            .map_err(|reason| SpaceError::OutOfMemory {
+                gpa: Some(gpa),
+                reason,
+            })
     }
 
     /// Gives every unused reserved frame back.
@@ -216,7 +225,6 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
         let (table, mut meter) = self.parts();
         let r = table.map_range(&mut meter, gpa, hpa, size, attr, LeafSize::Size1G);
         let reason = meter.reason();
-        drop(meter);
         match r {
             Ok(flush) => {
                 self.finish(flush, false);
@@ -257,7 +265,6 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
             let (table, mut meter) = self.parts();
             // An exact leaf never needs a split, so this cannot run out of frames.
             if let Ok(flush) = table.unmap_range(&mut meter, gpa, size.size()) {
-                drop(meter);
                 self.finish(flush, true);
             }
         }
@@ -289,7 +296,6 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
                 };
                 match r {
                     Ok(flush) => {
-                        drop(meter);
                         self.finish(flush, false);
                         self.book.add_2m(hpa);
                         return Ok((block, LeafSize::Size2M));
@@ -317,7 +323,6 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
         };
         match r {
             Ok(flush) => {
-                drop(meter);
                 self.finish(flush, false);
                 self.book.add_4k();
                 Ok((page, LeafSize::Size4K))
@@ -340,7 +345,6 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
         let (table, mut meter) = self.parts();
         let r = table.unmap_range(&mut meter, gpa, size);
         let reason = meter.reason();
-        drop(meter);
         let flush = r.map_err(|e| table_err(e, reason, gpa))?;
         self.finish(flush, ram);
         Ok(())
@@ -358,7 +362,6 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
         let (table, mut meter) = self.parts();
         let r = table.protect_range(&mut meter, gpa, size, attr);
         let reason = meter.reason();
-        drop(meter);
         let mut flush = r.map_err(|e| table_err(e, reason, gpa))?;
         if ram && attr.access.contains(Access::WRITE) && self.book.tracked() > 0 {
             let range = AddrRange::from_start_size(gpa, size);
@@ -415,7 +418,6 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
             Size4K::ensure_chain_for(table, &mut meter, at).map(|_| ())
         };
         let reason = meter.reason();
-        drop(meter);
         r.map_err(|e| table_err(e, reason, at))?;
         // The page size behind these addresses changed: drop cached translations.
         self.invalidate_now(range_scope(t.leaf_gpa, t.size.size()));
@@ -437,7 +439,6 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
             LeafSize::Size1G => table.map_page::<Size1G>(&mut meter, gpa, hpa, attr),
         };
         let reason = meter.reason();
-        drop(meter);
         let flush = r.map_err(|e| table_err(e, reason, gpa))?;
         self.finish(flush, false);
         Ok(())
@@ -467,7 +468,6 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
         let (table, mut meter) = self.parts();
         let Some(new) = meter.alloc_frame() else {
             let reason = meter.reason();
-            drop(meter);
             self.drain_reserve();
             return Err(SpaceError::OutOfMemory {
                 gpa: Some(gpa),
@@ -484,13 +484,11 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
         let reason = meter.reason();
         if let Err(e) = r {
             meter.dealloc_frame(new);
-            drop(meter);
             if !prefilled {
                 self.drain_reserve();
             }
             return Err(table_err(e, reason, gpa));
         }
-        drop(meter);
         if !prefilled {
             self.drain_reserve();
         }
@@ -504,7 +502,12 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
 
     /// Restores the rights of the leaf `t` to `attr` (minus write while its frame is
     /// still shared): after the last sharer left, or for a stale read-only leaf.
-    pub(crate) fn reprotect_leaf(&mut self, t: Translation, attr: LeafAttr, ram: bool) -> Result<(), SpaceError> {
+    pub(crate) fn reprotect_leaf(
+        &mut self,
+        t: Translation,
+        attr: LeafAttr,
+        ram: bool,
+    ) -> Result<(), SpaceError> {
         let mut attr = attr;
         if ram && !self.book.unshare_if_unique(t.hpa) {
             attr.access.remove(Access::WRITE);
@@ -512,7 +515,6 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
         let (table, mut meter) = self.parts();
         let r = table.protect_range(&mut meter, t.leaf_gpa, t.size.size(), attr);
         let reason = meter.reason();
-        drop(meter);
         let flush = r.map_err(|e| table_err(e, reason, t.leaf_gpa))?;
         self.finish(flush, false);
         self.counters.write_restores += 1;
@@ -635,8 +637,15 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
     }
 
     /// Refuses a range that touches an owned region.
-    pub(crate) fn check_not_owned(&self, range: AddrRange<GuestPhysAddr>) -> Result<(), SpaceError> {
-        match self.set.iter_overlapping(range).find(|a| a.flags().owner != 0) {
+    pub(crate) fn check_not_owned(
+        &self,
+        range: AddrRange<GuestPhysAddr>,
+    ) -> Result<(), SpaceError> {
+        match self
+            .set
+            .iter_overlapping(range)
+            .find(|a| a.flags().owner != 0)
+        {
             Some(a) => Err(SpaceError::Owned {
                 gpa: a.start().max(range.start()),
             }),
@@ -646,7 +655,10 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
 
     /// Populates every absent page of `range`, which RAM areas must cover. All or
     /// nothing.
-    pub(crate) fn populate_range(&mut self, range: AddrRange<GuestPhysAddr>) -> Result<(), SpaceError> {
+    pub(crate) fn populate_range(
+        &mut self,
+        range: AddrRange<GuestPhysAddr>,
+    ) -> Result<(), SpaceError> {
         let pieces = self.covering(range)?;
         if let Some((p, _, _)) = pieces.iter().find(|(_, _, k)| !k.is_ram()) {
             return Err(SpaceError::NotRam { gpa: p.start() });
@@ -676,7 +688,10 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
     }
 
     /// Unmaps `range` (ownership already checked).
-    pub(crate) fn unmap_range(&mut self, range: AddrRange<GuestPhysAddr>) -> Result<(), SpaceError> {
+    pub(crate) fn unmap_range(
+        &mut self,
+        range: AddrRange<GuestPhysAddr>,
+    ) -> Result<(), SpaceError> {
         self.reserve_splits(range)?;
         let r = self
             .set
@@ -708,7 +723,12 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
         self.reserve_splits(range)?;
         let r = self
             .set
-            .protect(range.start(), range.size(), |f| Some(update(f)), &mut self.st)
+            .protect(
+                range.start(),
+                range.size(),
+                |f| Some(update(f)),
+                &mut self.st,
+            )
             .map_err(|e| set_err(e, range.start(), range.size()));
         self.st.drain_reserve();
         r
@@ -745,7 +765,10 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
     }
 
     /// Serves a stage-2 fault (see `fault.rs`).
-    pub(crate) fn area_at(&self, gpa: GuestPhysAddr) -> Option<(AddrRange<GuestPhysAddr>, AreaFlags, BackendKind)> {
+    pub(crate) fn area_at(
+        &self,
+        gpa: GuestPhysAddr,
+    ) -> Option<(AddrRange<GuestPhysAddr>, AreaFlags, BackendKind)> {
         self.set
             .find(gpa)
             .map(|a| (a.va_range(), a.flags(), a.backend().kind))
@@ -776,7 +799,8 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
                     }
                 }
                 BackendKind::Alloc { .. } => {
-                    if leaf.attr.access.contains(Access::WRITE) && self.st.book.is_shared(leaf.hpa) {
+                    if leaf.attr.access.contains(Access::WRITE) && self.st.book.is_shared(leaf.hpa)
+                    {
                         return Err("writable leaf over a shared frame");
                     }
                     if leaf.attr.mem_type != flags.attr.mem_type {
@@ -789,7 +813,9 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
     }
 }
 
-impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Drop for Inner<F, M, A, I> {
+impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Drop
+    for Inner<F, M, A, I>
+{
     fn drop(&mut self) {
         let Self { set, st, .. } = self;
         st.teardown(|gpa| set.find(gpa).is_some_and(|a| a.backend().kind.is_ram()));
