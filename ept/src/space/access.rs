@@ -123,8 +123,7 @@ where
 
     /// The host address of `gpa` if mapped.
     fn host_of(&self, gpa: GuestPhysAddr) -> Option<HostPhysAddr> {
-        let t = self.st.table.translate(gpa)?;
-        t.hpa.checked_add(gpa.as_usize() - t.leaf_gpa.as_usize())
+        self.st.table.translate(gpa).map(|t| t.hpa)
     }
 
     /// Copies guest bytes out (absent pages read as zeros). Ranges are checked.

@@ -456,7 +456,8 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
         prefilled: bool,
     ) -> Result<(), SpaceError> {
         let page = gpa.align_down(PAGE_SIZE_4K);
-        let src = hadd(t.hpa, page.as_usize() - t.leaf_gpa.as_usize());
+        // `t.hpa` is the exact translation of an address in the page.
+        let src = t.hpa.align_down(PAGE_SIZE_4K);
         if !prefilled {
             let need = 1 + match t.size {
                 LeafSize::Size4K => 0,
