@@ -1,3 +1,115 @@
-//! Benchmarks (run through `cargo xtask bench`).
+//! Benchmarks of the stage-2 manager side by side with the anchor crates (issue 7), run by
+//! `cargo xtask bench [--quick]` (= `cargo run --release -p bench -- [--quick]`).
+//!
+//! Every workload runs all contenders (ours, the anchors, the floor) interleaved inside
+//! each round; one warm-up round is dropped; the table gives the median over the rounds,
+//! the spread (max - min over median) and the ratios; then one `BENCH` line per
+//! measurement. Arguments: `--quick` (fewer rounds, well under a minute), `--rounds N`, and
+//! workload names (`W1` .. `W5`) to run only those.
 
-fn main() {}
+mod anchors;
+mod arena;
+mod harness;
+mod ours;
+mod report;
+mod rng;
+mod w1;
+mod w3;
+mod w4;
+mod w5;
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use arena::Arena;
+use harness::Recorder;
+
+struct Options {
+    rounds: usize,
+    large_searches: usize,
+    only: Vec<String>,
+}
+
+impl Options {
+    fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
+        let mut quick = false;
+        let mut rounds = None;
+        let mut only = Vec::new();
+        let mut args = args.peekable();
+        while let Some(a) = args.next() {
+            match a.as_str() {
+                "--quick" => quick = true,
+                "--rounds" => {
+                    let n = args.next().ok_or("--rounds needs a number")?;
+                    rounds = Some(n.parse().map_err(|_| format!("bad round count {n:?}"))?);
+                }
+                w if w.len() == 2 && w.starts_with(['W', 'w']) => only.push(w.to_uppercase()),
+                other => return Err(format!("unknown argument {other:?}")),
+            }
+        }
+        Ok(Options {
+            rounds: rounds.unwrap_or(if quick { 3 } else { 7 }).max(1),
+            large_searches: if quick { 200 } else { 1000 },
+            only,
+        })
+    }
+
+    fn runs(&self, w: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == w)
+    }
+}
+
+fn unit(id: &str) -> &'static str {
+    w1::unit(id)
+        .or_else(|| w3::unit(id))
+        .or_else(|| w4::unit(id))
+        .or_else(|| w5::unit(id))
+        .unwrap_or("op")
+}
+
+fn main() -> ExitCode {
+    let opts = match Options::parse(std::env::args().skip(1)) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("bench: {e}\nusage: bench [--quick] [--rounds N] [W1 .. W5]");
+            return ExitCode::from(2);
+        }
+    };
+    if cfg!(debug_assertions) {
+        eprintln!("bench: warning: debug build, numbers are meaningless (use --release)");
+    }
+    let started = Instant::now();
+    let table_arena = Arena::new(4);
+    let fault_arena = opts.runs("W4").then(|| Arena::new(w4::ARENA_BLOCKS));
+    let fault_order = rng::permutation(w1::PAGES, 0xfa17);
+    let mut rec = Recorder::new();
+    for round in 0..=opts.rounds {
+        rec.recording = round > 0;
+        if opts.runs("W1") {
+            w1::round(&mut rec, &table_arena, w1::Leaf::Small, round);
+        }
+        if opts.runs("W2") {
+            w1::round(&mut rec, &table_arena, w1::Leaf::Huge, round);
+        }
+        if opts.runs("W3") {
+            let inputs = w3::Inputs::new(round, opts.large_searches);
+            w3::round(&mut rec, &inputs, round);
+        }
+        if opts.runs("W5") {
+            w5::round(&mut rec, &table_arena, round);
+        }
+        if let Some(arena) = &fault_arena {
+            for mode in [w4::Mode::Small, w4::Mode::Huge] {
+                w4::round(&mut rec, arena, mode, &fault_order, round);
+            }
+        }
+    }
+    println!(
+        "bench: {} rounds (+1 warm-up dropped), ns per unit, median ±spread; {:.1} s",
+        opts.rounds,
+        started.elapsed().as_secs_f64()
+    );
+    let missed = report::print(&rec, &unit);
+    println!("bench: {missed} target(s) missed");
+    ExitCode::SUCCESS
+}

@@ -187,6 +187,14 @@ impl<A: MemoryAddr> AddrRange<A> {
         Some(Self { start, size })
     }
 
+    /// `[first, last]` given by its inclusive ends; `None` if `last < first` or the range
+    /// would be the whole address space (its size does not fit in `usize`).
+    #[inline]
+    pub fn from_inclusive(first: A, last: A) -> Option<Self> {
+        let size = last.checked_offset_from(first)?.checked_add(1)?;
+        Some(Self { start: first, size })
+    }
+
     /// The first address.
     #[inline]
     pub fn start(&self) -> A {
@@ -401,6 +409,23 @@ mod tests {
         );
         assert_eq!(r(0x1000, 0x1000).intersection(&r(0x2000, 0x1000)), None);
         assert_eq!(top.intersection(&top), Some(top));
+        assert_eq!(
+            AddrRange::from_inclusive(
+                GuestPhysAddr::new(usize::MAX - 0xfff),
+                GuestPhysAddr::new(usize::MAX)
+            ),
+            Some(top)
+        );
+        assert!(
+            AddrRange::from_inclusive(GuestPhysAddr::new(0), GuestPhysAddr::new(usize::MAX))
+                .is_none()
+        );
+        assert!(AddrRange::from_inclusive(GuestPhysAddr::new(2), GuestPhysAddr::new(1)).is_none());
+        assert_eq!(
+            AddrRange::from_inclusive(GuestPhysAddr::new(1), GuestPhysAddr::new(1))
+                .map(|r| r.size()),
+            Some(1)
+        );
         assert!(r(0x1000, 0x1000).contains_range(&r(0x2000, 0)));
         assert!(!r(0x1000, 0x1000).contains_range(&r(0x1800, 0x1000)));
         assert_eq!(

@@ -1,0 +1,148 @@
+//! W4: on-demand fault-in of 262,144 distinct 4 KiB pages of one 1 GiB RAM area, touched in
+//! random order, through the whole path (find the area, allocate, zero, map).
+//!
+//! * `W4/fault_4k`: every touch faults and maps one 4 KiB page.
+//! * `W4/fault_2m`: the area allows 2 MiB leaves; a touch faults only if its page is not
+//!   mapped yet (checked with a translate, as the hardware would), so 512 faults each
+//!   allocate, zero and map 2 MiB. The unit is still the 4 KiB page touched.
+//!
+//! Anchor: ArceOS `memory_set` (area lookup) + `page_table_multiarch` (map) doing the same
+//! steps by hand. Floor: allocating and zeroing the same memory, nothing else.
+
+use arceos_memory_addr::{MemoryAddr, PhysAddr as APhys, VirtAddr as AVirt};
+use arceos_memory_set::{MemoryArea as AArea, MemorySet as ASet};
+use page_table_multiarch::{MappingFlags, PageSize};
+
+use crate::anchors::arceos_set::LazyBackend;
+use crate::anchors::ptm::{self, PtmTable};
+use crate::arena::{Arena, SIZE_2M, SIZE_4K};
+use crate::harness::{Recorder, Who};
+use crate::ours;
+use crate::w1::{GPA, LEAVES_2M, PAGES, SIZE};
+
+/// ArceOS memory_set + page_table_multiarch.
+pub const ARCEOS_PTM: Who = Who::Anchor("arceos_memory_set+ptm");
+
+/// 2 MiB blocks the arenas need: 1 GiB of RAM plus room for tables.
+pub const ARENA_BLOCKS: usize = LEAVES_2M + 4;
+
+/// The two variants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// 4 KiB leaves only.
+    Small,
+    /// 2 MiB leaves where the area allows.
+    Huge,
+}
+
+impl Mode {
+    /// Measurement id.
+    pub fn id(self) -> &'static str {
+        match self {
+            Mode::Small => "W4/fault_4k",
+            Mode::Huge => "W4/fault_2m",
+        }
+    }
+}
+
+/// One round: every contender, rotated by `round`; `order` is the touch order.
+pub fn round(rec: &mut Recorder, arena: &Arena, mode: Mode, order: &[usize], round: usize) {
+    for k in 0..3 {
+        match (k + round) % 3 {
+            0 => ours::w4(rec, mode, order),
+            1 => anchor(rec, arena, mode, order),
+            _ => floor(rec, arena, mode),
+        }
+        assert_eq!(
+            (arena.in_use_4k(), arena.in_use_2m()),
+            (0, 0),
+            "{mode:?}: a contender leaked"
+        );
+        arena.reset();
+    }
+}
+
+fn anchor(rec: &mut Recorder, arena: &Arena, mode: Mode, order: &[usize]) {
+    ptm::install(arena);
+    let mut pt = PtmTable::try_new().expect("root");
+    let mut set = ASet::<LazyBackend>::new();
+    let rw = MappingFlags::READ | MappingFlags::WRITE;
+    set.map(
+        AArea::new(AVirt::from(GPA), SIZE, rw, LazyBackend),
+        &mut pt,
+        false,
+    )
+    .expect("area");
+    let access = MappingFlags::WRITE;
+    rec.time(mode.id(), ARCEOS_PTM, PAGES, || {
+        let mut c = pt.cursor();
+        for &i in order {
+            let va = AVirt::from(GPA + i * SIZE_4K);
+            if mode == Mode::Huge && c.query(va).is_ok() {
+                continue; // mapped already: the guest would not fault
+            }
+            let area = set.find(va).expect("inside the area");
+            assert!(area.flags().contains(access), "permission");
+            let leaf = va.align_down(SIZE_2M);
+            let huge = mode == Mode::Huge
+                && leaf >= area.start()
+                && leaf.as_usize() + SIZE_2M <= area.end().as_usize();
+            if huge {
+                let frame = arena.alloc_2m().expect("2M block");
+                arena.zero(frame, SIZE_2M);
+                c.map(leaf, APhys::from(frame), PageSize::Size2M, area.flags())
+                    .expect("map");
+            } else {
+                let frame = arena.alloc_4k().expect("frame");
+                arena.zero(frame, SIZE_4K);
+                c.map(va, APhys::from(frame), PageSize::Size4K, area.flags())
+                    .expect("map");
+            }
+        }
+    });
+    // Teardown (not timed): unmap every leaf and give its frame back.
+    let mut c = pt.cursor();
+    let mut va = GPA;
+    while va < GPA + SIZE {
+        let (pa, _, size) = c.unmap(AVirt::from(va)).expect("every page was faulted in");
+        match size {
+            PageSize::Size4K => arena.free_4k(pa.as_usize()),
+            _ => arena.free_2m(pa.as_usize()),
+        }
+        va += size as usize;
+    }
+    drop(c);
+    drop(set);
+    drop(pt);
+}
+
+fn floor(rec: &mut Recorder, arena: &Arena, mode: Mode) {
+    let mut taken = Vec::with_capacity(PAGES);
+    rec.time(mode.id(), Who::Floor, PAGES, || match mode {
+        Mode::Small => {
+            for _ in 0..PAGES {
+                let f = arena.alloc_4k().expect("frame");
+                arena.zero(f, SIZE_4K);
+                taken.push(f);
+            }
+        }
+        Mode::Huge => {
+            for _ in 0..LEAVES_2M {
+                let f = arena.alloc_2m().expect("block");
+                arena.zero(f, SIZE_2M);
+                taken.push(f);
+            }
+        }
+    });
+    for f in taken {
+        match mode {
+            Mode::Small => arena.free_4k(f),
+            Mode::Huge => arena.free_2m(f),
+        }
+    }
+}
+
+/// Units per phase, for the table.
+pub fn unit(id: &str) -> Option<&'static str> {
+    id.starts_with("W4/").then_some("4K page")
+}
