@@ -104,7 +104,10 @@ impl fmt::Display for ImageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Self::TooShort { len } => {
-                write!(f, "image of {len} bytes is shorter than its {HEADER_SIZE}-byte header")
+                write!(
+                    f,
+                    "image of {len} bytes is shorter than its {HEADER_SIZE}-byte header"
+                )
             }
             Self::BadMagic => write!(f, "not a guest image (bad magic)"),
             Self::UnsupportedVersion { found } => {
@@ -117,7 +120,10 @@ impl fmt::Display for ImageError {
                 write!(f, "header says {header} bytes but the image has {actual}")
             }
             Self::TooLarge { size } => {
-                write!(f, "image of {size} bytes exceeds the {MAX_IMAGE_SIZE}-byte limit")
+                write!(
+                    f,
+                    "image of {size} bytes exceeds the {MAX_IMAGE_SIZE}-byte limit"
+                )
             }
             Self::UnalignedLoad { load_gpa } => {
                 write!(f, "load address {load_gpa:#x} is not 4 KiB aligned")
@@ -395,13 +401,17 @@ mod tests {
         un[16] = 0x10;
         assert_eq!(
             ImageHeader::parse(&un),
-            Err(ImageError::UnalignedLoad { load_gpa: 0x10_0010 })
+            Err(ImageError::UnalignedLoad {
+                load_gpa: 0x10_0010
+            })
         );
         let mut e = sample();
         e[24..32].copy_from_slice(&0x10_0100u64.to_le_bytes());
         assert_eq!(
             ImageHeader::parse(&e),
-            Err(ImageError::EntryOutside { entry_gpa: 0x10_0100 })
+            Err(ImageError::EntryOutside {
+                entry_gpa: 0x10_0100
+            })
         );
         let mut e2 = sample();
         e2[24..32].copy_from_slice(&0x10_0000u64.to_le_bytes());
@@ -434,7 +444,10 @@ mod tests {
     #[test]
     fn run_status_round_trips_through_qemu() {
         for s in RunStatus::ALL {
-            assert_eq!(RunStatus::from_qemu_exit_status(s.qemu_exit_status()), Some(s));
+            assert_eq!(
+                RunStatus::from_qemu_exit_status(s.qemu_exit_status()),
+                Some(s)
+            );
         }
         assert_eq!(RunStatus::AllPassed.qemu_exit_status(), 33);
         assert_eq!(RunStatus::from_qemu_exit_status(1), None);

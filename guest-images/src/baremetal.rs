@@ -1,12 +1,13 @@
 //! Support every bare-metal binary of the project needs on stable Rust (the guests and
 //! the hypervisor kernel): the C memory functions that the prebuilt `compiler_builtins`
-//! lacks, and the `rust_eh_personality` symbol the prebuilt `core` refers to.
+//! lacks, and the unwinding symbols the prebuilt `core` and `alloc` refer to.
 //!
 //! [`bare_metal_runtime!`](crate::bare_metal_runtime) expands to those definitions in the
 //! calling binary crate, so that only binaries (never host builds that link this library)
 //! get them.
 
-/// Defines `memcpy`, `memmove`, `memset`, `memcmp`, `bcmp` and `rust_eh_personality`
+/// Defines `memcpy`, `memmove`, `memset`, `memcmp`, `bcmp`, `rust_eh_personality`
+/// and `_Unwind_Resume`
 /// in the calling crate (a `no_std`, `no_main` binary).
 ///
 /// The copies use `rep movsb`/`rep stosb`/`repe cmpsb` in inline assembly, never Rust
@@ -126,5 +127,14 @@ macro_rules! bare_metal_runtime {
         /// Referenced by the prebuilt `core`; never called with `panic = "abort"`.
         #[unsafe(no_mangle)]
         pub extern "C" fn rust_eh_personality() {}
+
+        /// Referenced by landing pads in the prebuilt `alloc`; unreachable because
+        /// panics never unwind here (the panic handler does not return).
+        #[unsafe(no_mangle)]
+        pub extern "C" fn _Unwind_Resume() -> ! {
+            loop {
+                core::hint::spin_loop();
+            }
+        }
     };
 }

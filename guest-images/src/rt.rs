@@ -98,7 +98,12 @@ pub fn leaf_size(gpa: u64) -> u64 {
 /// Asks the hypervisor to give `[gpa, gpa+size)` the rights `rights` (see
 /// [`access`]); returns 0 or a negative status.
 pub fn protect(gpa: u64, size: u64, rights: u64) -> i64 {
-    hypercall(nr::PROTECT, gpa, size, rights & (access::READ | access::WRITE | access::EXECUTE))
+    hypercall(
+        nr::PROTECT,
+        gpa,
+        size,
+        rights & (access::READ | access::WRITE | access::EXECUTE),
+    )
 }
 
 /// Asks the hypervisor to unmap `[gpa, gpa+size)`; returns 0 or a negative status.

@@ -163,7 +163,7 @@ impl FrameAllocator {
 
     /// Returns a 2 MiB block (all of whose frames must be allocated).
     pub fn dealloc_2m(&mut self, addr: u64) -> Result<(), FrameError> {
-        if addr % CHUNK_SIZE != 0 {
+        if !addr.is_multiple_of(CHUNK_SIZE) {
             return Err(FrameError::NotManaged { addr });
         }
         let first = self.index_of(addr)?;

@@ -81,10 +81,18 @@ impl fmt::Display for GuestEnd {
         match self {
             Self::Exited(code) => write!(f, "exit code {code}"),
             Self::Halted => write!(f, "halted"),
-            Self::Fault { kind, gpa: Some(gpa), detail } => {
+            Self::Fault {
+                kind,
+                gpa: Some(gpa),
+                detail,
+            } => {
                 write!(f, "fault:{}@{gpa:#x}: {detail}", kind.name())
             }
-            Self::Fault { kind, gpa: None, detail } => {
+            Self::Fault {
+                kind,
+                gpa: None,
+                detail,
+            } => {
                 write!(f, "fault:{}: {detail}", kind.name())
             }
             Self::ExitLimit(n) => write!(f, "stopped after {n} exits"),
@@ -146,7 +154,10 @@ impl fmt::Display for Expectation {
             Self::Ok => write!(f, "ok"),
             Self::Exit(code) => write!(f, "exit:{code}"),
             Self::Halt => write!(f, "halt"),
-            Self::Fault { kind, gpa: Some(gpa) } => write!(f, "fault:{}@{gpa:#x}", kind.name()),
+            Self::Fault {
+                kind,
+                gpa: Some(gpa),
+            } => write!(f, "fault:{}@{gpa:#x}", kind.name()),
             Self::Fault { kind, gpa: None } => write!(f, "fault:{}", kind.name()),
         }
     }
@@ -159,9 +170,12 @@ impl Expectation {
             (Self::Ok, GuestEnd::Exited(0)) => true,
             (Self::Exit(want), GuestEnd::Exited(got)) => want == got,
             (Self::Halt, GuestEnd::Halted) => true,
-            (Self::Fault { kind, gpa }, GuestEnd::Fault { kind: got, gpa: at, .. }) => {
-                kind == got && (gpa.is_none() || gpa == at)
-            }
+            (
+                Self::Fault { kind, gpa },
+                GuestEnd::Fault {
+                    kind: got, gpa: at, ..
+                },
+            ) => kind == got && (gpa.is_none() || gpa == at),
             _ => false,
         }
     }
@@ -173,12 +187,22 @@ mod tests {
     use alloc::string::ToString;
 
     fn fault(kind: FaultKind, gpa: Option<u64>) -> GuestEnd {
-        GuestEnd::Fault { kind, gpa, detail: "x".to_string() }
+        GuestEnd::Fault {
+            kind,
+            gpa,
+            detail: "x".to_string(),
+        }
     }
 
     #[test]
     fn parse_and_print_round_trip() {
-        for s in ["ok", "halt", "exit:3", "fault:write@0x400000", "fault:quota"] {
+        for s in [
+            "ok",
+            "halt",
+            "exit:3",
+            "fault:write@0x400000",
+            "fault:quota",
+        ] {
             let e: Expectation = s.parse().unwrap();
             assert_eq!(e.to_string(), s);
         }
@@ -195,12 +219,18 @@ mod tests {
         assert!(!Expectation::Ok.matches(&fault(FaultKind::Write, None)));
         assert!(Expectation::Exit(7).matches(&GuestEnd::Exited(7)));
         assert!(Expectation::Halt.matches(&GuestEnd::Halted));
-        let w = Expectation::Fault { kind: FaultKind::Write, gpa: Some(0x5000) };
+        let w = Expectation::Fault {
+            kind: FaultKind::Write,
+            gpa: Some(0x5000),
+        };
         assert!(w.matches(&fault(FaultKind::Write, Some(0x5000))));
         assert!(!w.matches(&fault(FaultKind::Write, Some(0x6000))));
         assert!(!w.matches(&fault(FaultKind::Exec, Some(0x5000))));
         assert!(!w.matches(&GuestEnd::Exited(0)));
-        let any = Expectation::Fault { kind: FaultKind::Quota, gpa: None };
+        let any = Expectation::Fault {
+            kind: FaultKind::Quota,
+            gpa: None,
+        };
         assert!(any.matches(&fault(FaultKind::Quota, Some(1))));
         assert!(!any.matches(&GuestEnd::ExitLimit(5)));
     }

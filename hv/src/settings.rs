@@ -110,7 +110,10 @@ pub fn parse_size(s: &str) -> Option<u64> {
         b'G' | b'g' => (&s[..s.len() - 1], 30),
         _ => (s, 0),
     };
-    let value = match digits.strip_prefix("0x").or_else(|| digits.strip_prefix("0X")) {
+    let value = match digits
+        .strip_prefix("0x")
+        .or_else(|| digits.strip_prefix("0X"))
+    {
         Some(hex) => u64::from_str_radix(hex, 16).ok()?,
         None => digits.parse().ok()?,
     };
@@ -222,8 +225,12 @@ fn parse_range(key: &str, value: &str) -> Result<(u64, u64), SettingsError> {
         .ok_or_else(|| bad(key, value, "expected GPA+SIZE"))?;
     let gpa = parse_size(gpa).ok_or_else(|| bad(key, value, "bad address"))?;
     let size = parse_size(size).ok_or_else(|| bad(key, value, "bad size"))?;
-    if gpa % 4096 != 0 || size % 4096 != 0 || size == 0 {
-        return Err(bad(key, value, "address and size must be non-zero 4 KiB multiples"));
+    if !gpa.is_multiple_of(4096) || !size.is_multiple_of(4096) || size == 0 {
+        return Err(bad(
+            key,
+            value,
+            "address and size must be non-zero 4 KiB multiples",
+        ));
     }
     match gpa.checked_add(size) {
         Some(end) if end <= GPA_LIMIT => Ok((gpa, size)),
@@ -282,7 +289,7 @@ pub fn parse_guest_cmdline(cmdline: &str) -> Result<GuestSettings, SettingsError
             }
             "mem" => {
                 let mem = parse_size(value).ok_or_else(|| bad(key, value, "bad size"))?;
-                if !(MIN_MEM..=MAX_MEM).contains(&mem) || mem % (2 << 20) != 0 {
+                if !(MIN_MEM..=MAX_MEM).contains(&mem) || !mem.is_multiple_of(2 << 20) {
                     return Err(bad(key, value, "a multiple of 2M between 2M and 1G"));
                 }
                 settings.mem = mem;
@@ -312,9 +319,7 @@ pub fn parse_guest_cmdline(cmdline: &str) -> Result<GuestSettings, SettingsError
                 settings.areas.push(AreaSpec { gpa, size, kind });
             }
             "expect" => {
-                settings.expect = value
-                    .parse()
-                    .map_err(|reason| bad(key, value, reason))?;
+                settings.expect = value.parse().map_err(|reason| bad(key, value, reason))?;
             }
             _ => return Err(SettingsError::UnknownKey(key.to_string())),
         }
@@ -390,16 +395,29 @@ mod tests {
         assert_eq!(g.areas.len(), 4);
         assert_eq!(
             g.areas[0].kind,
-            AreaKind::Ram { read: true, write: false, execute: false, populate: false }
+            AreaKind::Ram {
+                read: true,
+                write: false,
+                execute: false,
+                populate: false
+            }
         );
         assert_eq!(g.areas[2].kind, AreaKind::Mmio);
         assert_eq!(
             g.areas[3].kind,
-            AreaKind::Ram { read: true, write: true, execute: true, populate: true }
+            AreaKind::Ram {
+                read: true,
+                write: true,
+                execute: true,
+                populate: true
+            }
         );
         assert_eq!(
             g.expect,
-            Expectation::Fault { kind: FaultKind::Write, gpa: Some(0x100_0000) }
+            Expectation::Fault {
+                kind: FaultKind::Write,
+                gpa: Some(0x100_0000)
+            }
         );
     }
 
@@ -432,7 +450,10 @@ mod tests {
         );
         assert_eq!(
             parse_guest_cmdline("a.bin mem=4M ro=0x200000+4K"),
-            Err(SettingsError::Overlap { first: (0, 4 << 20), second: (0x200000, 0x201000) })
+            Err(SettingsError::Overlap {
+                first: (0, 4 << 20),
+                second: (0x200000, 0x201000)
+            })
         );
         assert!(matches!(
             parse_guest_cmdline("a.bin ro=0x1000000+8K nx=0x1001000+4K"),

@@ -39,11 +39,6 @@ pub fn code_selector() -> SegmentSelector {
     TABLES.get().map_or(SegmentSelector(0x08), |t| t.code)
 }
 
-/// The host TSS selector (a VMX host state field needs it).
-pub fn tss_selector() -> SegmentSelector {
-    TABLES.get().map_or(SegmentSelector(0), |t| t.tss)
-}
-
 /// Builds and loads the GDT and TSS, reloading every segment register.
 pub fn init() {
     let tss = TSS.call_once(|| {

@@ -38,12 +38,24 @@ pub struct TrapFrame {
 
 macro_rules! stub_noerr {
     ($n:literal) => {
-        concat!("exc_stub_", $n, ":\n push 0\n push ", $n, "\n jmp exception_common\n")
+        concat!(
+            "exc_stub_",
+            $n,
+            ":\n push 0\n push ",
+            $n,
+            "\n jmp exception_common\n"
+        )
     };
 }
 macro_rules! stub_err {
     ($n:literal) => {
-        concat!("exc_stub_", $n, ":\n push ", $n, "\n jmp exception_common\n")
+        concat!(
+            "exc_stub_",
+            $n,
+            ":\n push ",
+            $n,
+            "\n jmp exception_common\n"
+        )
     };
 }
 
@@ -144,13 +156,38 @@ pub fn init() {
 }
 
 const NAMES: [&str; 32] = [
-    "divide error", "debug", "NMI", "breakpoint", "overflow", "bound range",
-    "invalid opcode", "device not available", "double fault", "coprocessor overrun",
-    "invalid TSS", "segment not present", "stack fault", "general protection",
-    "page fault", "reserved", "x87 FP error", "alignment check", "machine check",
-    "SIMD FP error", "virtualization", "control protection", "reserved", "reserved",
-    "reserved", "reserved", "reserved", "reserved", "hypervisor injection",
-    "VMM communication", "security", "reserved",
+    "divide error",
+    "debug",
+    "NMI",
+    "breakpoint",
+    "overflow",
+    "bound range",
+    "invalid opcode",
+    "device not available",
+    "double fault",
+    "coprocessor overrun",
+    "invalid TSS",
+    "segment not present",
+    "stack fault",
+    "general protection",
+    "page fault",
+    "reserved",
+    "x87 FP error",
+    "alignment check",
+    "machine check",
+    "SIMD FP error",
+    "virtualization",
+    "control protection",
+    "reserved",
+    "reserved",
+    "reserved",
+    "reserved",
+    "reserved",
+    "reserved",
+    "hypervisor injection",
+    "VMM communication",
+    "security",
+    "reserved",
 ];
 
 /// Called by `exception_common` with the saved registers; never returns.
@@ -164,10 +201,28 @@ extern "C" fn exception_handler(frame: &TrapFrame) -> ! {
          [hv]   rsi {:#018x} rdi {:#018x} rbp {:#018x} r8  {:#018x}\n\
          [hv]   r9  {:#018x} r10 {:#018x} r11 {:#018x} r12 {:#018x}\n\
          [hv]   r13 {:#018x} r14 {:#018x} r15 {:#018x}\n",
-        frame.vector, frame.error_code, frame.rip, frame.cs, frame.rflags, frame.rsp,
-        frame.ss, frame.rax, frame.rbx, frame.rcx, frame.rdx, frame.rsi, frame.rdi,
-        frame.rbp, frame.r8, frame.r9, frame.r10, frame.r11, frame.r12, frame.r13,
-        frame.r14, frame.r15,
+        frame.vector,
+        frame.error_code,
+        frame.rip,
+        frame.cs,
+        frame.rflags,
+        frame.rsp,
+        frame.ss,
+        frame.rax,
+        frame.rbx,
+        frame.rcx,
+        frame.rdx,
+        frame.rsi,
+        frame.rdi,
+        frame.rbp,
+        frame.r8,
+        frame.r9,
+        frame.r10,
+        frame.r11,
+        frame.r12,
+        frame.r13,
+        frame.r14,
+        frame.r15,
     ));
     console::print_forced(format_args!(
         "HV: HOST FAULT (exception {}), status {}\n",

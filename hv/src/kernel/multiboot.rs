@@ -34,7 +34,9 @@ unsafe fn read<T: Copy>(addr: u64) -> T {
 /// The string must be readable up to its terminator or 4096 bytes.
 unsafe fn strlen(addr: u64) -> usize {
     // SAFETY: each byte read lies inside the string, per the caller.
-    (0..4096).find(|&i| unsafe { read::<u8>(addr + i as u64) } == 0).unwrap_or(4096)
+    (0..4096)
+        .find(|&i| unsafe { read::<u8>(addr + i as u64) } == 0)
+        .unwrap_or(4096)
 }
 
 /// A boot module before it is copied.
@@ -116,7 +118,11 @@ impl RawBootInfo {
                     let len = unsafe { strlen(cmdline) } as u64;
                     this.high_water = this.high_water.max(cmdline + len + 1);
                 }
-                this.modules[i] = RawModule { start, end, cmdline };
+                this.modules[i] = RawModule {
+                    start,
+                    end,
+                    cmdline,
+                };
                 this.module_count += 1;
             }
         }

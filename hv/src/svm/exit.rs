@@ -89,7 +89,9 @@ pub fn decode(exit_code: u64, info1: u64, info2: u64) -> VmExit {
         },
         code::VMMCALL => VmExit::Hypercall,
         code::CPUID => VmExit::Cpuid,
-        code::MSR => VmExit::Msr { write: info1 & 1 != 0 },
+        code::MSR => VmExit::Msr {
+            write: info1 & 1 != 0,
+        },
         code::HLT => VmExit::Hlt,
         code::SHUTDOWN => VmExit::Shutdown,
         code::VMRUN => VmExit::Forbidden { what: "VMRUN" },
@@ -119,12 +121,22 @@ mod tests {
         let info1 = (0x3f8 << 16) | ioio::SZ8;
         assert_eq!(
             decode(code::IOIO, info1, 0x1234),
-            VmExit::Io { port: 0x3f8, size: 1, write: true, string: false }
+            VmExit::Io {
+                port: 0x3f8,
+                size: 1,
+                write: true,
+                string: false
+            }
         );
         let info1 = (0x60 << 16) | ioio::SZ32 | ioio::TYPE_IN | ioio::REP | ioio::STR;
         assert_eq!(
             decode(code::IOIO, info1, 0),
-            VmExit::Io { port: 0x60, size: 4, write: false, string: true }
+            VmExit::Io {
+                port: 0x60,
+                size: 4,
+                write: false,
+                string: true
+            }
         );
     }
 
@@ -134,7 +146,10 @@ mod tests {
         assert_eq!(decode(code::MSR, 1, 0), VmExit::Msr { write: true });
         assert_eq!(decode(code::MSR, 0, 0), VmExit::Msr { write: false });
         assert_eq!(decode(code::SHUTDOWN, 0, 0), VmExit::Shutdown);
-        assert_eq!(decode(code::VMRUN, 0, 0), VmExit::Forbidden { what: "VMRUN" });
+        assert_eq!(
+            decode(code::VMRUN, 0, 0),
+            VmExit::Forbidden { what: "VMRUN" }
+        );
         assert_eq!(
             decode(u64::MAX, 0, 0),
             VmExit::InvalidState { code: u64::MAX }
@@ -143,7 +158,10 @@ mod tests {
             decode(0xFFFF_FFFF, 0, 0),
             VmExit::InvalidState { code: 0xFFFF_FFFF }
         );
-        assert!(matches!(decode(0x60, 1, 2), VmExit::Unknown { code: 0x60, .. }));
+        assert!(matches!(
+            decode(0x60, 1, 2),
+            VmExit::Unknown { code: 0x60, .. }
+        ));
         assert_eq!(fixed_length(code::VMMCALL), Some(3));
         assert_eq!(fixed_length(code::NPF), None);
     }

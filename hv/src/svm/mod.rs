@@ -104,11 +104,17 @@ mod tests {
         let c = SvmCaps::from_cpuid(
             CPUID_EXT_ECX_SVM,
             CPUID_EXT_EDX_PAGE1GB,
-            Some((32768, CPUID_SVM_EDX_NP | CPUID_SVM_EDX_NRIPS | CPUID_SVM_EDX_DECODE_ASSISTS)),
+            Some((
+                32768,
+                CPUID_SVM_EDX_NP | CPUID_SVM_EDX_NRIPS | CPUID_SVM_EDX_DECODE_ASSISTS,
+            )),
         )
         .unwrap();
         assert!(c.nrips && c.decode_assists && c.page_1g);
-        assert_eq!(SvmCaps::from_cpuid(0, 0, Some((16, 1))), Err(SvmError::NoSvm));
+        assert_eq!(
+            SvmCaps::from_cpuid(0, 0, Some((16, 1))),
+            Err(SvmError::NoSvm)
+        );
         assert_eq!(
             SvmCaps::from_cpuid(CPUID_EXT_ECX_SVM, 0, Some((16, 0))),
             Err(SvmError::NoNestedPaging)
@@ -117,6 +123,9 @@ mod tests {
             SvmCaps::from_cpuid(CPUID_EXT_ECX_SVM, 0, Some((1, 1))),
             Err(SvmError::NoAsids)
         );
-        assert_eq!(SvmCaps::from_cpuid(CPUID_EXT_ECX_SVM, 0, None), Err(SvmError::NoSvm));
+        assert_eq!(
+            SvmCaps::from_cpuid(CPUID_EXT_ECX_SVM, 0, None),
+            Err(SvmError::NoSvm)
+        );
     }
 }

@@ -353,7 +353,11 @@ impl Vcpu for SvmVcpu {
         let flush = self.flush.take() || core::mem::take(&mut self.fresh_asid);
         self.vmcb.write_u8(
             control::TLB_CONTROL,
-            if flush { tlb_control::THIS_ASID } else { tlb_control::NOTHING },
+            if flush {
+                tlb_control::THIS_ASID
+            } else {
+                tlb_control::NOTHING
+            },
         );
         self.vmcb.write_u32(control::CLEAN_BITS, 0);
         let vmcb_pa = virt_to_phys(&*self.vmcb);

@@ -213,7 +213,10 @@ mod tests {
         assert_eq!(&v.0[0x410..0x414], &[0x08, 0x00, 0x9B, 0x02]);
         assert_eq!(v.read_u32(0x414), 0xffff_ffff);
         assert_eq!(v.read_u64(0x418), 0x1000);
-        v.write_u32(control::INTERCEPT_VEC4, intercept4::VMRUN | intercept4::VMMCALL);
+        v.write_u32(
+            control::INTERCEPT_VEC4,
+            intercept4::VMRUN | intercept4::VMMCALL,
+        );
         assert_eq!(v.0[0x010], 0b11);
         assert_eq!(core::mem::align_of::<Vmcb>(), 4096);
         assert_eq!(core::mem::size_of::<Vmcb>(), 4096);
