@@ -358,6 +358,10 @@ impl<F: Stage2Format> Harness<F> {
                     Err(TableError::AlreadyMapped { gpa: at_gpa }) => {
                         assert!(conflict, "spurious AlreadyMapped");
                         assert!(at_gpa.as_u64() >= gpa && at_gpa.as_u64() < gpa + sz);
+                        assert!(
+                            self.model.translate(at_gpa.as_u64()).is_some(),
+                            "AlreadyMapped names a mapped page"
+                        );
                         Ok(())
                     }
                     Err(TableError::UnsupportedLeaf { size: s }) => {
@@ -391,6 +395,10 @@ impl<F: Stage2Format> Harness<F> {
                     Err(TableError::AlreadyMapped { gpa }) => {
                         assert!(conflict, "spurious AlreadyMapped");
                         assert!(gpa.as_u64() >= start && gpa.as_u64() < start + len);
+                        assert!(
+                            self.model.translate(gpa.as_u64()).is_some(),
+                            "AlreadyMapped names a mapped page"
+                        );
                         Ok(())
                     }
                     Err(e) => Err(e),
