@@ -296,11 +296,11 @@ fn check_frames(
         tables += st.table_frames;
         let mut own = 0;
         for (&page, p) in &m.pages {
-            if p.kind == Kind::Ram {
-                if let Some(t) = s.translate(g(page * PAGE_SIZE_4K)) {
-                    distinct.insert(t.hpa.as_usize() & !(PAGE_SIZE_4K - 1));
-                    own += 1;
-                }
+            if p.kind == Kind::Ram
+                && let Some(t) = s.translate(g(page * PAGE_SIZE_4K))
+            {
+                distinct.insert(t.hpa.as_usize() & !(PAGE_SIZE_4K - 1));
+                own += 1;
             }
         }
         if exact {
