@@ -62,7 +62,7 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
                     }
                     break;
                 }
-                EntryKind::Leaf(_) => return Err(TableError::AlreadyMapped { gpa }),
+                EntryKind::Leaf(_) => return Err(self.already_mapped(g, S::SIZE)),
                 EntryKind::Table(t) => {
                     frame = t;
                     level -= 1;
@@ -72,7 +72,7 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
         // At the leaf level, a present entry (a leaf, or a table: tables below the
         // root are never empty) means something is mapped.
         if level == S::LEVEL && F::is_present(self.tbl(frame).load(index(g, level))) {
-            return Err(TableError::AlreadyMapped { gpa });
+            return Err(self.already_mapped(g, S::SIZE));
         }
 
         let mut reserve = Reserve::fill(alloc, &self.mapper, counts)?;
@@ -185,9 +185,7 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
             let full = s == base && en == base + sz;
             if level == 1 || (full && plan.leaf_here(level, base)) {
                 if F::is_present(e) {
-                    return Err(TableError::AlreadyMapped {
-                        gpa: GuestPhysAddr::new(s),
-                    });
+                    return Err(self.already_mapped(s, en - s));
                 }
             } else {
                 match F::decode(e, level) {
@@ -197,11 +195,7 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
                             self.plan_map(plan, level - 1, None, s, en, counts)?;
                         }
                     }
-                    EntryKind::Leaf(_) => {
-                        return Err(TableError::AlreadyMapped {
-                            gpa: GuestPhysAddr::new(s),
-                        });
-                    }
+                    EntryKind::Leaf(_) => return Err(self.already_mapped(s, en - s)),
                     EntryKind::Table(c) => {
                         self.plan_map(plan, level - 1, Some(c), s, en, counts)?
                     }
@@ -210,6 +204,17 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
             base += sz;
         }
         Ok(())
+    }
+
+    /// The error for a conflict in `[start, start + len)`: names the first mapped
+    /// address there.
+    fn already_mapped(&self, start: usize, len: usize) -> TableError {
+        let first = memory_set::AddrRange::from_start_size(GuestPhysAddr::new(start), len)
+            .and_then(|r| self.leaves_in(r).next())
+            .map_or(start, |l| l.gpa.as_usize().max(start));
+        TableError::AlreadyMapped {
+            gpa: GuestPhysAddr::new(first),
+        }
     }
 
     /// Writes the run of `S` leaves starting at `cur` (to `h`) that fits in one leaf
