@@ -126,7 +126,10 @@ impl<F: Stage2Format> GuestMemory for SpaceMemory<F> {
         caps: Stage2Caps,
         flush: FlushRequest,
     ) -> Result<Self, MemoryError> {
-        let quota_frames = settings.quota.map_or(usize::MAX, |q| (q / 4096) as usize);
+        // Without a quota a guest may use every host frame.
+        let quota_frames = settings
+            .quota
+            .map_or(crate::platform::frame_usage().1, |q| (q / 4096) as usize);
         let mut space = Space::<F>::new(
             gpa(0),
             GPA_LIMIT as usize,
@@ -252,8 +255,8 @@ impl<F: Stage2Format> GuestMemory for SpaceMemory<F> {
             .map_err(|e| memory_error(e, Some(at)))
     }
 
-    fn leaf_size(&self, _at: u64) -> Option<u64> {
-        None
+    fn leaf_size(&self, at: u64) -> Option<u64> {
+        self.space.translate(gpa(at)).map(|t| t.size.size() as u64)
     }
 
     fn protect(&mut self, at: u64, size: u64, access: Access) -> Result<(), MemoryError> {
