@@ -12,10 +12,11 @@ use ept::format::Npt;
 use guest_images::abi::{HypercallStatus, ImageHeader, RunStatus};
 
 use crate::layout::{MIN_LOAD_GPA, PML4_GPA, STACK_TOP, guest_page_tables};
-use crate::memory::{GuestMemory, MemoryError, TableMemory};
+use crate::memory::{GuestMemory, MemoryError};
 use crate::outcome::{FaultKind, GuestEnd};
 use crate::platform::{Console, frame_usage};
 use crate::settings::{GuestSettings, HvSettings, parse_guest_cmdline};
+use crate::space_memory::SpaceMemory;
 use crate::svm::{SvmHost, SvmVcpu};
 use crate::vcpu::{FlushRequest, Reg, Vcpu};
 use crate::vm::{Step, Vm, end_of};
@@ -146,7 +147,7 @@ pub fn start(
         return RunStatus::BadConfig;
     }
     match SvmHost::enable() {
-        Ok(host) => run_all::<SvmHost, TableMemory<Npt>>(host, settings, prepared, console),
+        Ok(host) => run_all::<SvmHost, SpaceMemory<Npt>>(host, settings, prepared, console),
         Err(e) => {
             console.write_fmt_line(format_args!("[hv] SVM unavailable: {e}"));
             console.write_fmt_line(format_args!("HV: UNSUPPORTED CPU"));

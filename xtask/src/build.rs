@@ -10,8 +10,9 @@ use guest_images::abi::{self, ImageHeader};
 pub const TRIPLE: &str = "x86_64-unknown-linux-gnu";
 
 /// Rust flags for bare-metal code on the Linux target: no PIC, no red zone (interrupt
-/// frames would clobber it), static.
+/// frames would clobber it), static; `hv_kernel` selects the kernel's bare-metal entry.
 const KERNEL_RUSTFLAGS: &[&str] = &[
+    "--cfg=hv_kernel",
     "-Crelocation-model=static",
     "-Cno-redzone=yes",
     "-Ctarget-feature=+crt-static",

@@ -9,6 +9,7 @@ use x86_64::instructions::port::Port;
 
 use super::multiboot::{BOOTLOADER_MAGIC, RawBootInfo};
 use super::{console, fatal, gdt, heap, idt};
+use crate::kprintln;
 
 /// Size of the kernel heap.
 const HEAP_SIZE: u64 = 32 << 20;
@@ -83,6 +84,7 @@ extern "C" fn hv_main(magic: u32, info: u32) -> ! {
         Ok(s) => s,
         Err(e) => {
             log::error!("command line `{cmdline}` refused: {e}");
+            kprintln!("HV: CONFIGURATION REFUSED");
             fatal::exit(RunStatus::BadConfig);
         }
     };
