@@ -5,7 +5,7 @@
 //! so a guest pointer is its guest-physical address. The stack pointer starts at
 //! [`STACK_TOP`], just below the image; interrupts stay disabled.
 //!
-//! This is the only module of the crate with `unsafe` code: port I/O, `vmmcall` and
+//! This is the only module of the crate with `unsafe` code: port I/O, hypercalls and
 //! accesses to arbitrary guest-physical addresses need it.
 
 use core::fmt;
@@ -82,15 +82,41 @@ macro_rules! check {
     }};
 }
 
+/// CPUID leaf 0 EBX of an Intel CPU: "Genu" of "GenuineIntel" (SDM vol. 2A, CPUID).
+const CPUID_VENDOR_INTEL_EBX: u32 = 0x756E_6547;
+
+/// Whether the hypervisor runs on Intel VMX, where the hypercall instruction is
+/// VMCALL (AMD SVM: VMMCALL; each raises #UD on the other vendor). Asked once.
+fn on_intel() -> bool {
+    use core::sync::atomic::{AtomicU8, Ordering};
+    static VENDOR: AtomicU8 = AtomicU8::new(0); // 0 unknown, 1 AMD, 2 Intel
+    match VENDOR.load(Ordering::Relaxed) {
+        0 => {
+            let intel = core::arch::x86_64::__cpuid(0).ebx == CPUID_VENDOR_INTEL_EBX;
+            VENDOR.store(if intel { 2 } else { 1 }, Ordering::Relaxed);
+            intel
+        }
+        v => v == 2,
+    }
+}
+
 /// Issues hypercall `number` with up to three arguments; returns RAX.
 pub fn hypercall(number: u64, a0: u64, a1: u64, a2: u64) -> i64 {
     let ret: u64;
-    // SAFETY: `vmmcall` traps to the hypervisor, which only changes RAX (the result)
-    // and may read or write guest memory through its own mappings (hence no `nomem`).
-    unsafe {
-        core::arch::asm!("vmmcall", inlateout("rax") number => ret,
-            in("rdi") a0, in("rsi") a1, in("rdx") a2, options(nostack))
-    };
+    if on_intel() {
+        // SAFETY: `vmcall` exits to the hypervisor, which only changes RAX (the
+        // result) and may read or write guest memory (hence no `nomem`).
+        unsafe {
+            core::arch::asm!("vmcall", inlateout("rax") number => ret,
+                in("rdi") a0, in("rsi") a1, in("rdx") a2, options(nostack))
+        };
+    } else {
+        // SAFETY: as above, with the AMD instruction.
+        unsafe {
+            core::arch::asm!("vmmcall", inlateout("rax") number => ret,
+                in("rdi") a0, in("rsi") a1, in("rdx") a2, options(nostack))
+        };
+    }
     ret as i64
 }
 

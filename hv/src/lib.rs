@@ -6,6 +6,7 @@
 //! * [`platform`]: identity-mapped host memory, the global frame pool, the console.
 //! * [`vcpu`]: the vendor-neutral vCPU trait and exits.
 //! * [`svm`]: AMD SVM with nested paging.
+//! * [`vmx`]: Intel VMX with EPT.
 //!
 //! Host-testable logic (parsing, validation, decoding, reports) has unit tests; the
 //! hardware paths run in the boot tests (`cargo xtask boot-test`).
@@ -24,3 +25,4 @@ pub mod space_memory;
 pub mod svm;
 pub mod vcpu;
 pub mod vm;
+pub mod vmx;
