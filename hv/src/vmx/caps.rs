@@ -295,8 +295,8 @@ impl VmxCaps {
             },
             m.entry,
         )?;
-        let stage2 = Stage2Caps::from_vmx_ept_vpid_cap(m.ept_vpid_cap)
-            .with_host_phys_bits(host_phys_bits);
+        let stage2 =
+            Stage2Caps::from_vmx_ept_vpid_cap(m.ept_vpid_cap).with_host_phys_bits(host_phys_bits);
         if !stage2.walk_4level || !(stage2.mem_wb || stage2.mem_uc) {
             return Err(VmxError::EptUnusable);
         }
@@ -404,7 +404,10 @@ pub(crate) mod tests {
         assert_ne!(c.proc & proc::UNCONDITIONAL_IO_EXITING, 0);
         assert_eq!(c.proc & proc::USE_MSR_BITMAPS, 0);
         // The TRUE controls let CR3 loads and stores run without exits.
-        assert_eq!(c.proc & (proc::CR3_LOAD_EXITING | proc::CR3_STORE_EXITING), 0);
+        assert_eq!(
+            c.proc & (proc::CR3_LOAD_EXITING | proc::CR3_STORE_EXITING),
+            0
+        );
         assert_ne!(c.proc2 & proc2::ENABLE_EPT, 0);
         // The must-be-one bits of each group are kept.
         let m = skylake();

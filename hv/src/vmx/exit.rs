@@ -218,12 +218,13 @@ mod tests {
         assert_eq!(decode(31, 0, 0), VmExit::Msr { write: false });
         assert_eq!(decode(32, 0, 0), VmExit::Msr { write: true });
         assert!(matches!(decode(24, 0, 0), VmExit::Forbidden { .. }));
-        assert!(matches!(decode(55, 0, 0), VmExit::Forbidden { what: "XSETBV" }));
+        assert!(matches!(
+            decode(55, 0, 0),
+            VmExit::Forbidden { what: "XSETBV" }
+        ));
         assert_eq!(
             decode(ENTRY_FAILURE | 33, 0, 0),
-            VmExit::InvalidState {
-                code: 0x8000_0021
-            }
+            VmExit::InvalidState { code: 0x8000_0021 }
         );
         assert_eq!(
             decode(1, 5, 6),
@@ -236,6 +237,9 @@ mod tests {
         assert!(has_instruction_length(reason::VMCALL));
         assert!(!has_instruction_length(reason::EPT_VIOLATION));
         assert!(!has_instruction_length(reason::TRIPLE_FAULT));
-        assert_eq!(instruction_error_name(7), "VM entry with invalid control field(s)");
+        assert_eq!(
+            instruction_error_name(7),
+            "VM entry with invalid control field(s)"
+        );
     }
 }

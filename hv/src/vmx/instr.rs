@@ -34,7 +34,9 @@ fn status(cf: u8, zf: u8) -> Result<(), VmFail> {
     } else if zf != 0 {
         // SAFETY: VMfailValid means there is a current VMCS whose VM-instruction error
         // field is readable.
-        Err(VmFail::Valid(unsafe { vmread(field32::VM_INSTRUCTION_ERROR) } as u32))
+        Err(VmFail::Valid(
+            unsafe { vmread(field32::VM_INSTRUCTION_ERROR) } as u32,
+        ))
     } else {
         Ok(())
     }
