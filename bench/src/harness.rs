@@ -67,6 +67,8 @@ pub struct Recorder {
     order: Vec<String>,
     /// While false (warm-up rounds) samples are dropped.
     pub recording: bool,
+    /// Run only our side (for profiling): anchors and floors are skipped.
+    pub only_ours: bool,
 }
 
 impl Recorder {
@@ -76,6 +78,11 @@ impl Recorder {
             recording: true,
             ..Self::default()
         }
+    }
+
+    /// Whether `who` should run at all.
+    pub fn runs(&self, who: Who) -> bool {
+        !self.only_ours || who == Who::Ours
     }
 
     /// Records that `who` took `ns` nanoseconds for `units` units of measurement `id`.

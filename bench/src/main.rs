@@ -4,8 +4,8 @@
 //! Every workload runs all contenders (ours, the anchors, the floor) interleaved inside
 //! each round; one warm-up round is dropped; the table gives the median over the rounds,
 //! the spread (max - min over median) and the ratios; then one `BENCH` line per
-//! measurement. Arguments: `--quick` (fewer rounds, well under a minute), `--rounds N`, and
-//! workload names (`W1` .. `W5`) to run only those.
+//! measurement. Arguments: `--quick` (fewer rounds, well under a minute), `--rounds N`,
+//! `--only-ours` (skip anchors and floors, for profiling) and workload names (`W1` .. `W5`) to run only those.
 
 mod anchors;
 mod arena;
@@ -28,6 +28,7 @@ struct Options {
     rounds: usize,
     large_searches: usize,
     only: Vec<String>,
+    only_ours: bool,
 }
 
 impl Options {
@@ -35,10 +36,12 @@ impl Options {
         let mut quick = false;
         let mut rounds = None;
         let mut only = Vec::new();
+        let mut only_ours = false;
         let mut args = args.peekable();
         while let Some(a) = args.next() {
             match a.as_str() {
                 "--quick" => quick = true,
+                "--only-ours" => only_ours = true,
                 "--rounds" => {
                     let n = args.next().ok_or("--rounds needs a number")?;
                     rounds = Some(n.parse().map_err(|_| format!("bad round count {n:?}"))?);
@@ -51,6 +54,7 @@ impl Options {
             rounds: rounds.unwrap_or(if quick { 3 } else { 7 }).max(1),
             large_searches: if quick { 200 } else { 1000 },
             only,
+            only_ours,
         })
     }
 
@@ -71,7 +75,7 @@ fn main() -> ExitCode {
     let opts = match Options::parse(std::env::args().skip(1)) {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("bench: {e}\nusage: bench [--quick] [--rounds N] [W1 .. W5]");
+            eprintln!("bench: {e}\nusage: bench [--quick] [--rounds N] [--only-ours] [W1 .. W5]");
             return ExitCode::from(2);
         }
     };
@@ -83,6 +87,7 @@ fn main() -> ExitCode {
     let fault_arena = opts.runs("W4").then(|| Arena::new(w4::ARENA_BLOCKS));
     let fault_order = rng::permutation(w1::PAGES, 0xfa17);
     let mut rec = Recorder::new();
+    rec.only_ours = opts.only_ours;
     for round in 0..=opts.rounds {
         rec.recording = round > 0;
         if opts.runs("W1") {

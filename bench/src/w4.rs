@@ -50,8 +50,9 @@ pub fn round(rec: &mut Recorder, arena: &Arena, mode: Mode, order: &[usize], rou
     for k in 0..3 {
         match (k + round) % 3 {
             0 => ours::w4(rec, mode, order),
-            1 => anchor(rec, arena, mode, order),
-            _ => floor(rec, arena, mode),
+            1 if rec.runs(ARCEOS_PTM) => anchor(rec, arena, mode, order),
+            2 if rec.runs(Who::Floor) => floor(rec, arena, mode),
+            _ => {}
         }
         assert_eq!(
             (arena.in_use_4k(), arena.in_use_2m()),
