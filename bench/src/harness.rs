@@ -67,8 +67,8 @@ pub struct Recorder {
     order: Vec<String>,
     /// While false (warm-up rounds) samples are dropped.
     pub recording: bool,
-    /// Run only our side (for profiling): anchors and floors are skipped.
-    pub only_ours: bool,
+    /// Run only this contender (for profiling): `ours`, `floor` or an anchor's name.
+    pub only: Option<String>,
 }
 
 impl Recorder {
@@ -82,7 +82,11 @@ impl Recorder {
 
     /// Whether `who` should run at all.
     pub fn runs(&self, who: Who) -> bool {
-        !self.only_ours || who == Who::Ours
+        self.only.as_deref().is_none_or(|only| match who {
+            Who::Ours => only == "ours",
+            Who::Floor => only == "floor",
+            Who::Anchor(name) => only == name,
+        })
     }
 
     /// Records that `who` took `ns` nanoseconds for `units` units of measurement `id`.

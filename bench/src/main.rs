@@ -5,7 +5,7 @@
 //! each round; one warm-up round is dropped; the table gives the median over the rounds,
 //! the spread (max - min over median) and the ratios; then one `BENCH` line per
 //! measurement. Arguments: `--quick` (fewer rounds, well under a minute), `--rounds N`,
-//! `--only-ours` (skip anchors and floors, for profiling) and workload names (`W1` .. `W5`) to run only those.
+//! `--only ours|floor|<anchor name>` (run one contender, for profiling) and workload names (`W1` .. `W5`) to run only those.
 
 mod anchors;
 mod arena;
@@ -28,7 +28,7 @@ struct Options {
     rounds: usize,
     large_searches: usize,
     only: Vec<String>,
-    only_ours: bool,
+    only_contender: Option<String>,
 }
 
 impl Options {
@@ -36,12 +36,12 @@ impl Options {
         let mut quick = false;
         let mut rounds = None;
         let mut only = Vec::new();
-        let mut only_ours = false;
+        let mut only_contender = None;
         let mut args = args.peekable();
         while let Some(a) = args.next() {
             match a.as_str() {
                 "--quick" => quick = true,
-                "--only-ours" => only_ours = true,
+                "--only" => only_contender = Some(args.next().ok_or("--only needs a name")?),
                 "--rounds" => {
                     let n = args.next().ok_or("--rounds needs a number")?;
                     rounds = Some(n.parse().map_err(|_| format!("bad round count {n:?}"))?);
@@ -54,7 +54,7 @@ impl Options {
             rounds: rounds.unwrap_or(if quick { 3 } else { 7 }).max(1),
             large_searches: if quick { 200 } else { 1000 },
             only,
-            only_ours,
+            only_contender,
         })
     }
 
@@ -75,7 +75,9 @@ fn main() -> ExitCode {
     let opts = match Options::parse(std::env::args().skip(1)) {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("bench: {e}\nusage: bench [--quick] [--rounds N] [--only-ours] [W1 .. W5]");
+            eprintln!(
+                "bench: {e}\nusage: bench [--quick] [--rounds N] [--only ours|floor|<anchor>] [W1 .. W5]"
+            );
             return ExitCode::from(2);
         }
     };
@@ -87,7 +89,7 @@ fn main() -> ExitCode {
     let fault_arena = opts.runs("W4").then(|| Arena::new(w4::ARENA_BLOCKS));
     let fault_order = rng::permutation(w1::PAGES, 0xfa17);
     let mut rec = Recorder::new();
-    rec.only_ours = opts.only_ours;
+    rec.only = opts.only_contender.clone();
     for round in 0..=opts.rounds {
         rec.recording = round > 0;
         if opts.runs("W1") {
