@@ -120,3 +120,33 @@ fn main() -> ExitCode {
     println!("bench: {missed} target(s) missed");
     ExitCode::SUCCESS
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Options, String> {
+        Options::parse(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn quick_means_fewer_rounds_and_names_select_workloads() {
+        let full = parse(&[]).unwrap();
+        let quick = parse(&["--quick", "w3"]).unwrap();
+        assert!(quick.rounds < full.rounds && quick.large_searches < full.large_searches);
+        assert!(full.runs("W1") && full.runs("W5"));
+        assert!(quick.runs("W3") && !quick.runs("W1"));
+        assert_eq!(parse(&["--rounds", "2"]).unwrap().rounds, 2);
+        assert_eq!(
+            parse(&["--only", "floor"]).unwrap().only_contender.as_deref(),
+            Some("floor")
+        );
+    }
+
+    #[test]
+    fn bad_arguments_are_refused() {
+        assert!(parse(&["--rounds"]).is_err());
+        assert!(parse(&["--rounds", "x"]).is_err());
+        assert!(parse(&["--fast"]).is_err());
+    }
+}
