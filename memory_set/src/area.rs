@@ -57,6 +57,17 @@ impl<B: MappingBackend> MemoryArea<B> {
         }
     }
 
+    /// Replaces the range (bookkeeping only; the caller keeps the page table in step).
+    pub(crate) fn set_range(&mut self, range: AddrRange<B::Addr>) {
+        debug_assert!(!range.is_empty());
+        self.range = range;
+    }
+
+    /// Replaces the flags (bookkeeping only; the caller keeps the page table in step).
+    pub(crate) fn set_flags(&mut self, flags: B::Flags) {
+        self.flags = flags;
+    }
+
     /// The range `[start, end)`.
     #[inline]
     pub fn va_range(&self) -> AddrRange<B::Addr> {

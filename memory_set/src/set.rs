@@ -39,63 +39,107 @@ fn gap_key(lo: Option<usize>, hi: Option<usize>) -> Option<(usize, usize)> {
     Some((last - first, first))
 }
 
-/// One backend call already made by the current operation, with what undoes it.
-enum Step<'a, B: MappingBackend> {
-    Unmapped {
-        backend: &'a B,
-        range: AddrRange<B::Addr>,
-        flags: B::Flags,
-    },
-    Protected {
-        backend: &'a B,
-        range: AddrRange<B::Addr>,
-        old: B::Flags,
-        new: B::Flags,
-    },
-}
-
-/// The undo log of one operation.
-struct Log<'a, B: MappingBackend> {
-    steps: Vec<Step<'a, B>>,
-}
-
-impl<'a, B: MappingBackend> Log<'a, B> {
-    fn new() -> Self {
-        Self { steps: Vec::new() }
-    }
-
-    /// Undoes every logged step, newest first, and turns `cause` into the error to return.
-    fn rollback(self, page_table: &mut B::PageTable, cause: B::Error) -> MemorySetError<B::Error> {
-        for step in self.steps.into_iter().rev() {
-            let undone = match step {
-                Step::Unmapped {
-                    backend,
-                    range,
-                    flags,
-                } => backend.map(range.start(), range.size(), flags, page_table),
-                Step::Protected {
-                    backend,
-                    range,
-                    old,
-                    new,
-                } => backend.protect(range.start(), range.size(), new, old, page_table),
-            };
-            if let Err(undo) = undone {
-                return MemorySetError::UndoFailed { cause, undo };
-            }
-        }
-        MemorySetError::Backend(cause)
-    }
-}
-
-/// Part `piece` of `area` that an operation acts on.
-struct Piece<'a, B: MappingBackend> {
-    area: &'a MemoryArea<B>,
+/// The part `piece` of an existing area that an operation acts on, with copies of what
+/// the backend calls, their undo and the bookkeeping need (so the set itself is not
+/// borrowed while the page table is edited). `new` is the target flags of `protect`.
+struct Piece<B: MappingBackend> {
+    area: AddrRange<B::Addr>,
+    flags: B::Flags,
+    backend: B,
     piece: AddrRange<B::Addr>,
+    new: B::Flags,
 }
 
-/// What the bookkeeping phase needs of a [`Piece`]: the area's key and the piece.
-type Cut<A> = (A, AddrRange<A>);
+impl<B: MappingBackend> Piece<B> {
+    /// Whether part of the area is left before / after the piece.
+    fn keeps(&self) -> (bool, bool) {
+        let area_last = self.area.last().map(MemoryAddr::as_usize);
+        let piece_last = self.piece.last().map(MemoryAddr::as_usize);
+        (
+            self.piece.start() > self.area.start(),
+            piece_last < area_last,
+        )
+    }
+
+    /// Raw inclusive ends of the area and of the piece.
+    fn ends(&self) -> (usize, usize, usize, usize) {
+        let first = |r: &AddrRange<B::Addr>| r.start().as_usize();
+        let last = |r: &AddrRange<B::Addr>| first(r) + (r.size() - 1);
+        (
+            first(&self.area),
+            last(&self.area),
+            first(&self.piece),
+            last(&self.piece),
+        )
+    }
+
+    /// Asks the backend to prepare the cuts that acting on the piece alone makes in its
+    /// area (at most one on each side).
+    fn prepare_cuts(&self, page_table: &mut B::PageTable) -> Result<(), B::Error> {
+        let (keep_left, keep_right) = self.keeps();
+        if keep_left {
+            self.backend
+                .prepare_split(self.area, self.flags, self.piece.start(), page_table)?;
+        }
+        if keep_right && let Some(end) = self.piece.end() {
+            self.backend
+                .prepare_split(self.area, self.flags, end, page_table)?;
+        }
+        Ok(())
+    }
+}
+
+/// Undoes the unmapping of `done` (newest first) after `cause`; the error to return.
+fn undo_unmaps<B: MappingBackend>(
+    done: &[Piece<B>],
+    page_table: &mut B::PageTable,
+    cause: B::Error,
+) -> MemorySetError<B::Error> {
+    for p in done.iter().rev() {
+        if let Err(undo) = p
+            .backend
+            .map(p.piece.start(), p.piece.size(), p.flags, page_table)
+        {
+            return MemorySetError::UndoFailed { cause, undo };
+        }
+    }
+    MemorySetError::Backend(cause)
+}
+
+/// Undoes the re-protection of `done` (newest first) after `cause`; the error to return.
+fn undo_protects<B: MappingBackend>(
+    done: &[Piece<B>],
+    page_table: &mut B::PageTable,
+    cause: B::Error,
+) -> MemorySetError<B::Error> {
+    for p in done.iter().rev() {
+        if let Err(undo) =
+            p.backend
+                .protect(p.piece.start(), p.piece.size(), p.new, p.flags, page_table)
+        {
+            return MemorySetError::UndoFailed { cause, undo };
+        }
+    }
+    MemorySetError::Backend(cause)
+}
+
+/// Prepares the cuts of every piece, then unmaps them in order; on error undoes the
+/// unmaps already done (prepared cuts need no undo).
+fn unmap_pieces<B: MappingBackend>(
+    pieces: &[Piece<B>],
+    page_table: &mut B::PageTable,
+) -> Result<(), MemorySetError<B::Error>> {
+    for p in pieces {
+        p.prepare_cuts(page_table)
+            .map_err(MemorySetError::Backend)?;
+    }
+    for (i, p) in pieces.iter().enumerate() {
+        if let Err(e) = p.backend.unmap(p.piece.start(), p.piece.size(), page_table) {
+            return Err(undo_unmaps(&pieces[..i], page_table, e));
+        }
+    }
+    Ok(())
+}
 
 impl<B: MappingBackend> MemorySet<B> {
     /// An empty set.
@@ -160,14 +204,62 @@ impl<B: MappingBackend> MemorySet<B> {
             .filter(|area| area.last() >= addr)
     }
 
-    /// Inserts an area (no overlap with existing ones) and updates the gap index.
-    fn insert_area(&mut self, area: MemoryArea<B>) {
-        let start = area.start();
+    /// Checks the set's internal invariants in O(n log n): keys equal area starts, areas
+    /// are non-empty and do not overlap, and the gap index holds exactly the free gaps.
+    /// For tests and debugging; `Err` names the first broken invariant.
+    pub fn validate(&self) -> Result<(), &'static str> {
+        let mut free_from = Some(0usize);
+        let mut gaps = 0;
+        for (&key, area) in &self.areas {
+            if key != area.start() {
+                return Err("an area is filed under a key other than its start");
+            }
+            if area.size() == 0 {
+                return Err("an empty area");
+            }
+            let first = free_from.ok_or("an area after one that ends at 2^64")?;
+            if area.start().as_usize() < first {
+                return Err("two areas overlap");
+            }
+            if let Some(gap) = gap_key(Some(first), Some(area.start().as_usize())) {
+                if !self.gaps.contains(&gap) {
+                    return Err("a free gap is missing from the gap index");
+                }
+                gaps += 1;
+            }
+            free_from = area.end().map(MemoryAddr::as_usize);
+        }
+        if let Some(gap) = gap_key(free_from, None) {
+            if !self.gaps.contains(&gap) {
+                return Err("the free gap at the top is missing from the gap index");
+            }
+            gaps += 1;
+        }
+        if gaps != self.gaps.len() {
+            return Err("the gap index holds a range that is not a free gap");
+        }
+        Ok(())
+    }
+
+    /// The end of the last area starting before `start` (`Some(0)` if there is none,
+    /// `None` if it ends at `2^64`) and the start of the first area at or after `start`.
+    fn neighbours(&self, start: B::Addr) -> (Option<usize>, Option<usize>) {
         let prev_end = match self.areas.range(..start).next_back() {
             Some((_, prev)) => prev.end().map(MemoryAddr::as_usize),
             None => Some(0),
         };
         let next_start = self.areas.range(start..).next().map(|(k, _)| k.as_usize());
+        (prev_end, next_start)
+    }
+
+    /// Inserts an area into the free gap between `prev_end` and `next_start` (as given
+    /// by [`Self::neighbours`]) and updates the gap index.
+    fn insert_area(
+        &mut self,
+        area: MemoryArea<B>,
+        (prev_end, next_start): (Option<usize>, Option<usize>),
+    ) {
+        let start = area.start();
         if let Some(key) = gap_key(prev_end, next_start) {
             self.gaps.remove(&key);
         }
@@ -180,106 +272,114 @@ impl<B: MappingBackend> MemorySet<B> {
         self.areas.insert(start, area);
     }
 
-    /// Removes the area starting at `start` and updates the gap index.
-    fn remove_area(&mut self, start: B::Addr) -> Option<MemoryArea<B>> {
-        let area = self.areas.remove(&start)?;
-        let prev_end = match self.areas.range(..start).next_back() {
-            Some((_, prev)) => prev.end().map(MemoryAddr::as_usize),
-            None => Some(0),
-        };
-        let next_start = self.areas.range(start..).next().map(|(k, _)| k.as_usize());
-        if let Some(key) = gap_key(prev_end, Some(start.as_usize())) {
-            self.gaps.remove(&key);
-        }
-        if let Some(key) = gap_key(area.end().map(MemoryAddr::as_usize), next_start) {
-            self.gaps.remove(&key);
-        }
-        if let Some(key) = gap_key(prev_end, next_start) {
-            self.gaps.insert(key);
-        }
-        Some(area)
-    }
-
-    /// The parts of existing areas inside `range`, in address order.
-    fn pieces(&self, range: AddrRange<B::Addr>) -> Vec<Piece<'_, B>> {
+    /// The parts of existing areas inside `range`, in address order, each with the
+    /// flags `new_flags` gives it; areas for which it returns `None` are left out.
+    fn pieces(
+        &self,
+        range: AddrRange<B::Addr>,
+        mut new_flags: impl FnMut(B::Flags) -> Option<B::Flags>,
+    ) -> Vec<Piece<B>> {
         self.iter_overlapping(range)
             .filter_map(|area| {
-                let piece = area.va_range().intersection(&range)?;
-                Some(Piece { area, piece })
+                let new = new_flags(area.flags())?;
+                Some(Piece {
+                    area: area.va_range(),
+                    flags: area.flags(),
+                    backend: area.backend().clone(),
+                    piece: area.va_range().intersection(&range)?,
+                    new,
+                })
             })
             .collect()
     }
 
-    /// Asks the backend to prepare the cuts that acting on `piece` alone will make in
-    /// `area` (at most one on each side).
-    fn prepare_cuts(
-        area: &MemoryArea<B>,
-        piece: AddrRange<B::Addr>,
-        page_table: &mut B::PageTable,
-    ) -> Result<(), B::Error> {
-        if piece.start() > area.start() {
-            area.backend().prepare_split(
-                area.va_range(),
-                area.flags(),
-                piece.start(),
-                page_table,
-            )?;
-        }
-        if let Some(end) = piece.end()
-            && end <= area.last()
-        {
-            area.backend()
-                .prepare_split(area.va_range(), area.flags(), end, page_table)?;
-        }
-        Ok(())
-    }
-
-    /// Backend phase of removing `pieces`: cuts first (fallible, nothing to undo), then
-    /// one unmap per piece, each logged.
-    fn unmap_pieces<'a>(
-        pieces: &[Piece<'a, B>],
-        page_table: &mut B::PageTable,
-        log: &mut Log<'a, B>,
-    ) -> Result<(), B::Error> {
-        for p in pieces {
-            Self::prepare_cuts(p.area, p.piece, page_table)?;
-        }
-        for p in pieces {
-            let backend = p.area.backend();
-            backend.unmap(p.piece.start(), p.piece.size(), page_table)?;
-            log.steps.push(Step::Unmapped {
-                backend,
-                range: p.piece,
-                flags: p.area.flags(),
-            });
-        }
-        Ok(())
-    }
-
-    /// Bookkeeping phase: replaces each cut area by what is left of it outside its piece,
-    /// and, with `new_flags`, by the piece itself carrying the new flags.
-    fn commit_cuts(&mut self, cuts: &[Cut<B::Addr>], new_flags: Option<&[B::Flags]>) {
-        for (i, &(key, piece)) in cuts.iter().enumerate() {
-            let Some(area) = self.remove_area(key) else {
-                continue;
+    /// Marks `[first, last]` (no longer covered by any area) free in the gap index,
+    /// merging it with the free gap just before it (`merge_left`) and just after it
+    /// (`merge_right`) if there is one.
+    fn add_gap(&mut self, first: usize, last: usize, merge_left: bool, merge_right: bool) {
+        let (mut lo, mut hi) = (first, last);
+        if merge_left {
+            let prev_end = match self.areas.range(..B::Addr::from(first)).next_back() {
+                Some((_, prev)) => prev.end().map(MemoryAddr::as_usize),
+                None => Some(0),
             };
-            let (a_first, a_last) = (area.start().as_usize(), area.last().as_usize());
-            let p_first = piece.start().as_usize();
-            let p_last = p_first + (piece.size() - 1);
-            if p_first > a_first
-                && let Some(r) = AddrRange::from_inclusive(area.start(), (p_first - 1).into())
-            {
-                let left = MemoryArea::from_range(r, area.flags(), area.backend().clone());
-                self.insert_area(left);
+            if let Some(key) = gap_key(prev_end, Some(first)) {
+                self.gaps.remove(&key);
+                lo = key.1;
             }
-            if p_last < a_last
-                && let Some(r) = AddrRange::from_inclusive((p_last + 1).into(), area.last())
-            {
-                let right = MemoryArea::from_range(r, area.flags(), area.backend().clone());
-                self.insert_area(right);
+        }
+        if merge_right && last < usize::MAX {
+            let next_start = self
+                .areas
+                .range(B::Addr::from(last + 1)..)
+                .next()
+                .map(|(k, _)| k.as_usize());
+            if let Some(key) = gap_key(Some(last + 1), next_start) {
+                self.gaps.remove(&key);
+                hi = key.1 + key.0;
             }
-            if let Some(&flags) = new_flags.and_then(|f| f.get(i)) {
-                self.insert_area(MemoryArea::from_range(piece, flags, area.backend().clone()));
+        }
+        self.gaps.insert((hi - lo, lo));
+    }
+
+    /// Bookkeeping of an unmap: what is left of each cut area stays (the left part in
+    /// place), the pieces become free gaps.
+    fn commit_unmap(&mut self, pieces: Vec<Piece<B>>) {
+        for p in pieces {
+            let (keep_left, keep_right) = p.keeps();
+            let (_, a_last, p_first, p_last) = p.ends();
+            let key = p.area.start();
+            if keep_left {
+                if let (Some(area), Some(left)) = (
+                    self.areas.get_mut(&key),
+                    AddrRange::from_inclusive(key, (p_first - 1).into()),
+                ) {
+                    area.set_range(left);
+                }
+            } else {
+                self.areas.remove(&key);
+            }
+            if keep_right
+                && let Some(right) = AddrRange::from_inclusive((p_last + 1).into(), a_last.into())
+            {
+                self.areas.insert(
+                    right.start(),
+                    MemoryArea::from_range(right, p.flags, p.backend),
+                );
+            }
+            self.add_gap(p_first, p_last, !keep_left, !keep_right);
+        }
+    }
+
+    /// Bookkeeping of a protect: each piece becomes an area with its new flags, what is
+    /// left on either side keeps the old ones. No free gap changes.
+    fn commit_protect(&mut self, pieces: Vec<Piece<B>>) {
+        for p in pieces {
+            let (keep_left, keep_right) = p.keeps();
+            let (_, a_last, p_first, p_last) = p.ends();
+            let key = p.area.start();
+            if keep_left {
+                if let (Some(area), Some(left)) = (
+                    self.areas.get_mut(&key),
+                    AddrRange::from_inclusive(key, (p_first - 1).into()),
+                ) {
+                    area.set_range(left);
+                }
+                self.areas.insert(
+                    p.piece.start(),
+                    MemoryArea::from_range(p.piece, p.new, p.backend.clone()),
+                );
+            } else if let Some(area) = self.areas.get_mut(&key) {
+                area.set_range(p.piece);
+                area.set_flags(p.new);
+            }
+            if keep_right
+                && let Some(right) = AddrRange::from_inclusive((p_last + 1).into(), a_last.into())
+            {
+                self.areas.insert(
+                    right.start(),
+                    MemoryArea::from_range(right, p.flags, p.backend),
+                );
             }
         }
     }
@@ -296,29 +396,36 @@ impl<B: MappingBackend> MemorySet<B> {
         unmap_overlap: bool,
     ) -> SetResult<B> {
         let range = area.va_range();
-        let cuts: Vec<Cut<B::Addr>> = {
-            let pieces = self.pieces(range);
-            if let Some(p) = pieces.first()
-                && !unmap_overlap
-            {
+        if !unmap_overlap {
+            // The area before must end at or before the start, the next one must start
+            // after the last address.
+            let (prev_end, next_start) = self.neighbours(area.start());
+            let existing = match (prev_end, next_start) {
+                (Some(e), _) if e > area.start().as_usize() => self.find(area.start()),
+                (None, _) => self.find(area.start()),
+                (_, Some(n)) if n <= area.last().as_usize() => self.find(n.into()),
+                _ => None,
+            };
+            if let Some(existing) = existing {
                 return Err(MemorySetError::AlreadyExists {
-                    existing_start: p.area.start().as_usize(),
+                    existing_start: existing.start().as_usize(),
                 });
             }
-            let mut log = Log::new();
-            if let Err(e) = Self::unmap_pieces(&pieces, page_table, &mut log) {
-                return Err(log.rollback(page_table, e));
-            }
-            if let Err(e) = area
-                .backend()
-                .map(area.start(), area.size(), area.flags(), page_table)
-            {
-                return Err(log.rollback(page_table, e));
-            }
-            pieces.iter().map(|p| (p.area.start(), p.piece)).collect()
-        };
-        self.commit_cuts(&cuts, None);
-        self.insert_area(area);
+            area.map_area(page_table)?;
+            self.insert_area(area, (prev_end, next_start));
+            return Ok(());
+        }
+        let pieces = self.pieces(range, Some);
+        unmap_pieces(&pieces, page_table)?;
+        if let Err(e) = area
+            .backend()
+            .map(area.start(), area.size(), area.flags(), page_table)
+        {
+            return Err(undo_unmaps(&pieces, page_table, e));
+        }
+        self.commit_unmap(pieces);
+        let neighbours = self.neighbours(area.start());
+        self.insert_area(area, neighbours);
         Ok(())
     }
 
@@ -335,25 +442,19 @@ impl<B: MappingBackend> MemorySet<B> {
         page_table: &mut B::PageTable,
     ) -> SetResult<B> {
         let range = checked_range::<B>(start, size)?;
-        let cuts: Vec<Cut<B::Addr>> = {
-            let pieces = self.pieces(range);
-            let mut log = Log::new();
-            if let Err(e) = Self::unmap_pieces(&pieces, page_table, &mut log) {
-                return Err(log.rollback(page_table, e));
-            }
-            pieces.iter().map(|p| (p.area.start(), p.piece)).collect()
-        };
-        self.commit_cuts(&cuts, None);
+        let pieces = self.pieces(range, Some);
+        unmap_pieces(&pieces, page_table)?;
+        self.commit_unmap(pieces);
         Ok(())
     }
 
     /// Changes the flags inside `[start, start + size)`.
     ///
     /// `update` gets each overlapping area's flags and returns the new ones, or `None` to
-    /// leave that area alone. An area whose flags do not change (`None`, or the same
-    /// flags) is neither split nor passed to the backend. A changed area that crosses an
-    /// end of the range is split there (up to three pieces for one area). On a backend
-    /// error everything is undone.
+    /// leave that area alone; it is called once per area. An area whose flags do not
+    /// change (`None`, or the same flags) is neither split nor passed to the backend. A
+    /// changed area that crosses an end of the range is split there (up to three pieces
+    /// for one area). On a backend error everything is undone.
     pub fn protect(
         &mut self,
         start: B::Addr,
@@ -362,58 +463,36 @@ impl<B: MappingBackend> MemorySet<B> {
         page_table: &mut B::PageTable,
     ) -> SetResult<B> {
         let range = checked_range::<B>(start, size)?;
-        let (cuts, flags): (Vec<Cut<B::Addr>>, Vec<B::Flags>) = {
-            let mut pieces = self.pieces(range);
-            let mut flags = Vec::with_capacity(pieces.len());
-            pieces.retain(|p| match update(p.area.flags()) {
-                Some(new) if new != p.area.flags() => {
-                    flags.push(new);
-                    true
-                }
-                _ => false,
-            });
-            let mut log = Log::new();
-            for p in &pieces {
-                if let Err(e) = Self::prepare_cuts(p.area, p.piece, page_table) {
-                    return Err(log.rollback(page_table, e));
-                }
+        let pieces = self.pieces(range, |old| update(old).filter(|&new| new != old));
+        for p in &pieces {
+            p.prepare_cuts(page_table)
+                .map_err(MemorySetError::Backend)?;
+        }
+        for (i, p) in pieces.iter().enumerate() {
+            if let Err(e) =
+                p.backend
+                    .protect(p.piece.start(), p.piece.size(), p.flags, p.new, page_table)
+            {
+                return Err(undo_protects(&pieces[..i], page_table, e));
             }
-            for (p, &new) in pieces.iter().zip(&flags) {
-                let backend = p.area.backend();
-                let old = p.area.flags();
-                if let Err(e) =
-                    backend.protect(p.piece.start(), p.piece.size(), old, new, page_table)
-                {
-                    return Err(log.rollback(page_table, e));
-                }
-                log.steps.push(Step::Protected {
-                    backend,
-                    range: p.piece,
-                    old,
-                    new,
-                });
-            }
-            let cuts = pieces.iter().map(|p| (p.area.start(), p.piece)).collect();
-            (cuts, flags)
-        };
-        self.commit_cuts(&cuts, Some(&flags));
+        }
+        self.commit_protect(pieces);
         Ok(())
     }
 
     /// Unmaps and removes every area; on a backend error everything is mapped back. O(n).
     pub fn clear(&mut self, page_table: &mut B::PageTable) -> SetResult<B> {
-        {
-            let mut log = Log::new();
-            for area in self.areas.values() {
-                let backend = area.backend();
-                if let Err(e) = backend.unmap(area.start(), area.size(), page_table) {
-                    return Err(log.rollback(page_table, e));
+        for (i, area) in self.areas.values().enumerate() {
+            if let Err(cause) = area.backend().unmap(area.start(), area.size(), page_table) {
+                for done in self.areas.values().take(i).rev() {
+                    let backend = done.backend();
+                    if let Err(undo) =
+                        backend.map(done.start(), done.size(), done.flags(), page_table)
+                    {
+                        return Err(MemorySetError::UndoFailed { cause, undo });
+                    }
                 }
-                log.steps.push(Step::Unmapped {
-                    backend,
-                    range: area.va_range(),
-                    flags: area.flags(),
-                });
+                return Err(MemorySetError::Backend(cause));
             }
         }
         *self = Self::new();

@@ -240,6 +240,7 @@ proptest! {
                 }
             }
             prop_assert_eq!(ours_areas(&ours), arce_areas(&arce), "after {:?}", op);
+            prop_assert_eq!(ours.validate(), Ok(()));
             prop_assert_eq!(&ours_pt, &arce_pt, "after {:?}", op);
         }
         prop_assert_eq!(ours.clear(&mut ours_pt), Ok(()));

@@ -228,6 +228,7 @@ impl Harness {
             })
             .collect();
         assert_eq!(got, self.model.areas(), "areas differ");
+        assert_eq!(self.set.validate(), Ok(()), "set invariants");
         let expected_pt: BTreeMap<usize, u8> = self
             .model
             .pages

@@ -161,6 +161,7 @@ fn check<const P: usize>(set: &Set<P>, pt: &Pt) {
         gaps.insert((TOP - first, first));
     }
     assert_eq!(set.gaps, gaps, "gap index out of step");
+    assert_eq!(set.validate(), Ok(()));
     assert_eq!(pt.pages, expected_pages, "page table out of step");
 }
 
