@@ -1,4 +1,5 @@
-//! Model-based test: random sequences of `map` / `unmap` / `protect` / `find_free_area`
+//! Model-based test: random sequences of `map` / `unmap` / `protect` / `find_free_area` /
+//! `handle_fault`
 //! on a [`MemorySet`] against a plain page-granular reference, with a backend failure
 //! injected into many of the operations.
 //!
@@ -28,6 +29,8 @@ struct Pt {
     /// Fail the call with this number (then never again, so undo calls succeed).
     fail_at: Option<usize>,
     fired: bool,
+    /// The area (start, size) and flags of the last fault the backend served.
+    last_fault: Option<(usize, usize, u8)>,
 }
 
 impl Pt {
@@ -103,13 +106,20 @@ impl MappingBackend for Strict {
 
     fn handle_fault(
         &self,
-        _area: AddrRange<GuestPhysAddr>,
-        _flags: u8,
-        _addr: GuestPhysAddr,
-        _access: u8,
+        area: AddrRange<GuestPhysAddr>,
+        flags: u8,
+        addr: GuestPhysAddr,
+        access: u8,
         pt: &mut Pt,
     ) -> Result<(), &'static str> {
-        pt.tick()
+        pt.tick()?;
+        assert!(area.contains(addr));
+        pt.last_fault = Some((area.start().as_usize(), area.size(), flags));
+        if access & !flags != 0 {
+            Err("denied")
+        } else {
+            Ok(())
+        }
     }
 
     fn prepare_split(
@@ -154,6 +164,10 @@ enum Op {
         limit_n: usize,
         align_log: u32,
     },
+    Fault {
+        page: usize,
+        access: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -164,6 +178,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => range.clone().prop_map(|(page, n)| Op::Unmap { page, n }),
         2 => (range, 0..4u8, proptest::option::of(0..4u8))
             .prop_map(|((page, n), new, only)| Op::Protect { page, n, new, only }),
+        1 => (0..N, 0..4u8).prop_map(|(page, access)| Op::Fault { page, access }),
         1 => (0..N, 1..=8usize, 0..N, 0..=N, 0..4u32).prop_map(
             |(hint, n, limit_lo, limit_n, align_log)| Op::FindFree {
                 hint,
@@ -340,6 +355,35 @@ impl Harness {
                         "{op:?}"
                     ),
                 }
+                Ok(())
+            }
+            Op::Fault { page, access } => {
+                self.pt.last_fault = None;
+                let got = self.set.handle_fault(self.addr(page), access, &mut self.pt);
+                let Some(&(id, flags)) = self.model.pages.get(&page) else {
+                    let addr = self.addr(page).as_usize();
+                    assert_eq!(got, Err(MemorySetError::NotFound { addr }));
+                    return Ok(());
+                };
+                if self.pt.fired {
+                    return got;
+                }
+                // The backend saw the whole area around the page.
+                let same = |p: &usize| self.model.pages.get(p).is_some_and(|&(i, _)| i == id);
+                let first = (0..=page).rev().take_while(same).last().unwrap_or(page);
+                let last = (page..N).take_while(same).last().unwrap_or(page);
+                let area = (
+                    self.addr(first).as_usize(),
+                    (last - first + 1) * PAGE,
+                    flags,
+                );
+                assert_eq!(self.pt.last_fault, Some(area), "{op:?}");
+                let expected = if access & !flags != 0 {
+                    Err(MemorySetError::Backend("denied"))
+                } else {
+                    Ok(())
+                };
+                assert_eq!(got, expected, "{op:?}");
                 Ok(())
             }
         }

@@ -1,1 +1,423 @@
-//! The guest address space: areas, backends, on-demand faults, guest memory access.
+//! The guest address space: areas, backends, on-demand faults, guest memory access,
+//! owned regions and copy-on-write clones, on top of [`memory_set::MemorySet`] and
+//! [`Stage2Table`](crate::table::Stage2Table).
+//!
+//! # Model
+//! An [`AddressSpace`] covers a guest-physical window `[base, base + size)`. Inside it,
+//! non-overlapping *areas* (a [`MemorySet`]) say what each range is:
+//! * a **linear window** ([`AddressSpace::map_linear`]) onto host memory the space does
+//!   not own (MMIO, a host buffer), mapped up front with the largest leaves alignment
+//!   allows, usually `Uncacheable` for devices;
+//! * **RAM** ([`AddressSpace::map_alloc`]): zero-filled frames from the allocator, either
+//!   populated up front or on the first fault. A fault inside an area that covers the
+//!   whole aligned 2 MiB block around it, where no 4 KiB leaf exists yet and the
+//!   allocator has a 2 MiB block, maps a 2 MiB leaf; otherwise a 4 KiB leaf.
+//!
+//! The table always agrees with the areas: a leaf never straddles an area boundary
+//! (huge leaves are split *before* an area is cut, see
+//! [`MappingBackend::prepare_split`](memory_set::MappingBackend::prepare_split)), no leaf exists outside an area, and a RAM leaf is
+//! writable only if its area is and its frame is not shared copy-on-write.
+//!
+//! # Frames and flushes
+//! Every table change returns a [`Flush`]; the space completes it itself: it calls
+//! [`Invalidate::invalidate`] (INVEPT / TLB_CONTROL in the hypervisor) and only then
+//! frees table frames and the RAM frames of unmapped leaves. Linear windows never free
+//! their host frames.
+//!
+//! Frames are counted per space ([`SpaceStats`]): RAM frames (a frame shared with a
+//! clone counts in both) and table frames (root included). `quota_frames` bounds their
+//! sum; going over it is [`SpaceError::OutOfMemory`] with [`OomReason::Quota`] for this
+//! guest alone.
+//!
+//! # Transactions
+//! An error changes nothing: areas, tables, frame counts and guest memory are as before.
+//! Populating (`map_alloc(.., true)`, [`AddressSpace::populate_area`]) undoes the leaves
+//! it added when it runs out of frames; `unmap` and `protect` take the (at most four)
+//! frames needed to split huge leaves at their ends *before* changing anything;
+//! [`AddressSpace::try_clone`] builds the whole child before it touches the parent.
+//!
+//! # Copy-on-write
+//! [`AddressSpace::try_clone`] gives a new space whose RAM leaves map the same frames,
+//! read-only in both spaces, with a reference count per frame (see `frames.rs`). A write
+//! fault on a shared frame copies the 4 KiB page (a shared 2 MiB leaf is split first);
+//! when the other side has already let go (count 1) it just restores write access.
+//! Linear windows are mapped as they are in both. Dropping either side frees exactly
+//! the frames it alone held.
+//!
+//! # Guest memory access by the hypervisor
+//! [`AddressSpace::read`] / [`AddressSpace::write`] (and the `_obj` forms for [`Pod`]
+//! types) work at any GPA and length across pages, all or nothing, with the guest's
+//! permissions: reading needs `READ`, writing `WRITE` in every area touched; an uncovered
+//! byte is [`SpaceError::NotMapped`]; a linear window is [`SpaceError::NotRam`]; a range
+//! of an [`OwnedRegion`] is [`SpaceError::Owned`] (use the region's views). A read of a
+//! page not yet faulted in returns zeros without allocating (the guest would see zeros
+//! too); a write faults it in exactly as a guest write would (allocating, or breaking
+//! copy-on-write). A loader that fills read-only code maps it writable, writes, then
+//! calls [`AddressSpace::protect`].
+//!
+//! # Owned regions
+//! See [`OwnedRegion`]: a handle that owns a populated range and unmaps it on drop.
+//!
+//! # Example
+//! ```
+//! use ept::caps::Stage2Caps;
+//! use ept::flush::FlushScope;
+//! use ept::format::{Access, Npt};
+//! use ept::frame::HeapArena;
+//! use ept::space::{AddressSpace, FaultOutcome};
+//! use ept::fault::{FaultKind, Stage2Fault};
+//! use memory_set::GuestPhysAddr;
+//!
+//! let arena = HeapArena::new(2048);
+//! let flushes = std::rc::Rc::new(std::cell::Cell::new(0));
+//! let counter = flushes.clone();
+//! let mut space = AddressSpace::<Npt, _, _, _>::new(
+//!     GuestPhysAddr::new(0),
+//!     16 << 20,
+//!     Stage2Caps::all(),
+//!     arena.clone(),
+//!     arena.clone(),
+//!     move |_: FlushScope| counter.set(counter.get() + 1),
+//!     1024,
+//! )?;
+//! // 1 MiB of RAM at 4 MiB, faulted in on demand.
+//! space.map_alloc(GuestPhysAddr::new(0x40_0000), 0x10_0000, Access::RW, false)?;
+//! let fault = Stage2Fault {
+//!     gpa: GuestPhysAddr::new(0x40_1234),
+//!     access: Access::WRITE,
+//!     kind: FaultKind::NotPresent,
+//!     in_guest_walk: false,
+//! };
+//! assert!(matches!(space.handle_fault(fault)?, FaultOutcome::Populated { .. }));
+//! space.write_obj(GuestPhysAddr::new(0x40_1000), &0xdead_beef_u32)?;
+//! assert_eq!(space.read_obj::<u32>(GuestPhysAddr::new(0x40_1000))?, 0xdead_beef);
+//! space.unmap(GuestPhysAddr::new(0x40_0000), 0x10_0000)?;
+//! assert!(flushes.get() > 0);
+//! drop(space);
+//! assert_eq!(arena.in_use(), 0, "every frame went back");
+//! # Ok::<(), ept::space::SpaceError>(())
+//! ```
+
+mod access;
+mod backend;
+mod clone;
+mod error;
+mod fault;
+mod frames;
+mod lock;
+mod meter;
+mod pod;
+mod region;
+mod report;
+mod state;
+
+use alloc::sync::Arc;
+
+use memory_set::{AddrRange, GuestPhysAddr, HostPhysAddr, MemoryAddr, MemorySet, PAGE_SIZE_4K};
+
+use crate::caps::Stage2Caps;
+use crate::flush::{Flush, FlushScope};
+use crate::format::{Access, LeafAttr, MemType, Stage2Format};
+use crate::frame::{FrameAlloc, PhysMapper};
+
+use backend::{AreaFlags, Backend, BackendKind};
+use lock::SpinLock;
+use state::{Inner, State};
+
+pub use error::{OomReason, RangeProblem, SpaceError};
+pub use fault::FaultOutcome;
+pub use pod::Pod;
+pub use region::{OwnedRegion, ViewError};
+pub use report::{AreaInfo, AreaKind, SpaceReport, SpaceStats};
+
+/// How the hypervisor invalidates cached stage-2 translations of one address space
+/// (INVEPT single-context on Intel, the VMCB TLB_CONTROL / ASID flush on AMD).
+///
+/// The space calls it for every completed [`Flush`], before it frees any frame that
+/// left the table. Closures `FnMut(FlushScope)` implement it.
+pub trait Invalidate {
+    /// Invalidates the translations `scope` covers.
+    fn invalidate(&mut self, scope: FlushScope);
+}
+
+impl<T: FnMut(FlushScope)> Invalidate for T {
+    fn invalidate(&mut self, scope: FlushScope) {
+        self(scope)
+    }
+}
+
+/// A guest's stage-2 address space (see the [module docs](self)).
+///
+/// `F` is the entry format ([`Ept`](crate::format::Ept) or [`Npt`](crate::format::Npt)),
+/// `M` reaches host frames, `A` is a cheap `Clone` handle to the host frame allocator
+/// (clones share frames through it), `I` invalidates this space's translations.
+///
+/// The state sits behind a lock shared with the space's [`OwnedRegion`]s, so the last
+/// of them to go frees the table and frames (the space itself usually goes last).
+pub struct AddressSpace<F, M, A, I>
+where
+    F: Stage2Format,
+    M: PhysMapper,
+    A: FrameAlloc + Clone,
+    I: Invalidate,
+{
+    inner: Arc<SpinLock<Inner<F, M, A, I>>>,
+    window: AddrRange<GuestPhysAddr>,
+    root: HostPhysAddr,
+    root_pointer: u64,
+}
+
+impl<F, M, A, I> AddressSpace<F, M, A, I>
+where
+    F: Stage2Format,
+    M: PhysMapper,
+    A: FrameAlloc + Clone,
+    I: Invalidate,
+{
+    /// An empty space over `[base, base + size)` (both 4 KiB aligned, inside the GPA
+    /// width of `caps`), with an empty stage-2 table whose root counts against
+    /// `quota_frames`.
+    pub fn new(
+        base: GuestPhysAddr,
+        size: usize,
+        caps: Stage2Caps,
+        mapper: M,
+        alloc: A,
+        invalidate: I,
+        quota_frames: usize,
+    ) -> Result<Self, SpaceError> {
+        let window = window_range(base, size, &caps)?;
+        let state = State::new(mapper, alloc, invalidate, caps, quota_frames)?;
+        Ok(Self::from_state(window, MemorySet::new(), state))
+    }
+
+    fn from_state(
+        window: AddrRange<GuestPhysAddr>,
+        set: MemorySet<Backend<F, M, A, I>>,
+        st: State<F, M, A, I>,
+    ) -> Self {
+        let root = st.table.root();
+        let root_pointer = st.table.root_pointer();
+        Self {
+            inner: Arc::new(SpinLock::new(Inner { set, st, window })),
+            window,
+            root,
+            root_pointer,
+        }
+    }
+
+    /// The first guest-physical address of the window.
+    pub fn base(&self) -> GuestPhysAddr {
+        self.window.start()
+    }
+
+    /// The end of the window (exclusive).
+    pub fn end(&self) -> GuestPhysAddr {
+        // The window lies below 2^max_phys_bits (checked in `new`), so the end exists.
+        GuestPhysAddr::new(self.window.start().as_usize() + self.window.size())
+    }
+
+    /// The size of the window in bytes.
+    pub fn size(&self) -> usize {
+        self.window.size()
+    }
+
+    /// The window as a range.
+    pub fn window(&self) -> AddrRange<GuestPhysAddr> {
+        self.window
+    }
+
+    /// The root table frame (what EPTP / nCR3 point at).
+    pub fn root(&self) -> HostPhysAddr {
+        self.root
+    }
+
+    /// The value for the hardware root pointer (EPTP with memory type, walk length
+    /// and A/D enable; or nCR3).
+    pub fn root_pointer(&self) -> u64 {
+        self.root_pointer
+    }
+
+    /// Whether `[start, start + size)` lies inside the window (an empty range counts
+    /// when its start lies in `[base, end]`).
+    pub fn contains_range(&self, start: GuestPhysAddr, size: usize) -> bool {
+        AddrRange::from_start_size(start, size).is_some_and(|r| self.window.contains_range(&r))
+    }
+
+    /// The lowest `align`-aligned start at or above `hint` such that `[start, start +
+    /// size)` is free and inside both `limit` and the window.
+    ///
+    /// Errors: [`SpaceError::Unaligned`] for a size not a multiple of 4 KiB or an
+    /// `align` not a power of two; [`SpaceError::NoFreeArea`] if there is no such range.
+    pub fn find_free_area(
+        &self,
+        hint: GuestPhysAddr,
+        size: usize,
+        limit: AddrRange<GuestPhysAddr>,
+        align: usize,
+    ) -> Result<GuestPhysAddr, SpaceError> {
+        let inner = self.inner.lock();
+        inner.find_free_area(hint, size, limit, align)
+    }
+
+    /// Maps the host window `[hpa, hpa + size)` at `gpa` with `access` and `mem_type`
+    /// (`Uncacheable` for devices), with the largest leaves alignment and capabilities
+    /// allow. The space never frees these host frames.
+    ///
+    /// Errors: invalid or unaligned ranges, [`SpaceError::AlreadyMapped`],
+    /// [`SpaceError::BadAccess`], [`SpaceError::BadHostAddress`], out of memory for
+    /// tables.
+    pub fn map_linear(
+        &mut self,
+        gpa: GuestPhysAddr,
+        hpa: HostPhysAddr,
+        size: usize,
+        access: Access,
+        mem_type: MemType,
+    ) -> Result<(), SpaceError> {
+        let mut inner = self.inner.lock();
+        let range = inner.check_range(gpa, size)?;
+        if !hpa.is_aligned_4k() {
+            return Err(SpaceError::Unaligned {
+                value: hpa.as_usize(),
+                align: PAGE_SIZE_4K,
+            });
+        }
+        let host_last = hpa.checked_add(size - 1).ok_or(SpaceError::InvalidRange {
+            start: gpa.as_usize(),
+            size,
+            problem: RangeProblem::HostOverflow,
+        })?;
+        let bits = inner.st.caps.host_phys_bits;
+        if bits < 64 && host_last.as_usize() >> bits != 0 {
+            return Err(SpaceError::BadHostAddress { hpa: host_last });
+        }
+        let attr = LeafAttr { access, mem_type };
+        inner.st.check_attr(attr)?;
+        let kind = BackendKind::Linear { gpa, hpa };
+        inner.map_area(range, AreaFlags::new(attr), kind)
+    }
+
+    /// Maps `[gpa, gpa + size)` as RAM (write-back) with `access`: zero-filled frames
+    /// allocated now (`populate`) or on the first fault. Populating is all or nothing.
+    pub fn map_alloc(
+        &mut self,
+        gpa: GuestPhysAddr,
+        size: usize,
+        access: Access,
+        populate: bool,
+    ) -> Result<(), SpaceError> {
+        let mut inner = self.inner.lock();
+        let range = inner.check_range(gpa, size)?;
+        let attr = LeafAttr::ram(access);
+        inner.st.check_attr(attr)?;
+        inner.map_area(range, AreaFlags::new(attr), BackendKind::Alloc { populate })
+    }
+
+    /// Allocates every not yet present page of `[gpa, gpa + size)`, which must be
+    /// covered by RAM areas. All or nothing: on error the leaves it added are gone.
+    pub fn populate_area(&mut self, gpa: GuestPhysAddr, size: usize) -> Result<(), SpaceError> {
+        let mut inner = self.inner.lock();
+        let range = inner.check_range(gpa, size)?;
+        inner.populate_range(range)
+    }
+
+    /// Unmaps `[gpa, gpa + size)`: areas inside are removed, areas crossing an end are
+    /// cut, RAM frames are freed after the flush. Holes are fine. A range touching an
+    /// [`OwnedRegion`] is refused ([`SpaceError::Owned`]).
+    pub fn unmap(&mut self, gpa: GuestPhysAddr, size: usize) -> Result<(), SpaceError> {
+        let mut inner = self.inner.lock();
+        let range = inner.check_range(gpa, size)?;
+        inner.check_not_owned(range)?;
+        inner.unmap_range(range)
+    }
+
+    /// Gives every area in `[gpa, gpa + size)` the rights `access` (memory types are
+    /// kept), cutting areas that cross an end. Holes are fine. Shared copy-on-write
+    /// frames stay read-only until written.
+    pub fn protect(
+        &mut self,
+        gpa: GuestPhysAddr,
+        size: usize,
+        access: Access,
+    ) -> Result<(), SpaceError> {
+        let mut inner = self.inner.lock();
+        let range = inner.check_range(gpa, size)?;
+        inner.st.check_attr(LeafAttr::ram(access))?;
+        inner.check_not_owned(range)?;
+        inner.protect_range(range, access, None)
+    }
+
+    /// Unmaps every area except those of live [`OwnedRegion`]s.
+    pub fn clear(&mut self) -> Result<(), SpaceError> {
+        self.inner.lock().clear()
+    }
+
+    /// Checks that every byte of `range` lies in an area allowing `access`.
+    pub fn check_region_access(
+        &self,
+        range: AddrRange<GuestPhysAddr>,
+        access: Access,
+    ) -> Result<(), SpaceError> {
+        self.inner.lock().check_access(range, access).map(|_| ())
+    }
+
+    /// The capabilities the table was built for.
+    pub fn caps(&self) -> Stage2Caps {
+        self.inner.lock().st.caps
+    }
+
+    /// Runs the table validator (what the hardware would reject, plus the table's own
+    /// invariants) and the space's invariants (no leaf outside an area, no writable
+    /// leaf over a shared frame or in a read-only area).
+    pub fn validate(&self) -> Result<(), &'static str> {
+        self.inner.lock().validate()
+    }
+}
+
+/// Checks and builds the window of a new space.
+fn window_range(
+    base: GuestPhysAddr,
+    size: usize,
+    caps: &Stage2Caps,
+) -> Result<AddrRange<GuestPhysAddr>, SpaceError> {
+    let bad = |problem| SpaceError::InvalidRange {
+        start: base.as_usize(),
+        size,
+        problem,
+    };
+    if size == 0 {
+        return Err(bad(RangeProblem::Empty));
+    }
+    for value in [base.as_usize(), size] {
+        if !value.is_aligned(PAGE_SIZE_4K) {
+            return Err(SpaceError::Unaligned {
+                value,
+                align: PAGE_SIZE_4K,
+            });
+        }
+    }
+    let window = AddrRange::from_start_size(base, size).ok_or(bad(RangeProblem::Overflow))?;
+    let last = window.last().ok_or(bad(RangeProblem::Empty))?;
+    let bits = u32::from(caps.max_phys_bits);
+    if bits < usize::BITS && last.as_usize() >> bits != 0 {
+        return Err(bad(RangeProblem::BeyondPhysWidth));
+    }
+    Ok(window)
+}
+
+/// The invalidation of one range (the whole space if it cannot be expressed).
+pub(crate) fn range_scope(gpa: GuestPhysAddr, size: usize) -> FlushScope {
+    match AddrRange::from_start_size(gpa, size) {
+        Some(r) => FlushScope::Range(r),
+        None => FlushScope::All,
+    }
+}
+
+/// A flush token that only invalidates (helper for code that writes leaves directly).
+#[allow(dead_code)]
+pub(crate) fn invalidation_only(gpa: GuestPhysAddr, size: usize) -> Flush {
+    let mut f = Flush::none();
+    f.add_range(gpa, size);
+    f
+}

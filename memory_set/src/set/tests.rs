@@ -588,3 +588,27 @@ fn area_shrink_and_split_edges() {
     assert_eq!(b.flags(), 2);
     assert_eq!(pt.pages[&(3 * K)], 2);
 }
+
+#[test]
+fn validate_names_a_broken_invariant() {
+    let (mut set, _) = three_areas();
+    assert_eq!(set.validate(), Ok(()));
+    set.gaps.insert((K - 1, 20 * K));
+    assert_eq!(
+        set.validate(),
+        Err("the gap index holds a range that is not a free gap")
+    );
+    let (mut set, _) = three_areas();
+    set.gaps.remove(&(TOP - 10 * K, 10 * K));
+    assert_eq!(
+        set.validate(),
+        Err("the free gap at the top is missing from the gap index")
+    );
+    let (mut set, _) = three_areas();
+    let a = set.areas.remove(&(4 * K)).unwrap();
+    set.areas.insert(5 * K, a);
+    assert_eq!(
+        set.validate(),
+        Err("an area is filed under a key other than its start")
+    );
+}

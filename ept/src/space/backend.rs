@@ -1,0 +1,199 @@
+//! The two area backends (linear host window, allocated RAM) as a
+//! [`MappingBackend`] whose page table is the space's [`State`].
+
+use core::fmt;
+use core::marker::PhantomData;
+
+use memory_set::{AddrRange, GuestPhysAddr, HostPhysAddr, MappingBackend, MemoryAddr};
+
+use super::Invalidate;
+use super::error::SpaceError;
+use super::state::State;
+use crate::format::{LeafAttr, Stage2Format};
+use crate::frame::{FrameAlloc, PhysMapper};
+
+/// The flags of an area: what its leaves grant, and which owned region (if any) holds
+/// it. The owner is part of the flags so that relabelling a range (region split and
+/// merge) goes through [`memory_set::MemorySet::protect`], which cuts areas exactly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct AreaFlags {
+    /// Access rights and memory type of the area's leaves.
+    pub(crate) attr: LeafAttr,
+    /// The owning region's id, 0 for none.
+    pub(crate) owner: u64,
+}
+
+impl AreaFlags {
+    /// Flags of an area no region owns.
+    pub(crate) fn new(attr: LeafAttr) -> Self {
+        Self { attr, owner: 0 }
+    }
+}
+
+/// What backs an area.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BackendKind {
+    /// Host memory the space does not own: `gpa` maps to `hpa` (an anchor that stays
+    /// right for both halves when the area is split).
+    Linear {
+        /// A guest address of the window.
+        gpa: GuestPhysAddr,
+        /// The host address it maps to.
+        hpa: HostPhysAddr,
+    },
+    /// Zero-filled frames from the allocator, populated up front or on demand.
+    Alloc {
+        /// Populated when mapped.
+        populate: bool,
+    },
+}
+
+impl BackendKind {
+    /// Whether leaves of this kind own their frames.
+    pub(crate) fn is_ram(self) -> bool {
+        matches!(self, Self::Alloc { .. })
+    }
+
+    /// For a linear window, the host address of `gpa`.
+    pub(crate) fn linear_hpa(self, gpa: GuestPhysAddr) -> Option<HostPhysAddr> {
+        match self {
+            Self::Linear { gpa: g0, hpa: h0 } => {
+                let off = gpa.checked_offset_from(g0)?;
+                h0.checked_add(off)
+            }
+            Self::Alloc { .. } => None,
+        }
+    }
+}
+
+/// Names the state type a backend works on without owning one.
+type StateMarker<F, M, A, I> = fn() -> (F, M, A, I);
+
+/// A backend value for [`memory_set::MemorySet`]; generic only to name the state type.
+pub(crate) struct Backend<F, M, A, I> {
+    pub(crate) kind: BackendKind,
+    _state: PhantomData<StateMarker<F, M, A, I>>,
+}
+
+impl<F, M, A, I> Backend<F, M, A, I> {
+    pub(crate) fn new(kind: BackendKind) -> Self {
+        Self {
+            kind,
+            _state: PhantomData,
+        }
+    }
+}
+
+impl<F, M, A, I> Clone for Backend<F, M, A, I> {
+    fn clone(&self) -> Self {
+        Self::new(self.kind)
+    }
+}
+
+impl<F, M, A, I> fmt::Debug for Backend<F, M, A, I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.kind.fmt(f)
+    }
+}
+
+impl<F, M, A, I> MappingBackend for Backend<F, M, A, I>
+where
+    F: Stage2Format,
+    M: PhysMapper,
+    A: FrameAlloc + Clone,
+    I: Invalidate,
+{
+    type Addr = GuestPhysAddr;
+    type Flags = AreaFlags;
+    type PageTable = State<F, M, A, I>;
+    type Error = SpaceError;
+
+    fn map(
+        &self,
+        start: GuestPhysAddr,
+        size: usize,
+        flags: AreaFlags,
+        st: &mut State<F, M, A, I>,
+    ) -> Result<(), SpaceError> {
+        if st.replay {
+            return Ok(());
+        }
+        match self.kind {
+            BackendKind::Linear { .. } => {
+                let hpa = self
+                    .kind
+                    .linear_hpa(start)
+                    .ok_or(SpaceError::BadHostAddress {
+                        hpa: HostPhysAddr::new(usize::MAX),
+                    })?;
+                st.map_linear_leaves(start, hpa, size, flags.attr)
+            }
+            BackendKind::Alloc { populate: true } => {
+                let range =
+                    AddrRange::from_start_size(start, size).ok_or(SpaceError::InvalidRange {
+                        start: start.as_usize(),
+                        size,
+                        problem: super::RangeProblem::Overflow,
+                    })?;
+                let mut added = alloc::vec::Vec::new();
+                let r = st.populate(range, flags.attr, range, &mut added);
+                if r.is_err() {
+                    st.rollback(&added);
+                }
+                r
+            }
+            BackendKind::Alloc { populate: false } => Ok(()),
+        }
+    }
+
+    fn unmap(
+        &self,
+        start: GuestPhysAddr,
+        size: usize,
+        st: &mut State<F, M, A, I>,
+    ) -> Result<(), SpaceError> {
+        if st.replay {
+            return Ok(());
+        }
+        st.unmap_leaves(start, size, self.kind.is_ram())
+    }
+
+    fn protect(
+        &self,
+        start: GuestPhysAddr,
+        size: usize,
+        old_flags: AreaFlags,
+        new_flags: AreaFlags,
+        st: &mut State<F, M, A, I>,
+    ) -> Result<(), SpaceError> {
+        if st.replay || old_flags.attr == new_flags.attr {
+            return Ok(());
+        }
+        st.protect_leaves(start, size, new_flags.attr, self.kind.is_ram())
+    }
+
+    fn handle_fault(
+        &self,
+        area: AddrRange<GuestPhysAddr>,
+        area_flags: AreaFlags,
+        addr: GuestPhysAddr,
+        access: AreaFlags,
+        st: &mut State<F, M, A, I>,
+    ) -> Result<(), SpaceError> {
+        st.serve_fault(area, area_flags.attr, self.kind, addr, access.attr.access)
+            .map(|_| ())
+    }
+
+    fn prepare_split(
+        &self,
+        _area: AddrRange<GuestPhysAddr>,
+        _flags: AreaFlags,
+        at: GuestPhysAddr,
+        st: &mut State<F, M, A, I>,
+    ) -> Result<(), SpaceError> {
+        if st.replay {
+            return Ok(());
+        }
+        st.split_at(at)
+    }
+}

@@ -1,0 +1,233 @@
+//! `try_clone`: a copy-on-write clone of an address space.
+
+use alloc::collections::BTreeSet;
+use alloc::vec::Vec;
+use core::mem::ManuallyDrop;
+
+use memory_set::{AddrRange, GuestPhysAddr, HostPhysAddr, MemoryArea, MemorySet, PAGE_SIZE_4K};
+
+use super::backend::{AreaFlags, Backend, BackendKind};
+use super::error::{OomReason, SpaceError};
+use super::state::{Inner, State, set_err};
+use super::{AddressSpace, Invalidate};
+use crate::format::{Access, LeafAttr, Stage2Format};
+use crate::frame::{FrameAlloc, PhysMapper, copy_frame};
+use crate::size::LeafSize;
+use crate::table::Leaf;
+
+type Parts<F, M, A, I> = (MemorySet<Backend<F, M, A, I>>, State<F, M, A, I>);
+
+impl<F, M, A, I> AddressSpace<F, M, A, I>
+where
+    F: Stage2Format,
+    M: PhysMapper,
+    A: FrameAlloc + Clone,
+    I: Invalidate + Clone,
+{
+    /// [`AddressSpace::try_clone_with`] with a clone of this space's invalidation
+    /// handle and the same quota.
+    pub fn try_clone(&self) -> Result<Self, SpaceError> {
+        let (invalidate, quota) = {
+            let inner = self.inner.lock();
+            (inner.st.invalidate.clone(), inner.st.quota)
+        };
+        self.try_clone_with(invalidate, quota)
+    }
+}
+
+impl<F, M, A, I> AddressSpace<F, M, A, I>
+where
+    F: Stage2Format,
+    M: PhysMapper,
+    A: FrameAlloc + Clone,
+    I: Invalidate,
+{
+    /// A new space with the same window, areas and contents, sharing RAM frames
+    /// copy-on-write (read-only in both until written), linear windows mapped as they
+    /// are, and owned regions copied into private frames (they become plain RAM areas
+    /// in the clone). The clone uses `invalidate` and its own quota.
+    ///
+    /// Transactional: the whole clone is built before the parent changes; out of
+    /// frames (or over `quota_frames`) leaves the parent exactly as it was.
+    pub fn try_clone_with(&self, invalidate: I, quota_frames: usize) -> Result<Self, SpaceError> {
+        let mut inner = self.inner.lock();
+        let (set, st) = inner.clone_parts(invalidate, quota_frames)?;
+        let window = inner.window;
+        drop(inner);
+        Ok(Self::from_state(window, set, st))
+    }
+}
+
+impl<F, M, A, I> Inner<F, M, A, I>
+where
+    F: Stage2Format,
+    M: PhysMapper,
+    A: FrameAlloc + Clone,
+    I: Invalidate,
+{
+    fn clone_parts(
+        &mut self,
+        invalidate: I,
+        quota: usize,
+    ) -> Result<Parts<F, M, A, I>, SpaceError> {
+        let mapper = self.st.table.mapper().clone();
+        let mut child = State::new(
+            mapper,
+            self.st.alloc.clone(),
+            invalidate,
+            self.st.caps,
+            quota,
+        )?;
+        let mut set = MemorySet::new();
+        let mut copies: Vec<HostPhysAddr> = Vec::new();
+        let areas: Vec<_> = self
+            .set
+            .iter()
+            .map(|a| (a.va_range(), a.flags(), a.backend().kind))
+            .collect();
+        // Phase 1: the child's areas and table; the parent is only read.
+        let built = self.build_child(&areas, &mut child, &mut set, &mut copies);
+        if let Err(e) = built {
+            abandon(child, copies);
+            return Err(e);
+        }
+        // Phase 2: share the frames; write-protect the parent's RAM (exact areas: no
+        // split, no allocation).
+        let mut flush = crate::flush::Flush::none();
+        for (range, flags, kind) in &areas {
+            if !kind.is_ram() || flags.owner != 0 {
+                continue;
+            }
+            let leaves: Vec<Leaf> = self.st.table.leaves_in(*range).collect();
+            for leaf in &leaves {
+                self.st
+                    .book
+                    .share_leaf_with(leaf.hpa, leaf.size, &mut child.book);
+            }
+            if flags.attr.access.contains(Access::WRITE) && !leaves.is_empty() {
+                let ro = LeafAttr {
+                    access: flags.attr.access.difference(Access::WRITE),
+                    ..flags.attr
+                };
+                let (table, mut meter) = self.st.parts();
+                if let Ok(f) = table.protect_range(&mut meter, range.start(), range.size(), ro) {
+                    flush = flush.merge(f);
+                }
+            }
+        }
+        self.st.finish(flush, false);
+        child.replay = false;
+        Ok((set, child))
+    }
+
+    fn build_child(
+        &self,
+        areas: &[(AddrRange<GuestPhysAddr>, AreaFlags, BackendKind)],
+        child: &mut State<F, M, A, I>,
+        set: &mut MemorySet<Backend<F, M, A, I>>,
+        copies: &mut Vec<HostPhysAddr>,
+    ) -> Result<(), SpaceError> {
+        child.replay = true;
+        let mut shared_chunks = BTreeSet::new();
+        let mut shared_frames = 0usize;
+        for &(range, flags, kind) in areas {
+            let area = MemoryArea::new(
+                range.start(),
+                range.size(),
+                AreaFlags { owner: 0, ..flags },
+                Backend::new(kind),
+            )
+            .map_err(|e| set_err(e, range.start(), range.size()))?;
+            set.map(area, child, false)
+                .map_err(|e| set_err(e, range.start(), range.size()))?;
+            for leaf in self.st.table.leaves_in(range) {
+                match kind {
+                    BackendKind::Linear { .. } => {
+                        child.map_leaf(leaf.gpa, leaf.hpa, leaf.size, leaf.attr)?;
+                    }
+                    BackendKind::Alloc { .. } if flags.owner != 0 => {
+                        copy_leaf_private(child, leaf, copies)?;
+                    }
+                    BackendKind::Alloc { .. } => {
+                        let ro = LeafAttr {
+                            access: leaf.attr.access.difference(Access::WRITE),
+                            ..leaf.attr
+                        };
+                        child.map_leaf(leaf.gpa, leaf.hpa, leaf.size, ro)?;
+                        match self.st.book.chunk_of(leaf.hpa) {
+                            Some((base, chunk)) => {
+                                if shared_chunks.insert(base) {
+                                    shared_frames += chunk.frames();
+                                }
+                            }
+                            None => shared_frames += 1,
+                        }
+                    }
+                }
+            }
+        }
+        let used = child.used() + shared_frames;
+        if used > child.quota {
+            return Err(SpaceError::OutOfMemory {
+                gpa: None,
+                reason: OomReason::Quota {
+                    quota_frames: child.quota,
+                    used_frames: used,
+                },
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Copies an owned leaf into fresh private 4 KiB frames of the child.
+fn copy_leaf_private<F, M, A, I>(
+    child: &mut State<F, M, A, I>,
+    leaf: Leaf,
+    copies: &mut Vec<HostPhysAddr>,
+) -> Result<(), SpaceError>
+where
+    F: Stage2Format,
+    M: PhysMapper,
+    A: FrameAlloc + Clone,
+    I: Invalidate,
+{
+    for off in (0..leaf.size.size()).step_by(PAGE_SIZE_4K) {
+        let gpa = GuestPhysAddr::new(leaf.gpa.as_usize() + off);
+        let src = HostPhysAddr::new(leaf.hpa.as_usize() + off);
+        let (table, mut meter) = child.parts();
+        let Some(new) = meter.alloc_frame() else {
+            return Err(SpaceError::OutOfMemory {
+                gpa: Some(gpa),
+                reason: meter.reason(),
+            });
+        };
+        copies.push(new);
+        let _ = copy_frame(table.mapper(), new, src);
+        child.map_leaf(gpa, new, LeafSize::Size4K, leaf.attr)?;
+    }
+    Ok(())
+}
+
+/// Frees a half-built child: its tables and the private copies, never the frames it
+/// shares with the parent (the child's book holds no share yet).
+fn abandon<F, M, A, I>(child: State<F, M, A, I>, copies: Vec<HostPhysAddr>)
+where
+    F: Stage2Format,
+    M: PhysMapper,
+    A: FrameAlloc + Clone,
+    I: Invalidate,
+{
+    let State {
+        table,
+        mut alloc,
+        mut invalidate,
+        reserve,
+        ..
+    } = child;
+    let flush = ManuallyDrop::into_inner(table).destroy();
+    let _leaves = flush.complete(|s| invalidate.invalidate(s), &mut alloc);
+    for f in copies.into_iter().chain(reserve) {
+        alloc.dealloc_frame(f);
+    }
+}

@@ -1,0 +1,216 @@
+//! The typed errors of the guest address space.
+
+use core::fmt;
+
+use memory_set::{GuestPhysAddr, HostPhysAddr};
+
+use crate::format::{Access, AttrError};
+use crate::table::TableError;
+
+/// Why frames could not be had.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OomReason {
+    /// The host frame allocator has no frame left.
+    HostFrames,
+    /// The guest would go over its frame quota (RAM plus table frames).
+    Quota {
+        /// The quota, in 4 KiB frames.
+        quota_frames: usize,
+        /// Frames the guest holds now.
+        used_frames: usize,
+    },
+}
+
+/// Why a guest-physical range was rejected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RangeProblem {
+    /// The size is zero.
+    Empty,
+    /// `start + size` passes the top of the address space.
+    Overflow,
+    /// The range is not inside the address space's window `[base, end)`.
+    OutsideWindow,
+    /// The host range of a linear window passes the top of the address space.
+    HostOverflow,
+    /// The range reaches beyond the guest-physical address width of the hardware.
+    BeyondPhysWidth,
+}
+
+/// Every error of [`AddressSpace`](super::AddressSpace) operations.
+///
+/// Except where a variant says otherwise, an error means nothing changed: areas, tables,
+/// frame counts and guest memory are as they were before the call. `Display` gives a
+/// one-line reason fit for "guest ended: ..." messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SpaceError {
+    /// No area covers the address.
+    NotMapped {
+        /// The first address that no area covers.
+        gpa: GuestPhysAddr,
+    },
+    /// An area covers the address but does not allow the access.
+    PermissionDenied {
+        /// The address accessed.
+        gpa: GuestPhysAddr,
+        /// The access attempted.
+        access: Access,
+        /// What the area allows.
+        allowed: Access,
+    },
+    /// No frame for the operation, from the host or within the guest's quota.
+    OutOfMemory {
+        /// The address being served, when there is one.
+        gpa: Option<GuestPhysAddr>,
+        /// Host allocator empty or quota reached.
+        reason: OomReason,
+    },
+    /// The hardware reported an entry it cannot use (EPT misconfiguration): the table
+    /// is corrupt or was built for other capabilities. Ends the guest.
+    Misconfigured {
+        /// The address whose walk hit the bad entry.
+        gpa: GuestPhysAddr,
+    },
+    /// A range that is empty, overflows or leaves the space's window.
+    InvalidRange {
+        /// The start of the rejected range.
+        start: usize,
+        /// Its size in bytes.
+        size: usize,
+        /// What is wrong with it.
+        problem: RangeProblem,
+    },
+    /// An address or size that must be a multiple of `align` is not.
+    Unaligned {
+        /// The offending value (an address or a size).
+        value: usize,
+        /// The required alignment.
+        align: usize,
+    },
+    /// Part of the range is already covered by an area.
+    AlreadyMapped {
+        /// The first address of the range that is already covered.
+        gpa: GuestPhysAddr,
+    },
+    /// A set of access rights no leaf can carry (none at all, write without read, ...).
+    BadAccess {
+        /// The rejected rights.
+        access: Access,
+        /// Why the format refuses them.
+        reason: AttrError,
+    },
+    /// The operation needs guest RAM but the address lies in a linear (host) window.
+    NotRam {
+        /// The address in the linear window.
+        gpa: GuestPhysAddr,
+    },
+    /// The range belongs (partly) to an [`OwnedRegion`](super::OwnedRegion): only the
+    /// region's handle may unmap or re-protect it.
+    Owned {
+        /// The first owned address of the range.
+        gpa: GuestPhysAddr,
+    },
+    /// `find_free_area`: no free range of that size and alignment lies inside the limit.
+    NoFreeArea {
+        /// The requested size.
+        size: usize,
+    },
+    /// A host address that must be page aligned (or fit the physical-address width) is
+    /// not usable.
+    BadHostAddress {
+        /// The rejected host address.
+        hpa: HostPhysAddr,
+    },
+    /// The stage-2 table refused an operation the space believed valid. This reports a
+    /// bug rather than a guest or caller mistake; the state is still consistent.
+    Table(TableError),
+}
+
+impl fmt::Display for OomReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::HostFrames => f.write_str("host frame allocator exhausted"),
+            Self::Quota {
+                quota_frames,
+                used_frames,
+            } => write!(
+                f,
+                "guest frame quota reached ({used_frames} of {quota_frames} frames in use)"
+            ),
+        }
+    }
+}
+
+impl fmt::Display for RangeProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Empty => "size is zero",
+            Self::Overflow => "passes the top of the address space",
+            Self::OutsideWindow => "outside the address space window",
+            Self::HostOverflow => "host range passes the top of the address space",
+            Self::BeyondPhysWidth => "beyond the guest-physical address width",
+        })
+    }
+}
+
+impl fmt::Display for SpaceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotMapped { gpa } => write!(f, "guest-physical address {gpa:#x} is not mapped"),
+            Self::PermissionDenied {
+                gpa,
+                access,
+                allowed,
+            } => write!(
+                f,
+                "{} access to {gpa:#x} denied (area allows {})",
+                AccessName(*access),
+                AccessName(*allowed)
+            ),
+            Self::OutOfMemory {
+                gpa: Some(gpa),
+                reason,
+            } => {
+                write!(f, "out of memory serving {gpa:#x}: {reason}")
+            }
+            Self::OutOfMemory { gpa: None, reason } => write!(f, "out of memory: {reason}"),
+            Self::Misconfigured { gpa } => {
+                write!(f, "stage-2 misconfiguration walking {gpa:#x}")
+            }
+            Self::InvalidRange {
+                start,
+                size,
+                problem,
+            } => write!(f, "invalid range {start:#x}+{size:#x}: {problem}"),
+            Self::Unaligned { value, align } => {
+                write!(f, "{value:#x} is not a multiple of {align:#x}")
+            }
+            Self::AlreadyMapped { gpa } => write!(f, "{gpa:#x} is already mapped"),
+            Self::BadAccess { access, reason } => {
+                write!(f, "access rights {} refused: {reason}", AccessName(*access))
+            }
+            Self::NotRam { gpa } => write!(f, "{gpa:#x} is a host window, not guest RAM"),
+            Self::Owned { gpa } => write!(f, "{gpa:#x} belongs to an owned region"),
+            Self::NoFreeArea { size } => write!(f, "no free range of {size:#x} bytes"),
+            Self::BadHostAddress { hpa } => write!(f, "host address {hpa:#x} unusable"),
+            Self::Table(e) => write!(f, "stage-2 table refused the operation: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for SpaceError {}
+
+/// `rwx`-style rendering of access rights.
+pub(crate) struct AccessName(pub(crate) Access);
+
+impl fmt::Display for AccessName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = |flag, ch| if self.0.contains(flag) { ch } else { '-' };
+        write!(
+            f,
+            "{}{}{}",
+            c(Access::READ, 'r'),
+            c(Access::WRITE, 'w'),
+            c(Access::EXECUTE, 'x')
+        )
+    }
+}

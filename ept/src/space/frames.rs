@@ -1,0 +1,217 @@
+//! Who owns which RAM frame: private frames, 2 MiB blocks mapped piece by piece, and
+//! frames shared copy-on-write between cloned address spaces.
+//!
+//! Only frames that need more than "this space alone maps this 4 KiB frame once" have
+//! an entry (a [`Chunk`]): 2 MiB blocks (a live-piece count, because a 2 MiB leaf can
+//! be split into 4 KiB leaves and unmapped piecewise) and shared frames (an `Arc`
+//! whose strong count is the number of address spaces referencing the frame). A RAM
+//! leaf without a chunk is a private 4 KiB frame. So a guest that is never cloned and
+//! never gets 2 MiB frames needs no bookkeeping per frame at all.
+//!
+//! The last space to let go of a shared frame is the one for which
+//! [`Arc::into_inner`] returns `Some`; it frees the frame. A frame whose `Arc` has a
+//! strong count of 1 is no longer shared by anyone: a write fault then just restores
+//! write access.
+
+use alloc::collections::BTreeMap;
+use alloc::sync::Arc;
+
+use memory_set::{HostPhysAddr, PAGE_SIZE_2M, PAGE_SIZE_4K};
+
+use crate::frame::FrameAlloc;
+use crate::size::LeafSize;
+
+/// The token whose strong count is the number of spaces sharing a chunk.
+#[derive(Debug)]
+pub(crate) struct ShareMark;
+
+/// A tracked block of RAM (see the module docs).
+#[derive(Debug)]
+pub(crate) struct Chunk {
+    /// 2 MiB block (from `alloc_2m`) rather than one 4 KiB frame.
+    pub(crate) big: bool,
+    /// How many 4 KiB pieces of the block this space still maps.
+    pub(crate) live: usize,
+    /// Present while the chunk may be shared with other spaces.
+    pub(crate) share: Option<Arc<ShareMark>>,
+}
+
+impl Chunk {
+    /// Bytes in the chunk.
+    pub(crate) fn bytes(&self) -> usize {
+        if self.big { PAGE_SIZE_2M } else { PAGE_SIZE_4K }
+    }
+
+    /// 4 KiB frames in the chunk.
+    pub(crate) fn frames(&self) -> usize {
+        self.bytes() / PAGE_SIZE_4K
+    }
+
+    /// Whether another address space still references the chunk.
+    pub(crate) fn is_shared(&self) -> bool {
+        self.share
+            .as_ref()
+            .is_some_and(|s| Arc::strong_count(s) > 1)
+    }
+}
+
+/// The RAM frames of one address space.
+#[derive(Debug, Default)]
+pub(crate) struct FrameBook {
+    chunks: BTreeMap<HostPhysAddr, Chunk>,
+    /// 4 KiB frames this space holds (a shared frame counts for every sharer; a 2 MiB
+    /// block counts 512 until its last piece goes).
+    ram_frames: usize,
+}
+
+impl FrameBook {
+    /// 4 KiB frames held for RAM.
+    pub(crate) fn ram_frames(&self) -> usize {
+        self.ram_frames
+    }
+
+    /// The number of tracked chunks (2 MiB blocks and shared frames).
+    pub(crate) fn tracked(&self) -> usize {
+        self.chunks.len()
+    }
+
+    /// Records a freshly allocated private 4 KiB frame.
+    pub(crate) fn add_4k(&mut self) {
+        self.ram_frames += 1;
+    }
+
+    /// Records a freshly allocated private 2 MiB block, mapped as one leaf.
+    pub(crate) fn add_2m(&mut self, base: HostPhysAddr) {
+        self.chunks.insert(
+            base,
+            Chunk {
+                big: true,
+                live: PAGE_SIZE_2M / PAGE_SIZE_4K,
+                share: None,
+            },
+        );
+        self.ram_frames += PAGE_SIZE_2M / PAGE_SIZE_4K;
+    }
+
+    /// The chunk containing `hpa` and its base, if tracked.
+    pub(crate) fn chunk_of(&self, hpa: HostPhysAddr) -> Option<(HostPhysAddr, &Chunk)> {
+        let (&base, chunk) = self.chunks.range(..=hpa).next_back()?;
+        (hpa.as_usize() - base.as_usize() < chunk.bytes()).then_some((base, chunk))
+    }
+
+    /// Whether the frame behind `hpa` is shared with another space right now.
+    pub(crate) fn is_shared(&self, hpa: HostPhysAddr) -> bool {
+        self.chunk_of(hpa).is_some_and(|(_, c)| c.is_shared())
+    }
+
+    /// Drops the share of the chunk containing `hpa` if nobody else holds it (the
+    /// frame becomes private again). Returns whether the frame is now private.
+    pub(crate) fn unshare_if_unique(&mut self, hpa: HostPhysAddr) -> bool {
+        let Some((base, chunk)) = self.chunk_of(hpa) else {
+            return true;
+        };
+        if chunk.is_shared() {
+            return false;
+        }
+        let big = chunk.big;
+        if big {
+            if let Some(c) = self.chunks.get_mut(&base) {
+                c.share = None;
+            }
+        } else {
+            self.chunks.remove(&base);
+        }
+        true
+    }
+
+    /// Releases one unmapped RAM leaf (`size` bytes at `hpa`): the frame is freed to
+    /// `alloc` when this space was its last user.
+    pub(crate) fn release(
+        &mut self,
+        hpa: HostPhysAddr,
+        size: LeafSize,
+        alloc: &mut (impl FrameAlloc + ?Sized),
+    ) {
+        let pieces = size.size() / PAGE_SIZE_4K;
+        let Some((base, _)) = self.chunk_of(hpa) else {
+            // An untracked leaf is a private 4 KiB frame.
+            debug_assert_eq!(size, LeafSize::Size4K);
+            alloc.dealloc_frame(hpa);
+            self.ram_frames -= 1;
+            return;
+        };
+        let Some(chunk) = self.chunks.get_mut(&base) else {
+            return;
+        };
+        chunk.live = chunk.live.saturating_sub(pieces);
+        if chunk.live > 0 {
+            return;
+        }
+        let Some(chunk) = self.chunks.remove(&base) else {
+            return;
+        };
+        self.ram_frames -= chunk.frames();
+        let last_user = match chunk.share {
+            Some(mark) => Arc::into_inner(mark).is_some(),
+            None => true,
+        };
+        if last_user {
+            if chunk.big {
+                alloc.dealloc_2m(base);
+            } else {
+                alloc.dealloc_frame(base);
+            }
+        }
+    }
+
+    /// Marks the frame of a RAM leaf (`size` bytes at `hpa`) shared and records the
+    /// same share in `child`, which maps the leaf too. Call once per leaf.
+    pub(crate) fn share_leaf_with(
+        &mut self,
+        hpa: HostPhysAddr,
+        size: LeafSize,
+        child: &mut FrameBook,
+    ) {
+        let pieces = size.size() / PAGE_SIZE_4K;
+        let (base, big) = match self.chunk_of(hpa) {
+            Some((base, c)) => (base, c.big),
+            None => {
+                self.chunks.insert(
+                    hpa,
+                    Chunk {
+                        big: false,
+                        live: 1,
+                        share: None,
+                    },
+                );
+                (hpa, false)
+            }
+        };
+        let Some(chunk) = self.chunks.get_mut(&base) else {
+            return;
+        };
+        let mark = chunk
+            .share
+            .get_or_insert_with(|| Arc::new(ShareMark))
+            .clone();
+        match child.chunks.get_mut(&base) {
+            Some(c) => c.live += pieces,
+            None => {
+                child.ram_frames += chunk.frames();
+                child.chunks.insert(
+                    base,
+                    Chunk {
+                        big,
+                        live: pieces,
+                        share: Some(mark),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Iterates over the tracked chunks (for reports and tests).
+    pub(crate) fn chunks(&self) -> impl Iterator<Item = (HostPhysAddr, &Chunk)> {
+        self.chunks.iter().map(|(&b, c)| (b, c))
+    }
+}

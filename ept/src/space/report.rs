@@ -1,0 +1,223 @@
+//! Frame accounting and the one-screen stage-2 report.
+
+use alloc::vec::Vec;
+use core::fmt;
+
+use memory_set::{AddrRange, GuestPhysAddr, HostPhysAddr, PAGE_SIZE_4K};
+
+use super::backend::BackendKind;
+use super::error::AccessName;
+use super::{AddressSpace, Invalidate};
+use crate::format::{Access, MemType, Stage2Format};
+use crate::frame::{FrameAlloc, PhysMapper};
+use crate::size::LeafSize;
+
+/// Counters of one address space.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpaceStats {
+    /// 4 KiB frames held for RAM (a frame shared with a clone counts in both; a
+    /// 2 MiB block counts 512 until its last piece is unmapped).
+    pub ram_frames: usize,
+    /// Table frames, root included.
+    pub table_frames: usize,
+    /// The quota on `ram_frames + table_frames`.
+    pub quota_frames: usize,
+    /// RAM frames currently shared copy-on-write with another space (4 KiB units).
+    pub shared_frames: usize,
+    /// Faults served successfully.
+    pub faults_handled: u64,
+    /// Copy-on-write copies made.
+    pub cow_copies: u64,
+    /// Leaves whose rights were restored (copy-on-write without copy, stale rights).
+    pub write_restores: u64,
+    /// Faults on translations that already allowed the access.
+    pub spurious_faults: u64,
+    /// 4 KiB leaves in the table.
+    pub leaves_4k: usize,
+    /// 2 MiB leaves.
+    pub leaves_2m: usize,
+    /// 1 GiB leaves.
+    pub leaves_1g: usize,
+    /// Areas.
+    pub areas: usize,
+}
+
+impl SpaceStats {
+    /// Frames the space holds in all (what counts against the quota).
+    pub fn frames(&self) -> usize {
+        self.ram_frames + self.table_frames
+    }
+}
+
+/// What backs an area, for reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AreaKind {
+    /// A linear window onto host memory starting at `hpa`.
+    Linear {
+        /// The host address of the area's first byte.
+        hpa: HostPhysAddr,
+    },
+    /// Allocated RAM.
+    Ram {
+        /// Populated when mapped (rather than on demand).
+        populate: bool,
+        /// Held by an [`OwnedRegion`](super::OwnedRegion).
+        owned: bool,
+    },
+}
+
+/// One area, for reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AreaInfo {
+    /// The guest range.
+    pub range: AddrRange<GuestPhysAddr>,
+    /// The guest's rights.
+    pub access: Access,
+    /// The memory type.
+    pub mem_type: MemType,
+    /// The backend.
+    pub kind: AreaKind,
+}
+
+/// A snapshot of a space for display: `Display` prints one screen (areas, leaves per
+/// size, frames, faults).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpaceReport {
+    /// "EPT" or "NPT".
+    pub format: &'static str,
+    /// The window.
+    pub window: AddrRange<GuestPhysAddr>,
+    /// The root table frame.
+    pub root: HostPhysAddr,
+    /// The counters.
+    pub stats: SpaceStats,
+    /// The areas in address order.
+    pub areas: Vec<AreaInfo>,
+}
+
+impl<F, M, A, I> AddressSpace<F, M, A, I>
+where
+    F: Stage2Format,
+    M: PhysMapper,
+    A: FrameAlloc + Clone,
+    I: Invalidate,
+{
+    /// The frame counts and event counters.
+    pub fn stats(&self) -> SpaceStats {
+        let inner = self.inner.lock();
+        let st = &inner.st;
+        let shared_frames = st
+            .book
+            .chunks()
+            .filter(|(_, c)| c.is_shared())
+            .map(|(_, c)| c.frames())
+            .sum();
+        SpaceStats {
+            ram_frames: st.book.ram_frames(),
+            table_frames: st.table.table_frames(),
+            quota_frames: st.quota,
+            shared_frames,
+            faults_handled: st.counters.faults_handled,
+            cow_copies: st.counters.cow_copies,
+            write_restores: st.counters.write_restores,
+            spurious_faults: st.counters.spurious,
+            leaves_4k: st.table.leaf_count(LeafSize::Size4K),
+            leaves_2m: st.table.leaf_count(LeafSize::Size2M),
+            leaves_1g: st.table.leaf_count(LeafSize::Size1G),
+            areas: inner.set.len(),
+        }
+    }
+
+    /// The areas in address order.
+    pub fn areas(&self) -> Vec<AreaInfo> {
+        let inner = self.inner.lock();
+        inner
+            .set
+            .iter()
+            .map(|a| AreaInfo {
+                range: a.va_range(),
+                access: a.flags().attr.access,
+                mem_type: a.flags().attr.mem_type,
+                kind: match a.backend().kind {
+                    BackendKind::Linear { .. } => AreaKind::Linear {
+                        hpa: a.backend().kind.linear_hpa(a.start()).unwrap_or_default(),
+                    },
+                    BackendKind::Alloc { populate } => AreaKind::Ram {
+                        populate,
+                        owned: a.flags().owner != 0,
+                    },
+                },
+            })
+            .collect()
+    }
+
+    /// A printable report of the space.
+    pub fn report(&self) -> SpaceReport {
+        SpaceReport {
+            format: F::NAME,
+            window: self.window,
+            root: self.root,
+            stats: self.stats(),
+            areas: self.areas(),
+        }
+    }
+}
+
+fn mib(frames: usize) -> (usize, usize) {
+    let kib = frames * (PAGE_SIZE_4K / 1024);
+    (kib / 1024, (kib % 1024) * 10 / 1024)
+}
+
+impl fmt::Display for SpaceReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.stats;
+        writeln!(
+            f,
+            "stage-2 {} space {:?}, root {:#x}, {} area(s)",
+            self.format, self.window, self.root, s.areas
+        )?;
+        for a in &self.areas {
+            let end = a.range.end().map_or(usize::MAX, |e| e.as_usize());
+            write!(
+                f,
+                "  [{:#012x}, {:#012x}) {:>9} KiB {} {:<14?} ",
+                a.range.start().as_usize(),
+                end,
+                a.range.size() / 1024,
+                AccessName(a.access),
+                a.mem_type
+            )?;
+            match a.kind {
+                AreaKind::Linear { hpa } => writeln!(f, "linear -> {hpa:#x}")?,
+                AreaKind::Ram { populate, owned } => writeln!(
+                    f,
+                    "ram ({}{})",
+                    if populate { "populated" } else { "on demand" },
+                    if owned { ", owned region" } else { "" }
+                )?,
+            }
+        }
+        writeln!(
+            f,
+            "  leaves: {} x 4K, {} x 2M, {} x 1G",
+            s.leaves_4k, s.leaves_2m, s.leaves_1g
+        )?;
+        let (rm, rf) = mib(s.ram_frames);
+        writeln!(
+            f,
+            "  frames: {} RAM ({}.{} MiB, {} shared) + {} table = {} of quota {}",
+            s.ram_frames,
+            rm,
+            rf,
+            s.shared_frames,
+            s.table_frames,
+            s.frames(),
+            s.quota_frames
+        )?;
+        write!(
+            f,
+            "  faults handled: {} ({} copy-on-write, {} rights restored, {} spurious)",
+            s.faults_handled, s.cow_copies, s.write_restores, s.spurious_faults
+        )
+    }
+}

@@ -1,0 +1,823 @@
+//! The mutable state of an address space and the operations that keep its table,
+//! frames and areas in step.
+
+use alloc::vec::Vec;
+use core::mem::ManuallyDrop;
+
+use memory_set::{
+    AddrRange, GuestPhysAddr, HostPhysAddr, MemoryAddr, MemoryArea, MemorySet, MemorySetError,
+    PAGE_SIZE_2M, PAGE_SIZE_4K,
+};
+
+use super::backend::{AreaFlags, Backend, BackendKind};
+use super::error::{OomReason, RangeProblem, SpaceError};
+use super::frames::FrameBook;
+use super::meter::Meter;
+use super::{Invalidate, range_scope};
+use crate::caps::Stage2Caps;
+use crate::flush::{Flush, FlushScope};
+use crate::format::{Access, LeafAttr, Stage2Format};
+use crate::frame::{FrameAlloc, PhysMapper, zero_frame};
+use crate::size::{LeafSize, MapSize, Size1G, Size2M, Size4K};
+use crate::table::{Stage2Table, TableError, Translation};
+
+/// Event counters for reports.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) faults_handled: u64,
+    pub(crate) cow_copies: u64,
+    pub(crate) write_restores: u64,
+    pub(crate) spurious: u64,
+}
+
+/// Everything the backends mutate: the table, the allocator, the frame book.
+pub(crate) struct State<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> {
+    /// The table; taken out only by [`State::teardown`].
+    pub(crate) table: ManuallyDrop<Stage2Table<F, M>>,
+    pub(crate) alloc: A,
+    pub(crate) invalidate: I,
+    pub(crate) book: FrameBook,
+    /// Frames taken up front for the current operation (empty between operations).
+    pub(crate) reserve: Vec<HostPhysAddr>,
+    pub(crate) quota: usize,
+    pub(crate) caps: Stage2Caps,
+    pub(crate) counters: Counters,
+    /// Set while rebuilding areas for a clone: backend calls do nothing.
+    pub(crate) replay: bool,
+    /// The last owned-region id handed out.
+    pub(crate) last_owner: u64,
+}
+
+/// The state behind an address space's lock.
+pub(crate) struct Inner<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> {
+    pub(crate) set: MemorySet<Backend<F, M, A, I>>,
+    pub(crate) st: State<F, M, A, I>,
+    pub(crate) window: AddrRange<GuestPhysAddr>,
+}
+
+/// Converts a table error, naming the allocation refusal when frames ran out.
+pub(crate) fn table_err(e: TableError, reason: OomReason, gpa: GuestPhysAddr) -> SpaceError {
+    match e {
+        TableError::NoMemory { .. } => SpaceError::OutOfMemory {
+            gpa: Some(gpa),
+            reason,
+        },
+        other => SpaceError::Table(other),
+    }
+}
+
+/// Converts a `memory_set` error.
+pub(crate) fn set_err(
+    e: MemorySetError<SpaceError>,
+    start: GuestPhysAddr,
+    size: usize,
+) -> SpaceError {
+    use memory_set::InvalidParam;
+    match e {
+        MemorySetError::Backend(e) => e,
+        MemorySetError::UndoFailed { cause, .. } => cause,
+        MemorySetError::AlreadyExists { existing_start } => SpaceError::AlreadyMapped {
+            gpa: GuestPhysAddr::new(existing_start.max(start.as_usize())),
+        },
+        MemorySetError::NotFound { addr } => SpaceError::NotMapped {
+            gpa: GuestPhysAddr::new(addr),
+        },
+        MemorySetError::NoMemory { size } => SpaceError::NoFreeArea { size },
+        MemorySetError::InvalidParam { reason } => match reason {
+            InvalidParam::Unaligned { page_size } => SpaceError::Unaligned {
+                value: if start.is_aligned(page_size) {
+                    size
+                } else {
+                    start.as_usize()
+                },
+                align: page_size,
+            },
+            InvalidParam::AlignNotPowerOfTwo { align } => SpaceError::Unaligned {
+                value: align,
+                align,
+            },
+            InvalidParam::ZeroSize => SpaceError::InvalidRange {
+                start: start.as_usize(),
+                size,
+                problem: RangeProblem::Empty,
+            },
+            _ => SpaceError::InvalidRange {
+                start: start.as_usize(),
+                size,
+                problem: RangeProblem::Overflow,
+            },
+        },
+    }
+}
+
+fn add(gpa: GuestPhysAddr, off: usize) -> GuestPhysAddr {
+    GuestPhysAddr::new(gpa.as_usize().wrapping_add(off))
+}
+
+fn hadd(hpa: HostPhysAddr, off: usize) -> HostPhysAddr {
+    HostPhysAddr::new(hpa.as_usize().wrapping_add(off))
+}
+
+impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A, I> {
+    /// A state with an empty table (the root is the first frame counted).
+    pub(crate) fn new(
+        mapper: M,
+        mut alloc: A,
+        invalidate: I,
+        caps: Stage2Caps,
+        quota: usize,
+    ) -> Result<Self, SpaceError> {
+        let mut reserve = Vec::new();
+        let mut meter = Meter::new(&mut alloc, &mut reserve, quota, 0);
+        let table = Stage2Table::new(mapper, &mut meter, caps).map_err(|e| {
+            let reason = meter.reason();
+            table_err(e, reason, GuestPhysAddr::new(0))
+        })?;
+        Ok(Self {
+            table: ManuallyDrop::new(table),
+            alloc,
+            invalidate,
+            book: FrameBook::default(),
+            reserve,
+            quota,
+            caps,
+            counters: Counters::default(),
+            replay: false,
+            last_owner: 0,
+        })
+    }
+
+    /// Frames this space holds: RAM, tables, and any reserve.
+    pub(crate) fn used(&self) -> usize {
+        self.book.ram_frames() + self.table.table_frames() + self.reserve.len()
+    }
+
+    /// The table and a metered allocator for one operation.
+    pub(crate) fn parts(&mut self) -> (&mut Stage2Table<F, M>, Meter<'_, A>) {
+        let used = self.used();
+        (
+            &mut self.table,
+            Meter::new(&mut self.alloc, &mut self.reserve, self.quota, used),
+        )
+    }
+
+    /// Takes `n` frames into the reserve, all or nothing.
+    pub(crate) fn fill_reserve(&mut self, n: usize, gpa: GuestPhysAddr) -> Result<(), SpaceError> {
+        if n == 0 {
+            return Ok(());
+        }
+        let (_, mut meter) = self.parts();
+        meter
+            .fill_reserve(n)
+            .map_err(|reason| SpaceError::OutOfMemory {
+                gpa: Some(gpa),
+                reason,
+            })
+    }
+
+    /// Gives every unused reserved frame back.
+    pub(crate) fn drain_reserve(&mut self) {
+        for f in self.reserve.drain(..) {
+            self.alloc.dealloc_frame(f);
+        }
+    }
+
+    /// Completes `flush`: invalidates, frees table frames, then releases the unmapped
+    /// leaves' RAM frames when `ram` (linear windows own nothing).
+    pub(crate) fn finish(&mut self, flush: Flush, ram: bool) {
+        let Self {
+            invalidate,
+            alloc,
+            book,
+            ..
+        } = self;
+        let leaves = flush.complete(|s| invalidate.invalidate(s), alloc);
+        if ram {
+            for leaf in leaves.iter() {
+                book.release(leaf.hpa, leaf.size, alloc);
+            }
+        }
+    }
+
+    /// Invalidates `scope` directly (for leaves rewritten in place).
+    pub(crate) fn invalidate_now(&mut self, scope: FlushScope) {
+        self.invalidate.invalidate(scope);
+    }
+
+    /// Checks that the format can encode `attr` with these capabilities.
+    pub(crate) fn check_attr(&self, attr: LeafAttr) -> Result<(), SpaceError> {
+        F::leaf_bits(attr, 1, &self.caps)
+            .map(|_| ())
+            .map_err(|reason| SpaceError::BadAccess {
+                access: attr.access,
+                reason,
+            })
+    }
+
+    /// Maps a linear window's leaves.
+    pub(crate) fn map_linear_leaves(
+        &mut self,
+        gpa: GuestPhysAddr,
+        hpa: HostPhysAddr,
+        size: usize,
+        attr: LeafAttr,
+    ) -> Result<(), SpaceError> {
+        let (table, mut meter) = self.parts();
+        let r = table.map_range(&mut meter, gpa, hpa, size, attr, LeafSize::Size1G);
+        let reason = meter.reason();
+        match r {
+            Ok(flush) => {
+                self.finish(flush, false);
+                Ok(())
+            }
+            Err(e) => Err(table_err(e, reason, gpa)),
+        }
+    }
+
+    /// Populates every absent page of `range` (inside the RAM area `area`) with zeroed
+    /// frames, recording each new leaf in `added` (for [`State::rollback`]).
+    pub(crate) fn populate(
+        &mut self,
+        range: AddrRange<GuestPhysAddr>,
+        attr: LeafAttr,
+        area: AddrRange<GuestPhysAddr>,
+        added: &mut Vec<(GuestPhysAddr, LeafSize)>,
+    ) -> Result<(), SpaceError> {
+        let mut off = 0;
+        while off < range.size() {
+            let gpa = add(range.start(), off);
+            if let Some(t) = self.table.translate(gpa) {
+                off = t.leaf_gpa.as_usize() + t.size.size() - range.start().as_usize();
+                continue;
+            }
+            // 2 MiB leaves only where the populated range itself covers the block.
+            let leaf = self.populate_one(gpa, attr, range.intersection(&area).unwrap_or(range))?;
+            added.push(leaf);
+            off = leaf.0.as_usize() + leaf.1.size() - range.start().as_usize();
+        }
+        Ok(())
+    }
+
+    /// Unmaps leaves added by a failed populate, freeing their frames and emptied
+    /// tables: the table is back to where it was.
+    pub(crate) fn rollback(&mut self, added: &[(GuestPhysAddr, LeafSize)]) {
+        for &(gpa, size) in added.iter().rev() {
+            let (table, mut meter) = self.parts();
+            // An exact leaf never needs a split, so this cannot run out of frames.
+            if let Ok(flush) = table.unmap_range(&mut meter, gpa, size.size()) {
+                self.finish(flush, true);
+            }
+        }
+    }
+
+    /// Allocates, zeroes and maps the frame for the absent page at `gpa`: a 2 MiB
+    /// leaf when `area` covers the aligned block, the block has no leaf yet, the
+    /// hardware has 2 MiB leaves and the allocator a 2 MiB block; else 4 KiB.
+    pub(crate) fn populate_one(
+        &mut self,
+        gpa: GuestPhysAddr,
+        attr: LeafAttr,
+        area: AddrRange<GuestPhysAddr>,
+    ) -> Result<(GuestPhysAddr, LeafSize), SpaceError> {
+        let block = gpa.align_down(PAGE_SIZE_2M);
+        let block_free = self.caps.leaf_2m
+            && AddrRange::from_start_size(block, PAGE_SIZE_2M).is_some_and(|b| {
+                area.contains_range(&b) && self.table.leaves_in(b).next().is_none()
+            });
+        if block_free {
+            let (table, mut meter) = self.parts();
+            if let Some(hpa) = meter.alloc_2m() {
+                let zeroed = (0..PAGE_SIZE_2M / PAGE_SIZE_4K)
+                    .all(|i| zero_frame(table.mapper(), hadd(hpa, i * PAGE_SIZE_4K)).is_ok());
+                let r = if zeroed {
+                    table.map_page::<Size2M>(&mut meter, block, hpa, attr)
+                } else {
+                    Err(TableError::BadFrame { hpa })
+                };
+                match r {
+                    Ok(flush) => {
+                        self.finish(flush, false);
+                        self.book.add_2m(hpa);
+                        return Ok((block, LeafSize::Size2M));
+                    }
+                    Err(e) => {
+                        meter.dealloc_2m(hpa);
+                        let reason = meter.reason();
+                        return Err(table_err(e, reason, gpa));
+                    }
+                }
+            }
+            // No 2 MiB block (host or quota): fall back to 4 KiB.
+        }
+        let page = gpa.align_down(PAGE_SIZE_4K);
+        let (table, mut meter) = self.parts();
+        let Some(hpa) = meter.alloc_frame() else {
+            return Err(SpaceError::OutOfMemory {
+                gpa: Some(gpa),
+                reason: meter.reason(),
+            });
+        };
+        let r = match zero_frame(table.mapper(), hpa) {
+            Ok(()) => table.map_page::<Size4K>(&mut meter, page, hpa, attr),
+            Err(_) => Err(TableError::BadFrame { hpa }),
+        };
+        match r {
+            Ok(flush) => {
+                self.finish(flush, false);
+                self.book.add_4k();
+                Ok((page, LeafSize::Size4K))
+            }
+            Err(e) => {
+                meter.dealloc_frame(hpa);
+                let reason = meter.reason();
+                Err(table_err(e, reason, gpa))
+            }
+        }
+    }
+
+    /// Unmaps the leaves of `[gpa, gpa + size)`, releasing RAM frames after the flush.
+    pub(crate) fn unmap_leaves(
+        &mut self,
+        gpa: GuestPhysAddr,
+        size: usize,
+        ram: bool,
+    ) -> Result<(), SpaceError> {
+        let (table, mut meter) = self.parts();
+        let r = table.unmap_range(&mut meter, gpa, size);
+        let reason = meter.reason();
+        let flush = r.map_err(|e| table_err(e, reason, gpa))?;
+        self.finish(flush, ram);
+        Ok(())
+    }
+
+    /// Gives the leaves of `[gpa, gpa + size)` the attributes `attr`; for RAM, frames
+    /// shared copy-on-write stay read-only.
+    pub(crate) fn protect_leaves(
+        &mut self,
+        gpa: GuestPhysAddr,
+        size: usize,
+        attr: LeafAttr,
+        ram: bool,
+    ) -> Result<(), SpaceError> {
+        let (table, mut meter) = self.parts();
+        let r = table.protect_range(&mut meter, gpa, size, attr);
+        let reason = meter.reason();
+        let mut flush = r.map_err(|e| table_err(e, reason, gpa))?;
+        if ram && attr.access.contains(Access::WRITE) && self.book.tracked() > 0 {
+            let range = AddrRange::from_start_size(gpa, size);
+            let shared: Vec<_> = range
+                .map(|r| {
+                    self.table
+                        .leaves_in(r)
+                        .filter(|l| self.book.is_shared(l.hpa))
+                        .map(|l| (l.gpa, l.size))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let ro = LeafAttr {
+                access: attr.access.difference(Access::WRITE),
+                ..attr
+            };
+            for (g, s) in shared {
+                let (table, mut meter) = self.parts();
+                // Exact leaves: never split, never allocate.
+                if let Ok(f) = table.protect_range(&mut meter, g, s.size(), ro) {
+                    flush = flush.merge(f);
+                }
+            }
+        }
+        self.finish(flush, false);
+        Ok(())
+    }
+
+    /// Frames needed to split the leaf straddling `at` (0 if none straddles).
+    pub(crate) fn split_need(&self, at: GuestPhysAddr) -> usize {
+        match self.table.translate(at) {
+            Some(t) if t.leaf_gpa < at => match t.size {
+                LeafSize::Size4K => 0,
+                LeafSize::Size2M => 1,
+                LeafSize::Size1G if at.is_aligned(PAGE_SIZE_2M) => 1,
+                LeafSize::Size1G => 2,
+            },
+            _ => 0,
+        }
+    }
+
+    /// Splits the huge leaf straddling `at`, if any, keeping every translation.
+    pub(crate) fn split_at(&mut self, at: GuestPhysAddr) -> Result<(), SpaceError> {
+        let Some(t) = self.table.translate(at) else {
+            return Ok(());
+        };
+        if t.leaf_gpa == at || t.size == LeafSize::Size4K {
+            return Ok(());
+        }
+        let (table, mut meter) = self.parts();
+        let r = if at.is_aligned(PAGE_SIZE_2M) {
+            Size2M::ensure_chain_for(table, &mut meter, at).map(|_| ())
+        } else {
+            Size4K::ensure_chain_for(table, &mut meter, at).map(|_| ())
+        };
+        let reason = meter.reason();
+        r.map_err(|e| table_err(e, reason, at))?;
+        // The page size behind these addresses changed: drop cached translations.
+        self.invalidate_now(range_scope(t.leaf_gpa, t.size.size()));
+        Ok(())
+    }
+
+    /// Maps one leaf of a given size (used by clones to copy a layout exactly).
+    pub(crate) fn map_leaf(
+        &mut self,
+        gpa: GuestPhysAddr,
+        hpa: HostPhysAddr,
+        size: LeafSize,
+        attr: LeafAttr,
+    ) -> Result<(), SpaceError> {
+        let (table, mut meter) = self.parts();
+        let r = match size {
+            LeafSize::Size4K => table.map_page::<Size4K>(&mut meter, gpa, hpa, attr),
+            LeafSize::Size2M => table.map_page::<Size2M>(&mut meter, gpa, hpa, attr),
+            LeafSize::Size1G => table.map_page::<Size1G>(&mut meter, gpa, hpa, attr),
+        };
+        let reason = meter.reason();
+        let flush = r.map_err(|e| table_err(e, reason, gpa))?;
+        self.finish(flush, false);
+        Ok(())
+    }
+
+    /// Copy-on-write break of the 4 KiB page at `gpa` (inside leaf `t` over a shared
+    /// frame): a private copy replaces it, writable with `attr`. The frames needed
+    /// (the copy, plus a table when a 2 MiB leaf must be split) are taken first, so
+    /// an error changes nothing. With `prefilled`, they are already in the reserve.
+    pub(crate) fn cow_break(
+        &mut self,
+        gpa: GuestPhysAddr,
+        t: Translation,
+        attr: LeafAttr,
+        prefilled: bool,
+    ) -> Result<(), SpaceError> {
+        let page = gpa.align_down(PAGE_SIZE_4K);
+        let src = hadd(t.hpa, page.as_usize() - t.leaf_gpa.as_usize());
+        if !prefilled {
+            let need = 1 + match t.size {
+                LeafSize::Size4K => 0,
+                LeafSize::Size2M => 1,
+                LeafSize::Size1G => 2,
+            };
+            self.fill_reserve(need, gpa)?;
+        }
+        let (table, mut meter) = self.parts();
+        let Some(new) = meter.alloc_frame() else {
+            let reason = meter.reason();
+            self.drain_reserve();
+            return Err(SpaceError::OutOfMemory {
+                gpa: Some(gpa),
+                reason,
+            });
+        };
+        let copied = crate::frame::copy_frame(table.mapper(), new, src).is_ok();
+        let r = if copied {
+            Size4K::ensure_chain_for(table, &mut meter, page)
+                .and_then(|lt| Size4K::set_leaf(table, &lt, page, new, attr))
+        } else {
+            Err(TableError::BadFrame { hpa: src })
+        };
+        let reason = meter.reason();
+        if let Err(e) = r {
+            meter.dealloc_frame(new);
+            if !prefilled {
+                self.drain_reserve();
+            }
+            return Err(table_err(e, reason, gpa));
+        }
+        if !prefilled {
+            self.drain_reserve();
+        }
+        self.invalidate_now(range_scope(t.leaf_gpa, t.size.size()));
+        self.book.add_4k();
+        let Self { book, alloc, .. } = self;
+        book.release(src, LeafSize::Size4K, alloc);
+        self.counters.cow_copies += 1;
+        Ok(())
+    }
+
+    /// Restores the rights of the leaf `t` to `attr` (minus write while its frame is
+    /// still shared): after the last sharer left, or for a stale read-only leaf.
+    pub(crate) fn reprotect_leaf(
+        &mut self,
+        t: Translation,
+        attr: LeafAttr,
+        ram: bool,
+    ) -> Result<(), SpaceError> {
+        let mut attr = attr;
+        if ram && !self.book.unshare_if_unique(t.hpa) {
+            attr.access.remove(Access::WRITE);
+        }
+        let (table, mut meter) = self.parts();
+        let r = table.protect_range(&mut meter, t.leaf_gpa, t.size.size(), attr);
+        let reason = meter.reason();
+        let flush = r.map_err(|e| table_err(e, reason, t.leaf_gpa))?;
+        self.finish(flush, false);
+        self.counters.write_restores += 1;
+        Ok(())
+    }
+
+    /// Frees everything: every leaf (RAM frames released when `is_ram(gpa)`), every
+    /// table frame, the reserve. The table is gone afterwards.
+    pub(crate) fn teardown(&mut self, is_ram: impl Fn(GuestPhysAddr) -> bool) {
+        // SAFETY: `teardown` runs once, from `Inner::drop` (or on a state about to be
+        // dropped), and nothing touches `self.table` after it.
+        let table = unsafe { ManuallyDrop::take(&mut self.table) };
+        let flush = table.destroy();
+        let Self {
+            invalidate,
+            alloc,
+            book,
+            ..
+        } = self;
+        let leaves = flush.complete(|s| invalidate.invalidate(s), alloc);
+        for leaf in leaves.iter() {
+            if is_ram(leaf.gpa) {
+                book.release(leaf.hpa, leaf.size, alloc);
+            }
+        }
+        self.drain_reserve();
+    }
+}
+
+impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner<F, M, A, I> {
+    /// Checks a range for area operations: non-empty, 4 KiB aligned, inside the window.
+    pub(crate) fn check_range(
+        &self,
+        gpa: GuestPhysAddr,
+        size: usize,
+    ) -> Result<AddrRange<GuestPhysAddr>, SpaceError> {
+        let bad = |problem| SpaceError::InvalidRange {
+            start: gpa.as_usize(),
+            size,
+            problem,
+        };
+        if size == 0 {
+            return Err(bad(RangeProblem::Empty));
+        }
+        for value in [gpa.as_usize(), size] {
+            if !value.is_aligned(PAGE_SIZE_4K) {
+                return Err(SpaceError::Unaligned {
+                    value,
+                    align: PAGE_SIZE_4K,
+                });
+            }
+        }
+        let range = AddrRange::from_start_size(gpa, size).ok_or(bad(RangeProblem::Overflow))?;
+        if !self.window.contains_range(&range) {
+            return Err(bad(RangeProblem::OutsideWindow));
+        }
+        Ok(range)
+    }
+
+    /// Adds an area and maps it through its backend.
+    pub(crate) fn map_area(
+        &mut self,
+        range: AddrRange<GuestPhysAddr>,
+        flags: AreaFlags,
+        kind: BackendKind,
+    ) -> Result<(), SpaceError> {
+        let (start, size) = (range.start(), range.size());
+        let area = MemoryArea::new(start, size, flags, Backend::new(kind))
+            .map_err(|e| set_err(e, start, size))?;
+        self.set
+            .map(area, &mut self.st, false)
+            .map_err(|e| set_err(e, start, size))
+    }
+
+    /// The areas overlapping `range` as (piece, flags, kind), checking that they cover
+    /// it without a hole.
+    pub(crate) fn covering(
+        &self,
+        range: AddrRange<GuestPhysAddr>,
+    ) -> Result<Vec<(AddrRange<GuestPhysAddr>, AreaFlags, BackendKind)>, SpaceError> {
+        let mut out = Vec::new();
+        let mut next = range.start();
+        for area in self.set.iter_overlapping(range) {
+            if area.start() > next {
+                return Err(SpaceError::NotMapped { gpa: next });
+            }
+            let Some(piece) = area.va_range().intersection(&range) else {
+                continue;
+            };
+            out.push((piece, area.flags(), area.backend().kind));
+            match area.end() {
+                Some(end) => next = end,
+                None => return Ok(out),
+            }
+        }
+        match range.last() {
+            Some(last) if next <= last => Err(SpaceError::NotMapped { gpa: next }),
+            _ => Ok(out),
+        }
+    }
+
+    /// Checks that every byte of `range` lies in an area allowing `access`; returns
+    /// the covering pieces.
+    pub(crate) fn check_access(
+        &self,
+        range: AddrRange<GuestPhysAddr>,
+        access: Access,
+    ) -> Result<Vec<(AddrRange<GuestPhysAddr>, AreaFlags, BackendKind)>, SpaceError> {
+        let pieces = self.covering(range)?;
+        for (piece, flags, _) in &pieces {
+            if !flags.attr.access.contains(access) {
+                return Err(SpaceError::PermissionDenied {
+                    gpa: piece.start(),
+                    access,
+                    allowed: flags.attr.access,
+                });
+            }
+        }
+        Ok(pieces)
+    }
+
+    /// Refuses a range that touches an owned region.
+    pub(crate) fn check_not_owned(
+        &self,
+        range: AddrRange<GuestPhysAddr>,
+    ) -> Result<(), SpaceError> {
+        match self
+            .set
+            .iter_overlapping(range)
+            .find(|a| a.flags().owner != 0)
+        {
+            Some(a) => Err(SpaceError::Owned {
+                gpa: a.start().max(range.start()),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Populates every absent page of `range`, which RAM areas must cover. All or
+    /// nothing.
+    pub(crate) fn populate_range(
+        &mut self,
+        range: AddrRange<GuestPhysAddr>,
+    ) -> Result<(), SpaceError> {
+        let pieces = self.covering(range)?;
+        if let Some((p, _, _)) = pieces.iter().find(|(_, _, k)| !k.is_ram()) {
+            return Err(SpaceError::NotRam { gpa: p.start() });
+        }
+        let mut added = Vec::new();
+        for (piece, flags, _) in &pieces {
+            let area = self
+                .set
+                .find(piece.start())
+                .map(|a| a.va_range())
+                .unwrap_or(*piece);
+            if let Err(e) = self.st.populate(*piece, flags.attr, area, &mut added) {
+                self.st.rollback(&added);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the frames that splitting huge leaves at the ends of `range` needs.
+    fn reserve_splits(&mut self, range: AddrRange<GuestPhysAddr>) -> Result<(), SpaceError> {
+        let mut need = self.st.split_need(range.start());
+        if let Some(end) = range.end() {
+            need += self.st.split_need(end);
+        }
+        self.st.fill_reserve(need, range.start())
+    }
+
+    /// Unmaps `range` (ownership already checked).
+    pub(crate) fn unmap_range(
+        &mut self,
+        range: AddrRange<GuestPhysAddr>,
+    ) -> Result<(), SpaceError> {
+        self.reserve_splits(range)?;
+        let r = self
+            .set
+            .unmap(range.start(), range.size(), &mut self.st)
+            .map_err(|e| set_err(e, range.start(), range.size()));
+        self.st.drain_reserve();
+        r
+    }
+
+    /// Changes the rights (and, with `owner`, the owner label) of the areas in `range`.
+    pub(crate) fn protect_range(
+        &mut self,
+        range: AddrRange<GuestPhysAddr>,
+        access: Access,
+        owner: Option<u64>,
+    ) -> Result<(), SpaceError> {
+        self.relabel(range, |f| AreaFlags {
+            attr: LeafAttr { access, ..f.attr },
+            owner: owner.unwrap_or(f.owner),
+        })
+    }
+
+    /// Gives the areas in `range` new flags, cutting them at the ends.
+    pub(crate) fn relabel(
+        &mut self,
+        range: AddrRange<GuestPhysAddr>,
+        update: impl Fn(AreaFlags) -> AreaFlags,
+    ) -> Result<(), SpaceError> {
+        self.reserve_splits(range)?;
+        let r = self
+            .set
+            .protect(
+                range.start(),
+                range.size(),
+                |f| Some(update(f)),
+                &mut self.st,
+            )
+            .map_err(|e| set_err(e, range.start(), range.size()));
+        self.st.drain_reserve();
+        r
+    }
+
+    /// Unmaps every area no region owns. Whole areas never need a split.
+    pub(crate) fn clear(&mut self) -> Result<(), SpaceError> {
+        let ranges: Vec<_> = self
+            .set
+            .iter()
+            .filter(|a| a.flags().owner == 0)
+            .map(|a| a.va_range())
+            .collect();
+        for r in ranges {
+            self.unmap_range(r)?;
+        }
+        Ok(())
+    }
+
+    /// See [`AddressSpace::find_free_area`](super::AddressSpace::find_free_area).
+    pub(crate) fn find_free_area(
+        &self,
+        hint: GuestPhysAddr,
+        size: usize,
+        limit: AddrRange<GuestPhysAddr>,
+        align: usize,
+    ) -> Result<GuestPhysAddr, SpaceError> {
+        let limit = limit
+            .intersection(&self.window)
+            .ok_or(SpaceError::NoFreeArea { size })?;
+        self.set
+            .find_free_area(hint, size, limit, align)
+            .map_err(|e| set_err(e, hint, size))
+    }
+
+    /// Serves a stage-2 fault (see `fault.rs`).
+    pub(crate) fn area_at(
+        &self,
+        gpa: GuestPhysAddr,
+    ) -> Option<(AddrRange<GuestPhysAddr>, AreaFlags, BackendKind)> {
+        self.set
+            .find(gpa)
+            .map(|a| (a.va_range(), a.flags(), a.backend().kind))
+    }
+
+    /// The space's invariants plus the table validator.
+    pub(crate) fn validate(&self) -> Result<(), &'static str> {
+        if self.st.table.validate().is_err() {
+            return Err("table validator failed");
+        }
+        for leaf in self.st.table.leaves() {
+            let Some((range, flags, kind)) = self.area_at(leaf.gpa) else {
+                return Err("leaf outside every area");
+            };
+            let Some(leaf_range) = AddrRange::from_start_size(leaf.gpa, leaf.size.size()) else {
+                return Err("leaf passes the top of the space");
+            };
+            if !range.contains_range(&leaf_range) {
+                return Err("leaf straddles an area boundary");
+            }
+            if !flags.attr.access.contains(leaf.attr.access) {
+                return Err("leaf grants more than its area");
+            }
+            match kind {
+                BackendKind::Linear { .. } => {
+                    if kind.linear_hpa(leaf.gpa) != Some(leaf.hpa) || leaf.attr != flags.attr {
+                        return Err("linear leaf differs from its window");
+                    }
+                }
+                BackendKind::Alloc { .. } => {
+                    if leaf.attr.access.contains(Access::WRITE) && self.st.book.is_shared(leaf.hpa)
+                    {
+                        return Err("writable leaf over a shared frame");
+                    }
+                    if leaf.attr.mem_type != flags.attr.mem_type {
+                        return Err("RAM leaf with another memory type");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Drop
+    for Inner<F, M, A, I>
+{
+    fn drop(&mut self) {
+        let Self { set, st, .. } = self;
+        st.teardown(|gpa| set.find(gpa).is_some_and(|a| a.backend().kind.is_ram()));
+    }
+}
