@@ -138,7 +138,10 @@ mod tests {
         assert!(quick.runs("W3") && !quick.runs("W1"));
         assert_eq!(parse(&["--rounds", "2"]).unwrap().rounds, 2);
         assert_eq!(
-            parse(&["--only", "floor"]).unwrap().only_contender.as_deref(),
+            parse(&["--only", "floor"])
+                .unwrap()
+                .only_contender
+                .as_deref(),
             Some("floor")
         );
     }

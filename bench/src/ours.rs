@@ -1,6 +1,10 @@
 //! This project's side of every workload (wired in as the crates land on main).
 
-use ept::{Access, Ept, HeapArena, LeafAttr, LeafSize, Stage2Caps, Stage2Table};
+use ept::space::{AddressSpace, FaultOutcome};
+use ept::{
+    Access, Ept, FaultKind, FlushScope, HeapArena, LeafAttr, LeafSize, Stage2Caps, Stage2Fault,
+    Stage2Table,
+};
 use memory_set::{AddrRange, GuestPhysAddr, HostPhysAddr, MappingBackend, MemoryArea, MemorySet};
 
 use crate::arena::{Arena, SIZE_2M, SIZE_4K};
@@ -9,6 +13,7 @@ use crate::w1::{GPA, HPA, LEAVES_2M, Leaf, PAGES, SIZE};
 use crate::w3::{
     AREA, AREAS, Answers, BASE, CUT, FREE_LARGE, FREE_SMALL, Inputs, LIMIT, PROT, SLOT,
 };
+use crate::w4::Mode;
 
 /// A `memory_set` backend that does no page-table work (W3 measures bookkeeping alone).
 #[derive(Clone)]
@@ -103,8 +108,78 @@ pub fn w3(rec: &mut Recorder, inp: &Inputs) -> Option<Answers> {
     Some(Answers { hits, small, large })
 }
 
-/// W4 over our address space.
-pub fn w4(_rec: &mut Recorder, _mode: crate::w4::Mode, _order: &[usize]) {}
+/// W4 over our address space: one 1 GiB on-demand RAM area; every touch of a page not
+/// yet covered is a `NotPresent` write fault served by `AddressSpace::handle_fault`
+/// (find the area, allocate, zero, map, complete the flush). In `Small` mode the
+/// capabilities offer no 2 MiB leaves, so each fault maps one 4 KiB page.
+pub fn w4(rec: &mut Recorder, arena: &Arena, mode: Mode, order: &[usize]) {
+    let caps = match mode {
+        Mode::Small => Stage2Caps {
+            leaf_2m: false,
+            leaf_1g: false,
+            ..Stage2Caps::all()
+        },
+        Mode::Huge => Stage2Caps::all(),
+    };
+    let heap = arena.heap();
+    let window = GPA + SIZE;
+    let mut space = AddressSpace::<Ept, _, _, _>::new(
+        GuestPhysAddr::new(0),
+        window,
+        caps,
+        heap.clone(),
+        heap.clone(),
+        |_: FlushScope| {},
+        usize::MAX,
+    )
+    .expect("space");
+    space
+        .map_alloc(
+            GuestPhysAddr::new(GPA),
+            SIZE,
+            Access::READ | Access::WRITE,
+            false,
+        )
+        .expect("area");
+    let mut covered = vec![false; PAGES];
+    rec.time(mode.id(), Who::Ours, PAGES, || {
+        for &i in order {
+            if covered[i] {
+                continue; // mapped already: the guest would not fault
+            }
+            let fault = Stage2Fault {
+                gpa: GuestPhysAddr::new(GPA + i * SIZE_4K),
+                access: Access::WRITE,
+                kind: FaultKind::NotPresent,
+                in_guest_walk: false,
+            };
+            match space.handle_fault(fault).expect("fault") {
+                FaultOutcome::Populated {
+                    size: LeafSize::Size4K,
+                } => covered[i] = true,
+                FaultOutcome::Populated {
+                    size: LeafSize::Size2M,
+                } => {
+                    let first = i & !511;
+                    covered[first..first + 512].fill(true);
+                }
+                other => panic!("W4: unexpected fault outcome {other:?}"),
+            }
+        }
+    });
+    let stats = space.stats();
+    assert_eq!(stats.ram_frames, PAGES);
+    let expected = match mode {
+        Mode::Small => (PAGES, 0),
+        Mode::Huge => (0, LEAVES_2M),
+    };
+    assert_eq!(
+        (stats.leaves_4k, stats.leaves_2m),
+        expected,
+        "{mode:?}: leaf sizes"
+    );
+    drop(space);
+}
 
 /// Our stage-2 table over the shared arena (EPT format; NPT shares the code paths).
 type Table = Stage2Table<Ept, HeapArena>;

@@ -50,7 +50,7 @@ impl Mode {
 pub fn round(rec: &mut Recorder, arena: &Arena, mode: Mode, order: &[usize], round: usize) {
     for k in 0..3 {
         match (k + round) % 3 {
-            0 if rec.runs(Who::Ours) => ours::w4(rec, mode, order),
+            0 if rec.runs(Who::Ours) => ours::w4(rec, arena, mode, order),
             1 if rec.runs(ARCEOS_PTM) => anchor(rec, arena, mode, order),
             2 if rec.runs(Who::Floor) => floor(rec, arena, mode),
             _ => {}
