@@ -19,9 +19,6 @@
 //!   [`fault::Stage2Fault`].
 //! * [`space`]: the guest address space built on all of the above.
 #![cfg_attr(not(test), no_std)]
-// Skeleton stage: internals not wired yet.
-#![allow(dead_code)]
-
 extern crate alloc;
 
 pub mod caps;

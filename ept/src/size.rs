@@ -125,6 +125,7 @@ pub struct LeafTable<S: PageSize> {
     pub(crate) frame: HostPhysAddr,
     pub(crate) span_start: GuestPhysAddr,
     pub(crate) generation: u64,
+    pub(crate) root: HostPhysAddr,
     pub(crate) _size: PhantomData<S>,
 }
 
@@ -148,10 +149,21 @@ pub trait MapSize: PageSize {
     /// every translation it had.
     ///
     /// Fails with [`TableError::NoMemory`] naming the level of the table that could
-    /// not be allocated; the tables already linked on the way stay (empty), and the
-    /// table operations that call this reserve their frames first so that never
-    /// happens to them.
+    /// not be allocated, and then changes nothing: the frames are reserved before
+    /// anything is linked.
     fn ensure_chain_for<F: Stage2Format, M: PhysMapper>(
+        table: &mut Stage2Table<F, M>,
+        alloc: &mut (impl FrameAlloc + ?Sized),
+        gpa: GuestPhysAddr,
+    ) -> Result<LeafTable<Self>, TableError> {
+        table.ensure_chain::<Self>(alloc, gpa)
+    }
+
+    /// The walk behind [`MapSize::ensure_chain_for`], taking frames from `alloc` as it
+    /// goes (so a failure can leave empty tables linked): for callers that reserved
+    /// the frames already.
+    #[doc(hidden)]
+    fn build_chain<F: Stage2Format, M: PhysMapper>(
         table: &mut Stage2Table<F, M>,
         alloc: &mut (impl FrameAlloc + ?Sized),
         gpa: GuestPhysAddr,
@@ -173,7 +185,7 @@ pub trait MapSize: PageSize {
 
 impl MapSize for Size1G {
     #[inline]
-    fn ensure_chain_for<F: Stage2Format, M: PhysMapper>(
+    fn build_chain<F: Stage2Format, M: PhysMapper>(
         table: &mut Stage2Table<F, M>,
         alloc: &mut (impl FrameAlloc + ?Sized),
         gpa: GuestPhysAddr,
@@ -185,24 +197,24 @@ impl MapSize for Size1G {
 
 impl MapSize for Size2M {
     #[inline]
-    fn ensure_chain_for<F: Stage2Format, M: PhysMapper>(
+    fn build_chain<F: Stage2Format, M: PhysMapper>(
         table: &mut Stage2Table<F, M>,
         alloc: &mut (impl FrameAlloc + ?Sized),
         gpa: GuestPhysAddr,
     ) -> Result<LeafTable<Self>, TableError> {
-        let pdpt = Size1G::ensure_chain_for(table, alloc, gpa)?;
+        let pdpt = Size1G::build_chain(table, alloc, gpa)?;
         table.next_table(alloc, pdpt.frame, 3, gpa)
     }
 }
 
 impl MapSize for Size4K {
     #[inline]
-    fn ensure_chain_for<F: Stage2Format, M: PhysMapper>(
+    fn build_chain<F: Stage2Format, M: PhysMapper>(
         table: &mut Stage2Table<F, M>,
         alloc: &mut (impl FrameAlloc + ?Sized),
         gpa: GuestPhysAddr,
     ) -> Result<LeafTable<Self>, TableError> {
-        let pd = Size2M::ensure_chain_for(table, alloc, gpa)?;
+        let pd = Size2M::build_chain(table, alloc, gpa)?;
         table.next_table(alloc, pd.frame, 2, gpa)
     }
 }

@@ -1,32 +1,268 @@
-//! `cargo xtask`: the project's build, test and run driver.
+//! `cargo xtask`: the project's build, run and test driver (std only).
+//!
+//! ```text
+//! cargo xtask build                      build the hypervisor and guest images
+//! cargo xtask run [GUEST [ARGS]]...      boot guests in QEMU (default: the demo set)
+//! cargo xtask boot-test [TEST]...        every boot test (or the named ones)
+//! cargo xtask test                       host tests, then boot tests
+//! options: --emulator qemu|kvm|bochs|all   --log LEVEL   --timeout SECS
+//!          --gdb (run: wait for gdb on :1234)
+//! ```
+//! A guest argument of `run` is one word (`hello`) or a quoted spec with settings
+//! (`"ondemand mem=64M"`).
+
+mod build;
+mod deps;
+mod emulator;
+mod scenarios;
 
 use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use build::Paths;
+use emulator::{Boot, Emulator, RunEnd, Serial};
+use guest_images::abi::RunStatus;
+
+/// Parsed command-line options.
+struct Options {
+    emulators: Vec<Emulator>,
+    log: String,
+    timeout: Duration,
+    gdb: bool,
+    rest: Vec<String>,
+}
+
+fn parse_options(args: &[String]) -> Result<Options, String> {
+    let mut o = Options {
+        emulators: vec![Emulator::Qemu],
+        log: "info".into(),
+        timeout: Duration::from_secs(60),
+        gdb: false,
+        rest: Vec::new(),
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let (key, inline) = match arg.split_once('=') {
+            Some((k, v)) if k.starts_with("--") => (k, Some(v.to_string())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| it.next().cloned())
+                .ok_or(format!("{key} needs a value"))
+        };
+        match key {
+            "--emulator" => o.emulators = Emulator::parse_list(&value()?)?,
+            "--log" => o.log = value()?,
+            "--timeout" => {
+                let v = value()?;
+                let secs: u64 = v.parse().map_err(|_| format!("bad --timeout `{v}`"))?;
+                o.timeout = Duration::from_secs(secs);
+            }
+            "--gdb" => o.gdb = true,
+            _ if key.starts_with("--") => return Err(format!("unknown option {key}")),
+            _ => o.rest.push(arg.clone()),
+        }
+    }
+    Ok(o)
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("test") => host_tests(),
-        _ => {
-            eprintln!("usage: cargo xtask test");
-            ExitCode::from(2)
+    let Some((command, rest)) = args.split_first() else {
+        eprintln!("{}", usage());
+        return ExitCode::from(2);
+    };
+    let options = match parse_options(rest) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("xtask: {e}\n{}", usage());
+            return ExitCode::from(2);
+        }
+    };
+    let paths = Paths::new();
+    let result = match command.as_str() {
+        "build" => build::build_all(&paths),
+        "run" => build::build_all(&paths).and_then(|()| run(&paths, &options)),
+        "boot-test" => build::build_all(&paths).and_then(|()| boot_tests(&paths, &options)),
+        "test" => host_tests(&paths)
+            .and_then(|()| build::build_all(&paths))
+            .and_then(|()| boot_tests(&paths, &options)),
+        _ => Err(format!("unknown command `{command}`\n{}", usage())),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
         }
     }
 }
 
-/// Runs every host test of the workspace.
-fn host_tests() -> ExitCode {
-    let status = Command::new(env!("CARGO"))
-        .args([
+fn usage() -> &'static str {
+    "usage: cargo xtask <build|run|boot-test|test> [--emulator qemu|kvm|bochs|all] \
+     [--log LEVEL] [--timeout SECS] [--gdb] [GUESTS or TESTS...]"
+}
+
+/// Runs every host test of the workspace: the host crates with their doc tests, then
+/// the libraries of the bare-metal crates (their binaries cannot run on the host).
+fn host_tests(paths: &Paths) -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    for args in [
+        &[
             "test",
             "--workspace",
             "--exclude",
             "hv",
             "--exclude",
             "guest-images",
-        ])
-        .status();
-    match status {
-        Ok(s) if s.success() => ExitCode::SUCCESS,
-        _ => ExitCode::FAILURE,
+        ][..],
+        &["test", "-p", "hv", "-p", "guest-images", "--lib"][..],
+    ] {
+        let status = Command::new(&cargo)
+            .current_dir(&paths.root)
+            .args(args)
+            .status()
+            .map_err(|e| e.to_string())?;
+        if !status.success() {
+            return Err(format!("host tests failed: cargo {}", args.join(" ")));
+        }
+    }
+    Ok(())
+}
+
+/// Turns `NAME [settings]` into an image path and settings (defaults first).
+fn guest_module(paths: &Paths, spec: &str) -> Result<(std::path::PathBuf, String), String> {
+    let mut words = spec.split_whitespace();
+    let name = words.next().ok_or("empty guest spec")?;
+    let image = paths.guest_image(name);
+    if !image.exists() {
+        let known = build::guest_names(paths)?.join(", ");
+        return Err(format!("no guest image `{name}` (known: {known})"));
+    }
+    let extra: Vec<&str> = words.collect();
+    let args = format!("{} {}", scenarios::default_args(name), extra.join(" "));
+    Ok((image, args.trim().to_string()))
+}
+
+fn run(paths: &Paths, o: &Options) -> Result<(), String> {
+    let emulator = o.emulators[0];
+    emulator.available()?;
+    let specs: Vec<String> = if o.rest.is_empty() {
+        scenarios::DEMO.iter().map(|s| s.to_string()).collect()
+    } else {
+        o.rest.clone()
+    };
+    let modules = specs
+        .iter()
+        .map(|s| guest_module(paths, s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let boot = Boot {
+        cmdline: format!("log={}", o.log),
+        modules,
+    };
+    let extra: Vec<String> = if o.gdb {
+        eprintln!(
+            "xtask: QEMU waits for gdb: gdb {} -ex 'target remote :1234'",
+            paths.kernel_elf().display()
+        );
+        vec!["-s".into(), "-S".into()]
+    } else {
+        Vec::new()
+    };
+    let timeout = if o.gdb {
+        Duration::from_secs(24 * 3600)
+    } else {
+        o.timeout
+    };
+    let end = emulator::run(emulator, paths, &boot, Serial::Stdio, timeout, &extra)?;
+    match end {
+        RunEnd::Exited(code) if code == RunStatus::AllPassed.qemu_exit_status() => Ok(()),
+        RunEnd::Exited(code) => Err(match RunStatus::from_qemu_exit_status(code) {
+            Some(s) => format!("the hypervisor ended with `{}` (status {code})", s.name()),
+            None => format!("QEMU exited with status {code}"),
+        }),
+        RunEnd::TimedOut => Err(format!("timed out after {:?}", timeout)),
+        RunEnd::Killed => Err("QEMU was killed".into()),
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn boot_tests(paths: &Paths, o: &Options) -> Result<(), String> {
+    let tests: Vec<&scenarios::BootTest> = if o.rest.is_empty() {
+        scenarios::BOOT_TESTS.iter().collect()
+    } else {
+        o.rest
+            .iter()
+            .map(|n| {
+                scenarios::BOOT_TESTS
+                    .iter()
+                    .find(|t| t.name == n)
+                    .ok_or(format!("no boot test `{n}`"))
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let logs = paths.root.join("target/boot-tests");
+    std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
+    let mut failed = Vec::new();
+    let mut passed = 0;
+    for &emulator in &o.emulators {
+        if let Err(reason) = emulator.available() {
+            if o.emulators.len() > 1 || emulator == Emulator::Kvm {
+                println!("boot-test [{}]: SKIPPED ({reason})", emulator.name());
+                continue;
+            }
+            return Err(reason);
+        }
+        for test in &tests {
+            let modules = test
+                .guests
+                .iter()
+                .map(|g| guest_module(paths, g))
+                .collect::<Result<Vec<_>, _>>()?;
+            let boot = Boot {
+                cmdline: test.cmdline.to_string(),
+                modules,
+            };
+            let log = logs.join(format!("{}-{}.log", emulator.name(), test.name));
+            let _ = std::fs::remove_file(&log);
+            let start = Instant::now();
+            let end = emulator::run(emulator, paths, &boot, Serial::File(&log), o.timeout, &[])?;
+            let elapsed = start.elapsed();
+            let output = std::fs::read_to_string(&log).unwrap_or_default();
+            let want = test.status.qemu_exit_status();
+            let status_ok = end == RunEnd::Exited(want);
+            let marker_ok = output.lines().any(|l| l.trim_end() == test.marker);
+            let label = format!("[{}] {}", emulator.name(), test.name);
+            if status_ok && marker_ok {
+                passed += 1;
+                println!("boot-test {label}: PASS ({:.2}s)", elapsed.as_secs_f64());
+            } else {
+                println!(
+                    "boot-test {label}: FAIL (ended {end:?}, wanted status {want}; marker \
+                     `{}` {})\n--- last lines of {} ---\n{}\n---",
+                    test.marker,
+                    if marker_ok { "found" } else { "missing" },
+                    log.display(),
+                    tail(&output, 25)
+                );
+                failed.push(label);
+            }
+        }
+    }
+    if failed.is_empty() {
+        println!("boot-test: all {passed} passed");
+        Ok(())
+    } else {
+        Err(format!(
+            "{} boot test(s) failed: {}",
+            failed.len(),
+            failed.join(", ")
+        ))
     }
 }

@@ -7,6 +7,8 @@
 
 mod ept;
 mod npt;
+#[cfg(test)]
+mod tests;
 
 use core::fmt;
 

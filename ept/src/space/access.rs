@@ -48,8 +48,8 @@ where
         let Some(range) = byte_range(gpa, data.len())? else {
             return Ok(());
         };
-        let pieces = inner.check_ram(range, Access::WRITE)?;
-        inner.make_writable(range, &pieces)?;
+        inner.check_ram(range, Access::WRITE)?;
+        inner.make_writable(range)?;
         inner.copy_in(gpa, data);
         Ok(())
     }
@@ -123,8 +123,7 @@ where
 
     /// The host address of `gpa` if mapped.
     fn host_of(&self, gpa: GuestPhysAddr) -> Option<HostPhysAddr> {
-        let t = self.st.table.translate(gpa)?;
-        t.hpa.checked_add(gpa.as_usize() - t.leaf_gpa.as_usize())
+        self.st.table.translate(gpa).map(|t| t.hpa)
     }
 
     /// Copies guest bytes out (absent pages read as zeros). Ranges are checked.
@@ -161,14 +160,7 @@ where
     pub(crate) fn make_writable(
         &mut self,
         range: AddrRange<GuestPhysAddr>,
-        pieces: &[(AddrRange<GuestPhysAddr>, AreaFlags)],
     ) -> Result<(), SpaceError> {
-        let area_of = |page: GuestPhysAddr| {
-            pieces
-                .iter()
-                .find(|(p, _)| p.contains(page) || p.contains(page.align_down(PAGE_SIZE_4K)))
-                .map(|(_, f)| f.attr)
-        };
         // Phase A: what each page needs.
         let mut absent = Vec::new();
         let mut copies = 0usize;
@@ -196,11 +188,10 @@ where
             if self.st.table.translate(page).is_some() {
                 continue;
             }
-            let (Some(attr), Some(area)) =
-                (area_of(page), self.set.find(page).map(|a| a.va_range()))
-            else {
+            let Some((area, flags, _)) = self.area_at(page) else {
                 continue;
             };
+            let attr = flags.attr;
             if let Err(e) = self
                 .st
                 .populate_one(page, attr, area)
@@ -217,9 +208,12 @@ where
         self.st.reserve = cow_frames;
         let mut result = Ok(());
         for page in pages(range) {
-            let (Some(t), Some(attr)) = (self.st.table.translate(page), area_of(page)) else {
+            let (Some(t), Some((_, flags, _))) =
+                (self.st.table.translate(page), self.area_at(page))
+            else {
                 continue;
             };
+            let attr = flags.attr;
             if t.attr.access.contains(Access::WRITE) {
                 continue;
             }

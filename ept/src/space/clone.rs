@@ -205,6 +205,7 @@ where
         copies.push(new);
         let _ = copy_frame(table.mapper(), new, src);
         child.map_leaf(gpa, new, LeafSize::Size4K, leaf.attr)?;
+        child.book.add_4k();
     }
     Ok(())
 }

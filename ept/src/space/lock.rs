@@ -45,6 +45,7 @@ impl<T> SpinLock<T> {
     }
 
     /// Takes the lock if it is free.
+    #[cfg(test)]
     pub(crate) fn try_lock(&self) -> Option<SpinGuard<'_, T>> {
         self.locked
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)

@@ -78,15 +78,6 @@ impl<'a, A: FrameAlloc> Meter<'a, A> {
         self.taken += n;
         Ok(())
     }
-
-    /// Returns every unused reserved frame to the allocator.
-    pub(crate) fn drain_reserve(&mut self) {
-        for f in self.reserve.drain(..) {
-            self.alloc.dealloc_frame(f);
-            self.taken -= 1;
-            self.budget += 1;
-        }
-    }
 }
 
 impl<A: FrameAlloc> FrameAlloc for Meter<'_, A> {
@@ -141,5 +132,20 @@ impl<A: FrameAlloc> FrameAlloc for Meter<'_, A> {
         self.alloc.dealloc_2m(frame);
         self.budget += N;
         self.taken = self.taken.saturating_sub(N);
+    }
+}
+
+/// An allocator over the reserve alone: frames freed into it stay reserved for the
+/// rest of the operation (used to rebuild a table path that an unmap just freed,
+/// without asking the real allocator again).
+pub(crate) struct ReserveSink<'a>(pub(crate) &'a mut Vec<HostPhysAddr>);
+
+impl FrameAlloc for ReserveSink<'_> {
+    fn alloc_frame(&mut self) -> Option<HostPhysAddr> {
+        self.0.pop()
+    }
+
+    fn dealloc_frame(&mut self, frame: HostPhysAddr) {
+        self.0.push(frame);
     }
 }

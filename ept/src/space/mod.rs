@@ -119,6 +119,7 @@ use crate::caps::Stage2Caps;
 use crate::flush::{Flush, FlushScope};
 use crate::format::{Access, LeafAttr, MemType, Stage2Format};
 use crate::frame::{FrameAlloc, PhysMapper};
+use crate::table::Translation;
 
 use backend::{AreaFlags, Backend, BackendKind};
 use lock::SpinLock;
@@ -360,6 +361,13 @@ where
         access: Access,
     ) -> Result<(), SpaceError> {
         self.inner.lock().check_access(range, access).map(|_| ())
+    }
+
+    /// Where `gpa` translates to right now (`None` if absent, e.g. not faulted in yet):
+    /// host address of the page, rights, leaf size. For tests, reports and hypercalls
+    /// that ask for the leaf size of a GPA.
+    pub fn translate(&self, gpa: GuestPhysAddr) -> Option<Translation> {
+        self.inner.lock().st.table.translate(gpa)
     }
 
     /// The capabilities the table was built for.

@@ -342,11 +342,7 @@ where
         for off in (0..self.size()).step_by(PAGE_SIZE_4K) {
             let src = GuestPhysAddr::new(self.start().as_usize() + off);
             let dst = GuestPhysAddr::new(range.start().as_usize() + off);
-            let host = |g: GuestPhysAddr| {
-                table
-                    .translate(g)
-                    .and_then(|t| t.hpa.checked_add(g.as_usize() - t.leaf_gpa.as_usize()))
-            };
+            let host = |g: GuestPhysAddr| table.translate(g).map(|t| t.hpa);
             if let (Some(s), Some(d)) = (host(src), host(dst)) {
                 let _ = copy_frame(table.mapper(), d, s);
             }
@@ -404,7 +400,7 @@ where
         let table = &inner.st.table;
         let hpa = table
             .translate(gpa)
-            .and_then(|t| t.hpa.checked_add(gpa.as_usize() - t.leaf_gpa.as_usize()))
+            .map(|t| t.hpa)
             .filter(|&h| table.mapper().is_mapped(h))
             .ok_or(ViewError::NotPresent { gpa })?;
         let ptr = table.mapper().phys_to_virt(hpa);

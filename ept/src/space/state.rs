@@ -12,7 +12,7 @@ use memory_set::{
 use super::backend::{AreaFlags, Backend, BackendKind};
 use super::error::{OomReason, RangeProblem, SpaceError};
 use super::frames::FrameBook;
-use super::meter::Meter;
+use super::meter::{Meter, ReserveSink};
 use super::{Invalidate, range_scope};
 use crate::caps::Stage2Caps;
 use crate::flush::{Flush, FlushScope};
@@ -456,7 +456,8 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
         prefilled: bool,
     ) -> Result<(), SpaceError> {
         let page = gpa.align_down(PAGE_SIZE_4K);
-        let src = hadd(t.hpa, page.as_usize() - t.leaf_gpa.as_usize());
+        // `t.hpa` is the exact translation of an address in the page.
+        let src = t.hpa.align_down(PAGE_SIZE_4K);
         if !prefilled {
             let need = 1 + match t.size {
                 LeafSize::Size4K => 0,
@@ -465,38 +466,83 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
             };
             self.fill_reserve(need, gpa)?;
         }
-        let (table, mut meter) = self.parts();
-        let Some(new) = meter.alloc_frame() else {
-            let reason = meter.reason();
-            self.drain_reserve();
-            return Err(SpaceError::OutOfMemory {
-                gpa: Some(gpa),
-                reason,
-            });
-        };
-        let copied = crate::frame::copy_frame(table.mapper(), new, src).is_ok();
-        let r = if copied {
-            Size4K::ensure_chain_for(table, &mut meter, page)
-                .and_then(|lt| Size4K::set_leaf(table, &lt, page, new, attr))
-        } else {
-            Err(TableError::BadFrame { hpa: src })
-        };
-        let reason = meter.reason();
-        if let Err(e) = r {
-            meter.dealloc_frame(new);
-            if !prefilled {
-                self.drain_reserve();
-            }
-            return Err(table_err(e, reason, gpa));
-        }
+        let r = self.replace_page(page, src, t, attr);
         if !prefilled {
             self.drain_reserve();
         }
-        self.invalidate_now(range_scope(t.leaf_gpa, t.size.size()));
+        r?;
+        self.counters.cow_copies += 1;
+        Ok(())
+    }
+
+    /// Replaces the 4 KiB page at `page` (translating to `src`, inside leaf `t`) by a
+    /// private copy, writable with `attr`. Frames come from the reserve; the table
+    /// path an unmap frees goes back into the reserve for the map that follows, so
+    /// nothing here asks the allocator for more than the reserve holds.
+    fn replace_page(
+        &mut self,
+        page: GuestPhysAddr,
+        src: HostPhysAddr,
+        t: Translation,
+        attr: LeafAttr,
+    ) -> Result<(), SpaceError> {
+        let (table, mut meter) = self.parts();
+        let Some(new) = meter.alloc_frame() else {
+            return Err(SpaceError::OutOfMemory {
+                gpa: Some(page),
+                reason: meter.reason(),
+            });
+        };
+        let mut r = crate::frame::copy_frame(table.mapper(), new, src)
+            .map_err(|_| TableError::BadFrame { hpa: src });
+        if r.is_ok() && t.size != LeafSize::Size4K {
+            r = Size4K::ensure_chain_for(table, &mut meter, page).map(|_| ());
+        }
+        let r = r.and_then(|()| table.unmap_range(&mut meter, page, PAGE_SIZE_4K));
+        let reason = meter.reason();
+        let flush = match r {
+            Ok(flush) => flush,
+            Err(e) => {
+                meter.dealloc_frame(new);
+                return Err(table_err(e, reason, page));
+            }
+        };
+        if t.size != LeafSize::Size4K {
+            // The leaf around the page was split: drop its cached translations too.
+            self.invalidate_now(range_scope(t.leaf_gpa, t.size.size()));
+        }
+        let Self {
+            invalidate,
+            reserve,
+            ..
+        } = self;
+        let old = flush.complete(|s| invalidate.invalidate(s), &mut ReserveSink(reserve));
+        let (table, mut meter) = self.parts();
+        let mapped = table.map_page::<Size4K>(&mut meter, page, new, attr);
+        let reason = meter.reason();
+        let flush = match mapped {
+            Ok(f) => f,
+            Err(e) => {
+                // Cannot happen (the reserve holds the path just freed); put the old
+                // page back read-only rather than lose it.
+                let ro = LeafAttr {
+                    access: attr.access.difference(Access::WRITE),
+                    ..attr
+                };
+                let (table, mut meter) = self.parts();
+                if let Ok(f) = table.map_page::<Size4K>(&mut meter, page, src, ro) {
+                    self.finish(f, false);
+                }
+                self.alloc.dealloc_frame(new);
+                return Err(table_err(e, reason, page));
+            }
+        };
+        self.finish(flush, false);
         self.book.add_4k();
         let Self { book, alloc, .. } = self;
-        book.release(src, LeafSize::Size4K, alloc);
-        self.counters.cow_copies += 1;
+        for leaf in old.iter() {
+            book.release(leaf.hpa, leaf.size, alloc);
+        }
         Ok(())
     }
 

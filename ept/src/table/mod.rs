@@ -6,25 +6,35 @@
 //! * every leaf is allowed by the capabilities and encodes valid attributes;
 //! * the counters (`table_frames`, per-size leaf counts) match the tree.
 //!
-//! Callers must not let a vCPU run on the table while a `&mut self` operation is in
-//! progress only if they rely on it for anything beyond what the returned [`Flush`]
-//! says; changes become safe once the flush is completed.
+//! The hardware may walk the table while it changes (other vCPUs running): new
+//! tables are filled before they are linked (release stores), every intermediate
+//! state is a valid table, and frames that leave the table are released only
+//! through the returned [`Flush`](crate::flush::Flush), after the caller's invalidation.
 
 mod error;
+mod map;
+mod raw;
+mod reserve;
+#[cfg(test)]
+mod tests;
+mod unmap;
+mod walk;
 
 use core::marker::PhantomData;
-use core::sync::atomic::AtomicU64;
 
-use memory_set::{AddrRange, GuestPhysAddr, HostPhysAddr};
+use memory_set::{GuestPhysAddr, HostPhysAddr, MemoryAddr};
 
 use crate::caps::Stage2Caps;
-use crate::flush::Flush;
+use crate::format::{EntryKind, level_size};
 use crate::format::{LeafAttr, Stage2Format};
 use crate::frame::{FrameAlloc, PhysMapper};
 use crate::size::{LeafSize, LeafTable, MapSize};
 use crate::validate::ValidationError;
 
+use raw::{Tbl, take_frame};
+
 pub use error::TableError;
+pub use walk::LeafIter;
 
 /// Entries per table.
 pub const ENTRIES: usize = 512;
@@ -62,7 +72,7 @@ pub struct Leaf {
 /// A stage-2 translation table in format `F`, reached through mapper `M`.
 ///
 /// Frames come from the [`FrameAlloc`] passed to each operation (always the same
-/// pool for one table) and leave only through [`Flush`] tokens.
+/// pool for one table) and leave only through [`Flush`](crate::flush::Flush) tokens.
 pub struct Stage2Table<F: Stage2Format, M: PhysMapper> {
     root: HostPhysAddr,
     mapper: M,
@@ -84,6 +94,21 @@ impl<F: Stage2Format, M: PhysMapper> core::fmt::Debug for Stage2Table<F, M> {
     }
 }
 
+/// The index of `gpa`'s entry in a table at `level`.
+#[inline]
+pub(crate) const fn index(gpa: usize, level: u8) -> usize {
+    (gpa >> (12 + 9 * (level as u32 - 1))) & (ENTRIES - 1)
+}
+
+/// Bytes covered by one entry at `level`.
+#[inline]
+pub(crate) const fn lsize(level: u8) -> usize {
+    level_size(level) as usize
+}
+
+/// The GPA width a 4-level walk can reach.
+const WALK_BITS: u8 = 48;
+
 impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
     /// An empty table: allocates and zeroes the root.
     pub fn new(
@@ -91,8 +116,17 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
         alloc: &mut (impl FrameAlloc + ?Sized),
         caps: Stage2Caps,
     ) -> Result<Self, TableError> {
-        let _ = (mapper, alloc, caps);
-        todo!()
+        let root = take_frame(alloc, &mapper, 4)?;
+        Tbl::of(&mapper, root).zero();
+        Ok(Self {
+            root,
+            mapper,
+            caps,
+            tables: 1,
+            leaves: [0; 3],
+            generation: 0,
+            _format: PhantomData,
+        })
     }
 
     /// The root table's frame.
@@ -125,111 +159,94 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
         self.leaves[size.index()]
     }
 
-    /// Maps one page of size `S`: `gpa` to `hpa` (both aligned to `S::SIZE`).
-    /// [`TableError::AlreadyMapped`] if any part of the page is mapped.
-    pub fn map_page<S: MapSize>(
+    /// GPAs must be below `2^gpa_bits()`.
+    pub fn gpa_bits(&self) -> u8 {
+        self.caps.max_phys_bits.min(WALK_BITS)
+    }
+
+    #[inline]
+    pub(crate) fn tbl(&self, frame: HostPhysAddr) -> Tbl {
+        Tbl::of(&self.mapper, frame)
+    }
+
+    /// Checks `[gpa, gpa + size)` lies in the stage-2 space.
+    pub(crate) fn check_gpa(&self, gpa: GuestPhysAddr, size: usize) -> Result<(), TableError> {
+        let bits = self.gpa_bits();
+        let limit = 1usize << bits;
+        if gpa.as_usize() >= limit {
+            return Err(TableError::OutOfRange {
+                gpa,
+                max_bits: bits,
+            });
+        }
+        if size > limit - gpa.as_usize() {
+            return Err(TableError::OutOfRange {
+                gpa: GuestPhysAddr::new(limit),
+                max_bits: bits,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks `[hpa, hpa + size)` fits the entry address field.
+    pub(crate) fn check_hpa(&self, hpa: HostPhysAddr, size: usize) -> Result<(), TableError> {
+        let bits = self
+            .caps
+            .host_phys_bits
+            .min(Stage2Caps::ARCH_HOST_PHYS_BITS);
+        let limit = 1u64 << bits;
+        let ok = hpa.as_u64() < limit && (size as u64) <= limit - hpa.as_u64();
+        if ok {
+            Ok(())
+        } else {
+            Err(TableError::HostOutOfRange { hpa })
+        }
+    }
+
+    pub(crate) fn check_aligned(value: usize, align: usize) -> Result<(), TableError> {
+        if value & (align - 1) == 0 {
+            Ok(())
+        } else {
+            Err(TableError::Unaligned { value, align })
+        }
+    }
+
+    /// [`MapSize::ensure_chain_for`]: plan, reserve, then build.
+    pub(crate) fn ensure_chain<S: MapSize>(
         &mut self,
         alloc: &mut (impl FrameAlloc + ?Sized),
         gpa: GuestPhysAddr,
-        hpa: HostPhysAddr,
-        attr: LeafAttr,
-    ) -> Result<Flush, TableError> {
-        let _ = (alloc, gpa, hpa, attr);
-        todo!()
+    ) -> Result<LeafTable<S>, TableError> {
+        self.check_gpa(gpa, 1)?;
+        let g = gpa.as_usize();
+        let mut counts = [0usize; 4];
+        let mut frame = self.root;
+        let mut level = 4u8;
+        while level > S::LEVEL {
+            match F::decode(self.tbl(frame).load(index(g, level)), level) {
+                EntryKind::Table(t) => {
+                    frame = t;
+                    level -= 1;
+                    continue;
+                }
+                // A missing table, or a leaf to split: one new table per level below.
+                EntryKind::Absent | EntryKind::Leaf(_) => {
+                    for l in S::LEVEL..level {
+                        counts[l as usize] = 1;
+                    }
+                    break;
+                }
+            }
+        }
+        let mut reserve = reserve::Reserve::fill(alloc, &self.mapper, counts)?;
+        let result = S::build_chain(self, &mut reserve, gpa);
+        debug_assert!(result.is_ok() && reserve.is_empty());
+        reserve.release(alloc);
+        result
     }
 
-    /// Maps `[gpa, gpa + size)` to `[hpa, hpa + size)` with the largest leaves that
-    /// alignment, the capabilities and `max` allow, writing each leaf table's run in
-    /// one pass. All addresses and `size` must be 4 KiB aligned; nothing in the range
-    /// may be mapped. On error nothing changed.
-    pub fn map_range(
-        &mut self,
-        alloc: &mut (impl FrameAlloc + ?Sized),
-        gpa: GuestPhysAddr,
-        hpa: HostPhysAddr,
-        size: usize,
-        attr: LeafAttr,
-        max: LeafSize,
-    ) -> Result<Flush, TableError> {
-        let _ = (alloc, gpa, hpa, size, attr, max);
-        todo!()
-    }
-
-    /// Unmaps everything in `[gpa, gpa + size)` (holes are fine), splitting huge
-    /// leaves that stick out of the range (the parts outside stay mapped) and freeing
-    /// tables that become empty. On error (no frame for a split) nothing changed.
-    pub fn unmap_range(
-        &mut self,
-        alloc: &mut (impl FrameAlloc + ?Sized),
-        gpa: GuestPhysAddr,
-        size: usize,
-    ) -> Result<Flush, TableError> {
-        let _ = (alloc, gpa, size);
-        todo!()
-    }
-
-    /// Gives every mapped page of `[gpa, gpa + size)` the attributes `attr` (holes
-    /// stay holes), splitting huge leaves that stick out of the range. On error
-    /// nothing changed.
-    pub fn protect_range(
-        &mut self,
-        alloc: &mut (impl FrameAlloc + ?Sized),
-        gpa: GuestPhysAddr,
-        size: usize,
-        attr: LeafAttr,
-    ) -> Result<Flush, TableError> {
-        let _ = (alloc, gpa, size, attr);
-        todo!()
-    }
-
-    /// Where `gpa` translates to, if mapped.
-    pub fn translate(&self, gpa: GuestPhysAddr) -> Option<Translation> {
-        let _ = gpa;
-        todo!()
-    }
-
-    /// Every leaf, in GPA order.
-    pub fn leaves(&self) -> LeafIter<'_, F, M> {
-        todo!()
-    }
-
-    /// The leaves overlapping `range`, in GPA order.
-    pub fn leaves_in(&self, range: AddrRange<GuestPhysAddr>) -> LeafIter<'_, F, M> {
-        let _ = range;
-        todo!()
-    }
-
-    /// Calls `f(leaf_gpa, size)` for every dirty leaf overlapping `range` and clears
-    /// its dirty flag (a dirty-page log). The flush must be completed before the next
-    /// harvest can trust the flags.
-    pub fn harvest_dirty(
-        &mut self,
-        range: AddrRange<GuestPhysAddr>,
-        f: impl FnMut(GuestPhysAddr, LeafSize),
-    ) -> Result<Flush, TableError> {
-        let _ = (range, f);
-        todo!()
-    }
-
-    /// Replaces the 4 KiB table holding `gpa` by one 2 MiB leaf if its 512 leaves are
-    /// contiguous, 2 MiB aligned and alike, and then the 2 MiB table by a 1 GiB leaf
-    /// likewise (as the capabilities allow). An empty flush means nothing changed.
-    pub fn collapse(&mut self, gpa: GuestPhysAddr) -> Result<Flush, TableError> {
-        let _ = gpa;
-        todo!()
-    }
-
-    /// Tears the table down: every leaf is reported as unmapped and every table frame
-    /// (root included) is freed when the returned flush completes.
-    pub fn destroy(self) -> Flush {
-        todo!()
-    }
-
-    /// Checks the table the way the hardware would, plus this type's invariants.
-    pub fn validate(&self) -> Result<(), ValidationError> {
-        todo!()
-    }
-
+    /// The table one level below `parent`'s entry for `gpa`, creating it (zeroed)
+    /// or splitting a leaf in the way. See [`MapSize::ensure_chain_for`].
     pub(crate) fn next_table<S: MapSize>(
         &mut self,
         alloc: &mut (impl FrameAlloc + ?Sized),
@@ -237,10 +254,59 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
         parent_level: u8,
         gpa: GuestPhysAddr,
     ) -> Result<LeafTable<S>, TableError> {
-        let _ = (alloc, parent, parent_level, gpa);
-        todo!()
+        debug_assert_eq!(parent_level, S::LEVEL + 1);
+        let pt = self.tbl(parent);
+        let i = index(gpa.as_usize(), parent_level);
+        let e = pt.load(i);
+        let frame = match F::decode(e, parent_level) {
+            EntryKind::Table(t) => t,
+            EntryKind::Absent => {
+                let t = take_frame(alloc, &self.mapper, S::LEVEL)?;
+                self.tbl(t).zero();
+                pt.store_release(i, F::table_entry(t));
+                self.tables += 1;
+                t
+            }
+            EntryKind::Leaf(h) => self.split_leaf(alloc, pt, i, parent_level, e, h)?,
+        };
+        Ok(LeafTable {
+            frame,
+            span_start: GuestPhysAddr::new(gpa.as_usize() & !(lsize(parent_level) - 1)),
+            generation: self.generation,
+            root: self.root,
+            _size: PhantomData,
+        })
     }
 
+    /// Replaces the leaf `e` (mapping `h`) in entry `i` of `pt` (at `level`) by a
+    /// full table of the next smaller leaves with the same attributes and A/D flags.
+    pub(crate) fn split_leaf(
+        &mut self,
+        alloc: &mut (impl FrameAlloc + ?Sized),
+        pt: Tbl,
+        i: usize,
+        level: u8,
+        e: u64,
+        h: HostPhysAddr,
+    ) -> Result<HostPhysAddr, TableError> {
+        let child_level = level - 1;
+        let attr = F::leaf_attr(e, level);
+        let bits = F::leaf_bits(attr, child_level, &self.caps)? | (e & (F::ACCESSED | F::DIRTY));
+        let t = take_frame(alloc, &self.mapper, child_level)?;
+        let ct = self.tbl(t);
+        let step = lsize(child_level) as u64;
+        let base = h.as_u64();
+        for k in 0..ENTRIES {
+            ct.store(k, bits | (base + k as u64 * step));
+        }
+        pt.store_release(i, F::table_entry(t));
+        self.tables += 1;
+        self.leaves[level as usize - 1] -= 1;
+        self.leaves[child_level as usize - 1] += ENTRIES;
+        Ok(t)
+    }
+
+    /// Writes one leaf into a table returned by `ensure_chain_for`.
     pub(crate) fn write_leaf<S: MapSize>(
         &mut self,
         leaf_table: &LeafTable<S>,
@@ -248,26 +314,66 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
         hpa: HostPhysAddr,
         attr: LeafAttr,
     ) -> Result<(), TableError> {
-        let _ = (leaf_table, gpa, hpa, attr);
-        todo!()
+        let in_span = gpa
+            .checked_offset_from(leaf_table.span_start)
+            .is_some_and(|off| off < S::SIZE * ENTRIES);
+        if leaf_table.generation != self.generation || leaf_table.root != self.root || !in_span {
+            return Err(TableError::StaleLeafTable);
+        }
+        if !self.caps.allows(S::LEAF_SIZE) {
+            return Err(TableError::UnsupportedLeaf { size: S::LEAF_SIZE });
+        }
+        Self::check_aligned(gpa.as_usize(), S::SIZE)?;
+        Self::check_aligned(hpa.as_usize(), S::SIZE)?;
+        self.check_gpa(gpa, S::SIZE)?;
+        self.check_hpa(hpa, S::SIZE)?;
+        let bits = F::leaf_bits(attr, S::LEVEL, &self.caps)?;
+        let t = self.tbl(leaf_table.frame);
+        let i = index(gpa.as_usize(), S::LEVEL);
+        if F::is_present(t.load(i)) {
+            return Err(TableError::AlreadyMapped { gpa });
+        }
+        t.store(i, bits | hpa.as_u64());
+        self.leaves[S::LEVEL as usize - 1] += 1;
+        Ok(())
+    }
+
+    /// Where `gpa` translates to, if mapped.
+    pub fn translate(&self, gpa: GuestPhysAddr) -> Option<Translation> {
+        let g = gpa.as_usize();
+        if g >> self.gpa_bits() != 0 {
+            return None;
+        }
+        let mut frame = self.root;
+        let mut level = 4u8;
+        loop {
+            let e = self.tbl(frame).load(index(g, level));
+            match F::decode(e, level) {
+                EntryKind::Absent => return None,
+                EntryKind::Table(t) => {
+                    frame = t;
+                    level -= 1;
+                }
+                EntryKind::Leaf(h) => {
+                    let sz = lsize(level);
+                    return Some(Translation {
+                        hpa: HostPhysAddr::new(h.as_usize() + (g & (sz - 1))),
+                        attr: F::leaf_attr(e, level),
+                        size: LeafSize::from_level(level)?,
+                        leaf_gpa: GuestPhysAddr::new(g & !(sz - 1)),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Checks the table the way the hardware would, plus this type's invariants
+    /// (see [`crate::validate`]).
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        crate::validate::validate(self).map(|_| ())
+    }
+
+    pub(crate) fn counters(&self) -> (usize, [usize; 3]) {
+        (self.tables, self.leaves)
     }
 }
-
-/// Iterator over leaves (see [`Stage2Table::leaves`]).
-pub struct LeafIter<'a, F: Stage2Format, M: PhysMapper> {
-    table: &'a Stage2Table<F, M>,
-    next: u64,
-    end: u64,
-}
-
-impl<F: Stage2Format, M: PhysMapper> Iterator for LeafIter<'_, F, M> {
-    type Item = Leaf;
-
-    fn next(&mut self) -> Option<Leaf> {
-        let _ = (self.table, self.next, self.end);
-        todo!()
-    }
-}
-
-#[allow(dead_code)]
-fn entries_type_check(_: &[AtomicU64; ENTRIES]) {}

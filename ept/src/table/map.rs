@@ -1,0 +1,239 @@
+//! Mapping: one page through `MapSize`, or a range in leaf-table runs.
+//!
+//! Both first plan (read-only): find conflicts and count the tables to create; then
+//! reserve exactly those frames; only then write. So a failure changes nothing.
+
+use memory_set::{GuestPhysAddr, HostPhysAddr};
+
+use super::reserve::Reserve;
+use super::{ENTRIES, Stage2Table, TableError, index, lsize};
+use crate::flush::Flush;
+use crate::format::{EntryKind, LeafAttr, Stage2Format};
+use crate::frame::{FrameAlloc, PhysMapper};
+use crate::size::{LeafSize, MapSize, PageSize, Size1G, Size2M, Size4K};
+
+/// Parameters of one `map_range` plan.
+struct RangePlan {
+    /// `hpa - gpa`, wrapping.
+    delta: usize,
+    /// The largest leaf level allowed (1..=3).
+    max_level: u8,
+}
+
+impl RangePlan {
+    /// Whether the slot `[base, base + lsize(level))`, entirely inside the range,
+    /// becomes one leaf.
+    #[inline]
+    fn leaf_here(&self, level: u8, base: usize) -> bool {
+        level <= self.max_level && base.wrapping_add(self.delta) & (lsize(level) - 1) == 0
+    }
+}
+
+impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
+    /// Maps one page of size `S`: `gpa` to `hpa` (both aligned to `S::SIZE`).
+    /// [`TableError::AlreadyMapped`] if any part of the page is mapped. On error
+    /// nothing changed. Mapping never needs an invalidation: the flush is empty.
+    pub fn map_page<S: MapSize>(
+        &mut self,
+        alloc: &mut (impl FrameAlloc + ?Sized),
+        gpa: GuestPhysAddr,
+        hpa: HostPhysAddr,
+        attr: LeafAttr,
+    ) -> Result<Flush, TableError> {
+        if !self.caps.allows(S::LEAF_SIZE) {
+            return Err(TableError::UnsupportedLeaf { size: S::LEAF_SIZE });
+        }
+        Self::check_aligned(gpa.as_usize(), S::SIZE)?;
+        Self::check_aligned(hpa.as_usize(), S::SIZE)?;
+        self.check_gpa(gpa, S::SIZE)?;
+        self.check_hpa(hpa, S::SIZE)?;
+        F::leaf_bits(attr, S::LEVEL, &self.caps)?;
+
+        // Plan: walk down to the leaf level, counting the tables to create.
+        let g = gpa.as_usize();
+        let mut frame = self.root;
+        let mut level = 4u8;
+        let mut counts = [0usize; 4];
+        while level > S::LEVEL {
+            match F::decode(self.tbl(frame).load(index(g, level)), level) {
+                EntryKind::Absent => {
+                    for l in S::LEVEL..level {
+                        counts[l as usize] = 1;
+                    }
+                    break;
+                }
+                EntryKind::Leaf(_) => return Err(TableError::AlreadyMapped { gpa }),
+                EntryKind::Table(t) => {
+                    frame = t;
+                    level -= 1;
+                }
+            }
+        }
+        // At the leaf level, a present entry (a leaf, or a table: tables below the
+        // root are never empty) means something is mapped.
+        if level == S::LEVEL && F::is_present(self.tbl(frame).load(index(g, level))) {
+            return Err(TableError::AlreadyMapped { gpa });
+        }
+
+        let mut reserve = Reserve::fill(alloc, &self.mapper, counts)?;
+        let result = S::build_chain(self, &mut reserve, gpa)
+            .and_then(|lt| S::set_leaf(self, &lt, gpa, hpa, attr));
+        debug_assert!(result.is_ok() && reserve.is_empty());
+        reserve.release(alloc);
+        result.map(|()| Flush::none())
+    }
+
+    /// Maps `[gpa, gpa + size)` to `[hpa, hpa + size)` with the largest leaves that
+    /// alignment, the capabilities and `max` allow, writing each leaf table's run in
+    /// one pass after one walk. All addresses and `size` must be 4 KiB aligned;
+    /// nothing in the range may be mapped ([`TableError::AlreadyMapped`]). On error
+    /// nothing changed. Mapping never needs an invalidation: the flush is empty.
+    pub fn map_range(
+        &mut self,
+        alloc: &mut (impl FrameAlloc + ?Sized),
+        gpa: GuestPhysAddr,
+        hpa: HostPhysAddr,
+        size: usize,
+        attr: LeafAttr,
+        max: LeafSize,
+    ) -> Result<Flush, TableError> {
+        Self::check_aligned(gpa.as_usize(), Size4K::SIZE)?;
+        Self::check_aligned(hpa.as_usize(), Size4K::SIZE)?;
+        Self::check_aligned(size, Size4K::SIZE)?;
+        self.check_gpa(gpa, size)?;
+        self.check_hpa(hpa, size)?;
+        let bits4k = F::leaf_bits(attr, 1, &self.caps)?;
+        if size == 0 {
+            return Ok(Flush::none());
+        }
+        let max_level = match max {
+            LeafSize::Size1G if self.caps.leaf_1g => 3,
+            LeafSize::Size1G | LeafSize::Size2M if self.caps.leaf_2m => 2,
+            _ => 1,
+        };
+        let plan = RangePlan {
+            delta: hpa.as_usize().wrapping_sub(gpa.as_usize()),
+            max_level,
+        };
+        let start = gpa.as_usize();
+        let end = start + size;
+
+        let mut counts = [0usize; 4];
+        self.plan_map(&plan, 4, Some(self.root), start, end, &mut counts)?;
+        let mut reserve = Reserve::fill(alloc, &self.mapper, counts)?;
+
+        let bits2m = if max_level >= 2 {
+            F::leaf_bits(attr, 2, &self.caps)?
+        } else {
+            0
+        };
+        let bits1g = if max_level >= 3 {
+            F::leaf_bits(attr, 3, &self.caps)?
+        } else {
+            0
+        };
+        let mut cur = start;
+        let mut result = Ok(());
+        while cur < end {
+            let h = cur.wrapping_add(plan.delta);
+            let rem = end - cur;
+            let step = if max_level >= 3
+                && (cur | h) & (Size1G::SIZE - 1) == 0
+                && rem >= Size1G::SIZE
+            {
+                self.write_run::<Size1G>(&mut reserve, cur, h, end, bits1g)
+            } else if max_level >= 2 && (cur | h) & (Size2M::SIZE - 1) == 0 && rem >= Size2M::SIZE {
+                self.write_run::<Size2M>(&mut reserve, cur, h, end, bits2m)
+            } else {
+                self.write_run::<Size4K>(&mut reserve, cur, h, end, bits4k)
+            };
+            match step {
+                Ok(n) => cur += n,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        debug_assert!(
+            result.is_ok() && reserve.is_empty(),
+            "map_range plan mismatch"
+        );
+        reserve.release(alloc);
+        result.map(|()| Flush::none())
+    }
+
+    /// Read-only pass of `map_range` over the table at `level` (`frame`, or a table
+    /// still to be created when `None`) for `[start, end)`: conflicts and counts.
+    fn plan_map(
+        &self,
+        plan: &RangePlan,
+        level: u8,
+        frame: Option<memory_set::HostPhysAddr>,
+        start: usize,
+        end: usize,
+        counts: &mut [usize; 4],
+    ) -> Result<(), TableError> {
+        let sz = lsize(level);
+        let t = frame.map(|f| self.tbl(f));
+        let mut base = start & !(sz - 1);
+        while base < end {
+            let i = index(base, level);
+            let e = t.map_or(0, |t| t.load(i));
+            let s = base.max(start);
+            let en = end.min(base + sz);
+            let full = s == base && en == base + sz;
+            if level == 1 || (full && plan.leaf_here(level, base)) {
+                if F::is_present(e) {
+                    return Err(TableError::AlreadyMapped {
+                        gpa: GuestPhysAddr::new(s),
+                    });
+                }
+            } else {
+                match F::decode(e, level) {
+                    EntryKind::Absent => {
+                        counts[level as usize - 1] += 1;
+                        if level > 2 {
+                            self.plan_map(plan, level - 1, None, s, en, counts)?;
+                        }
+                    }
+                    EntryKind::Leaf(_) => {
+                        return Err(TableError::AlreadyMapped {
+                            gpa: GuestPhysAddr::new(s),
+                        });
+                    }
+                    EntryKind::Table(c) => {
+                        self.plan_map(plan, level - 1, Some(c), s, en, counts)?
+                    }
+                }
+            }
+            base += sz;
+        }
+        Ok(())
+    }
+
+    /// Writes the run of `S` leaves starting at `cur` (to `h`) that fits in one leaf
+    /// table and in `[cur, end)`; returns the bytes mapped.
+    #[inline]
+    fn write_run<S: MapSize>(
+        &mut self,
+        reserve: &mut Reserve,
+        cur: usize,
+        h: usize,
+        end: usize,
+        bits: u64,
+    ) -> Result<usize, TableError> {
+        let lt = S::build_chain(self, reserve, GuestPhysAddr::new(cur))?;
+        let i0 = index(cur, S::LEVEL);
+        let n = (ENTRIES - i0).min((end - cur) / S::SIZE);
+        let t = self.tbl(lt.frame);
+        let mut e = bits | h as u64;
+        for i in i0..i0 + n {
+            debug_assert!(!F::is_present(t.load(i)));
+            t.store(i, e);
+            e += S::SIZE as u64;
+        }
+        self.leaves[S::LEVEL as usize - 1] += n;
+        Ok(n * S::SIZE)
+    }
+}

@@ -1,0 +1,96 @@
+//! Raw access to table frames: the only `unsafe` of the table engine.
+
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use memory_set::HostPhysAddr;
+
+use super::ENTRIES;
+use crate::format::ADDR_MASK;
+use crate::frame::{FrameAlloc, PhysMapper};
+use crate::table::TableError;
+
+/// A view of one table frame's 512 entries.
+///
+/// Invariant (upheld by `Stage2Table`): a `Tbl` is only made for a frame that the
+/// table allocated and still owns (its root, a frame reached through one of its
+/// table entries, or a frame it just allocated), and only used while the table holds
+/// that frame; frames leave a table only through a `Flush`, after the operation
+/// that created the view has returned. Entries are atomics because the CPU sets
+/// accessed/dirty bits concurrently.
+#[derive(Clone, Copy)]
+pub(crate) struct Tbl(NonNull<AtomicU64>);
+
+impl Tbl {
+    /// The view of `frame` (see the type's invariant).
+    #[inline]
+    pub(crate) fn of(mapper: &impl PhysMapper, frame: HostPhysAddr) -> Tbl {
+        let p = mapper.phys_to_virt(frame) as *mut AtomicU64;
+        Tbl(NonNull::new(p).unwrap_or(NonNull::dangling()))
+    }
+
+    #[inline]
+    fn at(&self, i: usize) -> &AtomicU64 {
+        // SAFETY: by the type invariant the pointer is the 4 KiB-aligned mapping of a
+        // live table frame (PhysMapper contract), i.e. 512 `u64`s with the layout of
+        // `AtomicU64`; the index is masked to 0..512.
+        let p = unsafe { self.0.as_ptr().add(i & (ENTRIES - 1)) };
+        // SAFETY: as above: `p` points at a live, aligned entry of the frame.
+        unsafe { &*p }
+    }
+
+    /// Reads entry `i`.
+    #[inline]
+    pub(crate) fn load(&self, i: usize) -> u64 {
+        self.at(i).load(Ordering::Relaxed)
+    }
+
+    /// Writes entry `i`.
+    #[inline]
+    pub(crate) fn store(&self, i: usize, v: u64) {
+        self.at(i).store(v, Ordering::Relaxed)
+    }
+
+    /// Writes entry `i` after every earlier write (used to link a table whose
+    /// entries were just written, so a concurrent hardware walk sees them).
+    #[inline]
+    pub(crate) fn store_release(&self, i: usize, v: u64) {
+        self.at(i).store(v, Ordering::Release)
+    }
+
+    /// Clears `bits` in entry `i` atomically (the CPU may be setting A/D bits),
+    /// returning the old value.
+    #[inline]
+    pub(crate) fn clear_bits(&self, i: usize, bits: u64) -> u64 {
+        self.at(i).fetch_and(!bits, Ordering::Relaxed)
+    }
+
+    /// Whether every entry is zero.
+    pub(crate) fn is_empty(&self) -> bool {
+        (0..ENTRIES).all(|i| self.load(i) == 0)
+    }
+
+    /// Zeroes the whole frame.
+    #[inline]
+    pub(crate) fn zero(&self) {
+        // SAFETY: the frame is a live 4 KiB table frame (type invariant), so the
+        // pointer is valid for writes of 4096 bytes; no `&` to its entries is alive
+        // across this call in the table code (views hand out only short borrows).
+        unsafe { core::ptr::write_bytes(self.0.as_ptr(), 0, ENTRIES) };
+    }
+}
+
+/// Takes one frame from `alloc` for a table at `level`, checking it can be one.
+#[inline]
+pub(crate) fn take_frame(
+    alloc: &mut (impl FrameAlloc + ?Sized),
+    mapper: &impl PhysMapper,
+    level: u8,
+) -> Result<HostPhysAddr, TableError> {
+    let f = alloc.alloc_frame().ok_or(TableError::NoMemory { level })?;
+    if f.as_u64() & !ADDR_MASK != 0 || !mapper.is_mapped(f) {
+        alloc.dealloc_frame(f);
+        return Err(TableError::BadFrame { hpa: f });
+    }
+    Ok(f)
+}

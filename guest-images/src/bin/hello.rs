@@ -1,0 +1,11 @@
+//! Scenario `hello`: prints a greeting over the serial port and exits with 0.
+#![no_std]
+#![no_main]
+
+use guest_images::println;
+
+fn main() {
+    println!("hello from a guest in long mode");
+}
+
+guest_images::guest_main!(main);

@@ -1,0 +1,346 @@
+//! The hypervisor proper: validates the boot configuration, picks the vCPU back-end,
+//! runs every guest in turn, reports each one's end and stage-2 state, checks for
+//! leaked frames and decides the run's status.
+
+use alloc::collections::VecDeque;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use ept::caps::Stage2Caps;
+use ept::format::Npt;
+use guest_images::abi::{HypercallStatus, ImageHeader, RunStatus};
+
+use crate::layout::{MIN_LOAD_GPA, PML4_GPA, STACK_TOP, guest_page_tables};
+use crate::memory::{GuestMemory, MemoryError, TableMemory};
+use crate::outcome::{FaultKind, GuestEnd};
+use crate::platform::{Console, frame_usage};
+use crate::settings::{GuestSettings, HvSettings, parse_guest_cmdline};
+use crate::svm::{SvmHost, SvmVcpu};
+use crate::vcpu::{FlushRequest, Reg, Vcpu};
+use crate::vm::{Step, Vm, end_of};
+
+/// A boot module: a guest image and its command line.
+pub struct BootModule {
+    /// The module's command line (file name, then settings).
+    pub cmdline: String,
+    /// The image.
+    pub image: Vec<u8>,
+}
+
+/// A vendor back-end that creates vCPUs (SVM here; VMX beside it).
+pub trait VcpuHost {
+    /// Its vCPU type.
+    type Vcpu: Vcpu;
+    /// One line describing the back-end and its capabilities.
+    fn describe(&self) -> String;
+    /// The stage-2 capabilities.
+    fn stage2_caps(&self) -> Stage2Caps;
+    /// A vCPU in 64-bit mode at `entry`, stack `rsp`, guest CR3 `cr3`, stage-2 root
+    /// pointer `root`; `None` when out of ASIDs/VPIDs.
+    fn create(
+        &mut self,
+        entry: u64,
+        rsp: u64,
+        cr3: u64,
+        root: u64,
+        flush: FlushRequest,
+    ) -> Option<Self::Vcpu>;
+    /// A copy of `parent` on stage-2 root `root`.
+    fn fork(&mut self, parent: &Self::Vcpu, root: u64, flush: FlushRequest) -> Option<Self::Vcpu>;
+    /// Releases a vCPU.
+    fn destroy(&mut self, vcpu: Self::Vcpu);
+}
+
+impl VcpuHost for SvmHost {
+    type Vcpu = SvmVcpu;
+
+    fn describe(&self) -> String {
+        let c = self.caps();
+        format!(
+            "AMD SVM with nested paging: {} ASIDs, NRIPS {}, decode assists {}, 1G leaves {}",
+            c.asids,
+            yes(c.nrips),
+            yes(c.decode_assists),
+            yes(c.page_1g)
+        )
+    }
+
+    fn stage2_caps(&self) -> Stage2Caps {
+        Stage2Caps::npt(self.caps().page_1g)
+    }
+
+    fn create(
+        &mut self,
+        entry: u64,
+        rsp: u64,
+        cr3: u64,
+        root: u64,
+        flush: FlushRequest,
+    ) -> Option<SvmVcpu> {
+        self.create_vcpu(entry, rsp, cr3, root, flush)
+    }
+
+    fn fork(&mut self, parent: &SvmVcpu, root: u64, flush: FlushRequest) -> Option<SvmVcpu> {
+        self.fork_vcpu(parent, root, flush)
+    }
+
+    fn destroy(&mut self, vcpu: SvmVcpu) {
+        self.destroy_vcpu(vcpu);
+    }
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+/// A validated guest, not yet created.
+struct Prepared {
+    settings: GuestSettings,
+    header: ImageHeader,
+    image: Vec<u8>,
+}
+
+/// Checks one module: settings, image header, and that the image fits in RAM.
+fn prepare(module: BootModule) -> Result<Prepared, String> {
+    let settings = parse_guest_cmdline(&module.cmdline).map_err(|e| format!("{e}"))?;
+    let header =
+        ImageHeader::parse(&module.image).map_err(|e| format!("image `{}`: {e}", settings.file))?;
+    let end = header.load_gpa + header.image_size;
+    if header.load_gpa < MIN_LOAD_GPA || end > settings.mem {
+        return Err(format!(
+            "image `{}` loads at {:#x}..{end:#x}, outside RAM {MIN_LOAD_GPA:#x}..{:#x}",
+            settings.file, header.load_gpa, settings.mem
+        ));
+    }
+    Ok(Prepared {
+        settings,
+        header,
+        image: module.image,
+    })
+}
+
+/// Runs the hypervisor over `modules` and returns the run's status.
+pub fn start(
+    settings: &HvSettings,
+    modules: Vec<BootModule>,
+    console: &mut dyn Console,
+) -> RunStatus {
+    let mut prepared = Vec::new();
+    let mut refused = 0;
+    for module in modules {
+        let line = module.cmdline.clone();
+        match prepare(module) {
+            Ok(p) => prepared.push(p),
+            Err(e) => {
+                console.write_fmt_line(format_args!("[hv] module `{line}` REFUSED: {e}"));
+                refused += 1;
+            }
+        }
+    }
+    if refused > 0 || prepared.is_empty() {
+        if prepared.is_empty() && refused == 0 {
+            console.write_fmt_line(format_args!("[hv] no guest modules given"));
+        }
+        console.write_fmt_line(format_args!("HV: CONFIGURATION REFUSED"));
+        return RunStatus::BadConfig;
+    }
+    match SvmHost::enable() {
+        Ok(host) => run_all::<SvmHost, TableMemory<Npt>>(host, settings, prepared, console),
+        Err(e) => {
+            console.write_fmt_line(format_args!("[hv] SVM unavailable: {e}"));
+            console.write_fmt_line(format_args!("HV: UNSUPPORTED CPU"));
+            RunStatus::Unsupported
+        }
+    }
+}
+
+fn create_vm<H: VcpuHost, M: GuestMemory>(
+    host: &mut H,
+    id: u64,
+    p: &Prepared,
+) -> Result<Vm<H::Vcpu, M>, MemoryError> {
+    let flush = FlushRequest::new();
+    let mut memory = M::create(&p.settings, host.stage2_caps(), flush.clone())?;
+    for (gpa, page) in guest_page_tables() {
+        memory.write(gpa, &page)?;
+    }
+    memory.write(p.header.load_gpa, &p.image)?;
+    let vcpu = host
+        .create(
+            p.header.entry_gpa,
+            STACK_TOP,
+            PML4_GPA,
+            memory.root_pointer(),
+            flush,
+        )
+        .ok_or_else(|| {
+            MemoryError::new(FaultKind::Instruction, None, "no free ASID/VPID".into())
+        })?;
+    Ok(Vm::new(
+        id,
+        p.settings.name.clone(),
+        p.settings.expect,
+        vcpu,
+        memory,
+    ))
+}
+
+struct Tally {
+    guests: usize,
+    failed: usize,
+}
+
+fn verdict(
+    console: &mut dyn Console,
+    tally: &mut Tally,
+    name: &str,
+    expect: &crate::outcome::Expectation,
+    end: &GuestEnd,
+) {
+    tally.guests += 1;
+    if expect.matches(end) {
+        console.write_fmt_line(format_args!("[hv] guest {name}: PASS (ended: {end})"));
+    } else {
+        tally.failed += 1;
+        console.write_fmt_line(format_args!(
+            "[hv] guest {name}: FAIL (ended: {end}; expected {expect})"
+        ));
+    }
+}
+
+fn finish<H: VcpuHost, M: GuestMemory>(
+    host: &mut H,
+    mut vm: Vm<H::Vcpu, M>,
+    end: GuestEnd,
+    console: &mut dyn Console,
+    tally: &mut Tally,
+) {
+    if vm.has_partial_line() {
+        let name = vm.name.clone();
+        vm.flush_line(&mut |l| console.write_fmt_line(format_args!("[guest {name}] {l}")));
+    }
+    verdict(console, tally, &vm.name, &vm.expect, &end);
+    console.write_fmt_line(format_args!(
+        "[hv] stage-2 report for {} ({} exits, {} faults served):",
+        vm.name,
+        vm.exits(),
+        vm.memory.faults_handled()
+    ));
+    for line in vm.memory.report().lines() {
+        console.write_fmt_line(format_args!("[hv] {line}"));
+    }
+    let Vm { vcpu, memory, .. } = vm;
+    host.destroy(vcpu);
+    drop(memory);
+}
+
+fn run_all<H: VcpuHost, M: GuestMemory>(
+    mut host: H,
+    settings: &HvSettings,
+    guests: Vec<Prepared>,
+    console: &mut dyn Console,
+) -> RunStatus {
+    console.write_fmt_line(format_args!("[hv] {}", host.describe()));
+    let baseline = frame_usage().0;
+    let mut tally = Tally {
+        guests: 0,
+        failed: 0,
+    };
+    let mut queue: VecDeque<Vm<H::Vcpu, M>> = VecDeque::new();
+    let mut next_id = 1;
+    for p in &guests {
+        match create_vm::<H, M>(&mut host, next_id, p) {
+            Ok(vm) => {
+                console.write_fmt_line(format_args!(
+                    "[hv] guest {} (id {next_id}): {} MiB RAM, entry {:#x}, expect {}",
+                    p.settings.name,
+                    p.settings.mem >> 20,
+                    p.header.entry_gpa,
+                    p.settings.expect
+                ));
+                queue.push_back(vm);
+            }
+            Err(e) => verdict(
+                console,
+                &mut tally,
+                &p.settings.name,
+                &p.settings.expect,
+                &end_of(e),
+            ),
+        }
+        next_id += 1;
+    }
+    while let Some(mut vm) = queue.pop_front() {
+        loop {
+            let name = vm.name.clone();
+            let step = vm.step(settings.max_exits, &mut |l| {
+                console.write_fmt_line(format_args!("[guest {name}] {l}"))
+            });
+            match step {
+                Step::Continue => {}
+                Step::Yield => {
+                    queue.push_back(vm);
+                    break;
+                }
+                Step::Clone => {
+                    let result = clone_vm(&mut host, &mut vm, next_id);
+                    match result {
+                        Ok(child) => {
+                            console.write_fmt_line(format_args!(
+                                "[hv] guest {} cloned into {} (id {next_id})",
+                                vm.name, child.name
+                            ));
+                            vm.vcpu.set_reg(Reg::Rax, next_id);
+                            next_id += 1;
+                            queue.push_back(child);
+                        }
+                        Err(status) => vm.vcpu.set_reg(Reg::Rax, status as i64 as u64),
+                    }
+                }
+                Step::Ended(end) => {
+                    finish(&mut host, vm, end, console, &mut tally);
+                    break;
+                }
+            }
+        }
+    }
+    let (in_use, _) = frame_usage();
+    let leaked = in_use.saturating_sub(baseline);
+    console.write_fmt_line(format_args!(
+        "[hv] frame leak check: {in_use} frames in use after teardown, {baseline} before the guests: {}",
+        if in_use == baseline { "OK" } else { "LEAK" }
+    ));
+    if in_use != baseline {
+        console.write_fmt_line(format_args!("HV: FRAME LEAK ({leaked} frames)"));
+        RunStatus::Leak
+    } else if tally.failed > 0 {
+        console.write_fmt_line(format_args!("HV: {} GUEST(S) FAILED", tally.failed));
+        RunStatus::GuestFailed
+    } else {
+        console.write_fmt_line(format_args!("HV: ALL {} GUESTS PASSED", tally.guests));
+        RunStatus::AllPassed
+    }
+}
+
+fn clone_vm<H: VcpuHost, M: GuestMemory>(
+    host: &mut H,
+    parent: &mut Vm<H::Vcpu, M>,
+    id: u64,
+) -> Result<Vm<H::Vcpu, M>, HypercallStatus> {
+    let flush = FlushRequest::new();
+    let memory = parent.memory.try_clone(flush.clone()).map_err(|e| {
+        log::warn!("guest {}: clone refused: {}", parent.name, e.detail);
+        if e.kind == FaultKind::Quota {
+            HypercallStatus::NoMemory
+        } else {
+            HypercallStatus::Unsupported
+        }
+    })?;
+    let mut vcpu = host
+        .fork(&parent.vcpu, memory.root_pointer(), flush)
+        .ok_or(HypercallStatus::Unsupported)?;
+    vcpu.set_reg(Reg::Rax, 0);
+    let name = format!("{}.child{id}", parent.name);
+    Ok(Vm::new(id, name, parent.expect, vcpu, memory))
+}

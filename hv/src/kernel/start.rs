@@ -1,0 +1,116 @@
+//! The Rust entry point: host set-up in order, then the hypervisor proper.
+
+use alloc::vec::Vec;
+
+use guest_images::abi::RunStatus;
+use hv::platform::{self, IDENTITY_LIMIT};
+use hv::settings::{self, LogLevel};
+use x86_64::instructions::port::Port;
+
+use super::multiboot::{BOOTLOADER_MAGIC, RawBootInfo};
+use super::{console, fatal, gdt, heap, idt};
+
+/// Size of the kernel heap.
+const HEAP_SIZE: u64 = 32 << 20;
+const TWO_MIB: u64 = 2 << 20;
+
+unsafe extern "C" {
+    /// End of the kernel image, `.bss` included (from `linker.ld`).
+    static __kernel_end: u8;
+}
+
+fn level_filter(level: LogLevel) -> log::LevelFilter {
+    match level {
+        LogLevel::Error => log::LevelFilter::Error,
+        LogLevel::Warn => log::LevelFilter::Warn,
+        LogLevel::Info => log::LevelFilter::Info,
+        LogLevel::Debug => log::LevelFilter::Debug,
+        LogLevel::Trace => log::LevelFilter::Trace,
+    }
+}
+
+/// Masks both legacy PICs: the hypervisor polls and never takes interrupts.
+fn mask_pics() {
+    for port in [0x21u16, 0xA1] {
+        let mut p = Port::<u8>::new(port);
+        // SAFETY: writing the PIC interrupt mask registers only masks IRQ lines.
+        unsafe { p.write(0xFF) };
+    }
+}
+
+/// Called by the boot trampoline with the multiboot magic and information address.
+#[unsafe(no_mangle)]
+extern "C" fn hv_main(magic: u32, info: u32) -> ! {
+    console::init(log::LevelFilter::Info);
+    gdt::init();
+    idt::init();
+    mask_pics();
+    log::info!("stage-2 hypervisor starting");
+    if magic != BOOTLOADER_MAGIC {
+        log::error!("not started by a multiboot loader (magic {magic:#x})");
+        fatal::exit(RunStatus::BadConfig);
+    }
+    // SAFETY: `info` is the multiboot information address from EBX, below 4 GiB and
+    // identity-mapped by the boot page tables.
+    let boot = unsafe { RawBootInfo::read(u64::from(info)) };
+
+    // The heap goes above everything the loader placed: kernel, modules, boot data.
+    let kernel_end = &raw const __kernel_end as u64;
+    let floor = boot.high_water.max(kernel_end).next_multiple_of(TWO_MIB);
+    let ram = &boot.ram[..boot.ram_count];
+    let Some(heap_start) = ram
+        .iter()
+        .map(|&(s, e)| {
+            (
+                s.max(floor).next_multiple_of(TWO_MIB),
+                e.min(IDENTITY_LIMIT),
+            )
+        })
+        .find(|&(s, e)| s + HEAP_SIZE <= e)
+        .map(|(s, _)| s)
+    else {
+        log::error!(
+            "no room for a {} MiB heap above {floor:#x}",
+            HEAP_SIZE >> 20
+        );
+        fatal::exit(RunStatus::BadConfig);
+    };
+    heap::init(heap_start as usize, HEAP_SIZE as usize);
+    let reserved_end = heap_start + HEAP_SIZE;
+
+    let cmdline = boot.cmdline();
+    let hv_settings = match settings::parse_hv_cmdline(&cmdline) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("command line `{cmdline}` refused: {e}");
+            fatal::exit(RunStatus::BadConfig);
+        }
+    };
+    console::set_level(level_filter(hv_settings.log));
+
+    // Frames: RAM below the identity limit, above the kernel, boot data and heap.
+    let frames: Vec<(u64, u64)> = ram
+        .iter()
+        .map(|&(s, e)| (s.max(reserved_end).max(1 << 20), e.min(IDENTITY_LIMIT)))
+        .filter(|&(s, e)| s < e)
+        .collect();
+    platform::init_frames(&frames);
+    let (_, total) = platform::frame_usage();
+    log::info!(
+        "memory: {} MiB of frames, heap {} MiB at {heap_start:#x}",
+        total >> 8,
+        HEAP_SIZE >> 20
+    );
+
+    let modules = boot.modules();
+    let guests = modules
+        .into_iter()
+        .map(|m| hv::hypervisor::BootModule {
+            cmdline: m.cmdline,
+            image: m.data,
+        })
+        .collect();
+    let status = hv::hypervisor::start(&hv_settings, guests, &mut console::KernelConsole);
+    log::debug!("heap in use at exit: {} KiB", heap::in_use() >> 10);
+    fatal::exit(status)
+}

@@ -1,0 +1,123 @@
+//! The vendor-neutral vCPU interface: the VM logic drives SVM and VMX vCPUs through
+//! [`Vcpu`] and sees their exits as [`VmExit`].
+
+use alloc::sync::Arc;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+/// A guest register, numbered as in the x86 instruction encoding for RAX..R15.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+#[allow(missing_docs)]
+pub enum Reg {
+    Rax = 0,
+    Rcx = 1,
+    Rdx = 2,
+    Rbx = 3,
+    Rsp = 4,
+    Rbp = 5,
+    Rsi = 6,
+    Rdi = 7,
+    R8 = 8,
+    R9 = 9,
+    R10 = 10,
+    R11 = 11,
+    R12 = 12,
+    R13 = 13,
+    R14 = 14,
+    R15 = 15,
+    Rip = 16,
+    Rflags = 17,
+}
+
+/// Why the guest stopped running, decoded from the vendor's exit information.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmExit {
+    /// A stage-2 (nested/EPT) fault.
+    Stage2Fault(ept::fault::Stage2Fault),
+    /// Port I/O (`in`/`out`, single, not string).
+    Io {
+        /// Port number.
+        port: u16,
+        /// Access size in bytes (1, 2 or 4).
+        size: u8,
+        /// `out` (true) or `in` (false).
+        write: bool,
+        /// A string or REP form (`ins`/`outs`), which the hypervisor refuses.
+        string: bool,
+    },
+    /// VMMCALL / VMCALL.
+    Hypercall,
+    /// CPUID.
+    Cpuid,
+    /// RDMSR (`write == false`) or WRMSR.
+    Msr {
+        /// WRMSR.
+        write: bool,
+    },
+    /// HLT.
+    Hlt,
+    /// Shutdown (triple fault).
+    Shutdown,
+    /// An intercepted instruction the guest may not use (VMRUN, XSETBV, ...).
+    Forbidden {
+        /// The instruction.
+        what: &'static str,
+    },
+    /// The vendor refused to enter the guest (invalid guest state).
+    InvalidState {
+        /// Vendor exit code.
+        code: u64,
+    },
+    /// An exit the hypervisor does not handle.
+    Unknown {
+        /// Vendor exit code.
+        code: u64,
+        /// First vendor qualification.
+        info1: u64,
+        /// Second vendor qualification.
+        info2: u64,
+    },
+}
+
+/// A virtual CPU of one guest.
+pub trait Vcpu {
+    /// Enters the guest and runs it until the next exit.
+    fn run(&mut self) -> VmExit;
+    /// Reads a guest register.
+    fn reg(&self, reg: Reg) -> u64;
+    /// Writes a guest register.
+    fn set_reg(&mut self, reg: Reg, value: u64);
+    /// Moves RIP past the instruction that caused the last exit (I/O, hypercall,
+    /// CPUID, MSR, HLT).
+    fn skip_instruction(&mut self);
+}
+
+/// A request, shared between a guest's address space and its vCPU, to invalidate the
+/// vCPU's cached stage-2 translations before it next enters the guest.
+///
+/// The address space sets it when it completes a flush token; the vCPU consumes it on
+/// entry (SVM: `TLB_CONTROL`; VMX: `INVEPT`).
+#[derive(Debug, Clone, Default)]
+pub struct FlushRequest(Arc<AtomicBool>);
+
+impl FlushRequest {
+    /// A new request, not pending.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks for an invalidation before the next entry.
+    pub fn request(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// Takes the pending request, if any.
+    pub fn take(&self) -> bool {
+        self.0.swap(false, Ordering::AcqRel)
+    }
+
+    /// Whether an invalidation is pending.
+    pub fn is_pending(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
