@@ -18,6 +18,28 @@
 //! * [`fault`]: EPT-violation and NPF exit information decoded into one
 //!   [`fault::Stage2Fault`].
 //! * [`space`]: the guest address space built on all of the above.
+//!
+//! # How the table engine works
+//!
+//! * **Plan, reserve, write.** Every mutating operation first walks the affected
+//!   part of the table read-only (conflicts, the tables it will create, the huge
+//!   leaves it must split), then takes exactly that many frames from the allocator,
+//!   and only then writes. An error (out of frames, already mapped, bad address)
+//!   therefore changes nothing, and no frame is left behind.
+//! * **Flush discipline.** Changes that can leave stale translations (unmap, protect,
+//!   collapse, harvest, destroy) return a [`flush::Flush`]; frames that left the table
+//!   are only handed back by [`flush::Flush::complete`], after the caller's
+//!   invalidation. Mapping into not-present entries needs no invalidation and returns
+//!   an empty flush.
+//! * **Live tables.** The hardware may walk a table while it changes: new tables are
+//!   filled before they are linked (release stores), entries are accessed atomically
+//!   (the CPU sets accessed/dirty bits), every intermediate state is a valid table.
+//! * **Speed.** `map_range` writes one leaf table's run per walk from the root (new
+//!   leaf tables are filled in one pass and linked after); `unmap_range` clears runs
+//!   and records contiguous unmapped leaves as runs; `translate` is an unrolled walk.
+//!   `examples/w1_quick.rs` measures the 1 GiB workload against its memory floor.
+//! * **Untrusted input.** Nothing here panics on guest-controlled values: fault
+//!   decoding is total, out-of-range or unaligned addresses are typed errors.
 #![cfg_attr(not(test), no_std)]
 extern crate alloc;
 

@@ -29,6 +29,10 @@ pub trait FrameAlloc {
     }
 
     /// Returns a block from [`FrameAlloc::alloc_2m`].
+    ///
+    /// # Panics
+    ///
+    /// The default panics: without `alloc_2m` there is no block to return.
     fn dealloc_2m(&mut self, block: HostPhysAddr) {
         let _ = block;
         unreachable!("dealloc_2m without alloc_2m support");

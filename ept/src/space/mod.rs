@@ -155,6 +155,47 @@ impl<T: FnMut(FlushScope)> Invalidate for T {
 ///
 /// The state sits behind a lock shared with the space's [`OwnedRegion`]s, so the last
 /// of them to go frees the table and frames (the space itself usually goes last).
+///
+/// # Example
+/// A guest with on-demand RAM, a device window and a copy-on-write clone, over the
+/// host-test arena:
+/// ```
+/// use ept::caps::Stage2Caps;
+/// use ept::flush::FlushScope;
+/// use ept::format::{Access, Ept, MemType};
+/// use ept::frame::HeapArena;
+/// use ept::space::AddressSpace;
+/// use memory_set::{GuestPhysAddr, HostPhysAddr};
+///
+/// let arena = HeapArena::new(4096);
+/// let mut guest = AddressSpace::<Ept, _, _, _>::new(
+///     GuestPhysAddr::new(0),
+///     64 << 20,
+///     Stage2Caps::all(),
+///     arena.clone(),
+///     arena.clone(),
+///     |_: FlushScope| {}, // INVEPT in the hypervisor
+///     2048,
+/// )?;
+/// guest.map_alloc(GuestPhysAddr::new(0), 8 << 20, Access::RWX, false)?;
+/// guest.map_linear(
+///     GuestPhysAddr::new(0x3f0_0000),
+///     HostPhysAddr::new(0xfee0_0000),
+///     0x1000,
+///     Access::RW,
+///     MemType::Uncacheable,
+/// )?;
+/// guest.write(GuestPhysAddr::new(0x1000), b"hello")?;
+/// let mut child = guest.try_clone()?;
+/// child.write(GuestPhysAddr::new(0x1000), b"HELLO")?; // copies the page
+/// let mut buf = [0u8; 5];
+/// guest.read(GuestPhysAddr::new(0x1000), &mut buf)?;
+/// assert_eq!(&buf, b"hello");
+/// println!("{}", child.report());
+/// drop((guest, child));
+/// assert_eq!(arena.in_use(), 0);
+/// # Ok::<(), ept::space::SpaceError>(())
+/// ```
 pub struct AddressSpace<F, M, A, I>
 where
     F: Stage2Format,
@@ -380,6 +421,23 @@ where
     /// leaf over a shared frame or in a read-only area).
     pub fn validate(&self) -> Result<(), &'static str> {
         self.inner.lock().validate()
+    }
+}
+
+impl<F, M, A, I> core::fmt::Debug for AddressSpace<F, M, A, I>
+where
+    F: Stage2Format,
+    M: PhysMapper,
+    A: FrameAlloc + Clone,
+    I: Invalidate,
+{
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("AddressSpace")
+            .field("format", &F::NAME)
+            .field("window", &self.window)
+            .field("root", &self.root)
+            .field("stats", &self.stats())
+            .finish()
     }
 }
 

@@ -5,6 +5,7 @@
 
 use memory_set::{GuestPhysAddr, HostPhysAddr};
 
+use super::raw::take_frame;
 use super::reserve::Reserve;
 use super::{ENTRIES, Stage2Table, TableError, index, lsize};
 use crate::flush::Flush;
@@ -62,7 +63,7 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
                     }
                     break;
                 }
-                EntryKind::Leaf(_) => return Err(TableError::AlreadyMapped { gpa }),
+                EntryKind::Leaf(_) => return Err(self.already_mapped(g, S::SIZE)),
                 EntryKind::Table(t) => {
                     frame = t;
                     level -= 1;
@@ -72,7 +73,7 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
         // At the leaf level, a present entry (a leaf, or a table: tables below the
         // root are never empty) means something is mapped.
         if level == S::LEVEL && F::is_present(self.tbl(frame).load(index(g, level))) {
-            return Err(TableError::AlreadyMapped { gpa });
+            return Err(self.already_mapped(g, S::SIZE));
         }
 
         let mut reserve = Reserve::fill(alloc, &self.mapper, counts)?;
@@ -132,22 +133,11 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
         } else {
             0
         };
+        let bits = [0, bits4k, bits2m, bits1g];
         let mut cur = start;
         let mut result = Ok(());
         while cur < end {
-            let h = cur.wrapping_add(plan.delta);
-            let rem = end - cur;
-            let step = if max_level >= 3
-                && (cur | h) & (Size1G::SIZE - 1) == 0
-                && rem >= Size1G::SIZE
-            {
-                self.write_run::<Size1G>(&mut reserve, cur, h, end, bits1g)
-            } else if max_level >= 2 && (cur | h) & (Size2M::SIZE - 1) == 0 && rem >= Size2M::SIZE {
-                self.write_run::<Size2M>(&mut reserve, cur, h, end, bits2m)
-            } else {
-                self.write_run::<Size4K>(&mut reserve, cur, h, end, bits4k)
-            };
-            match step {
+            match self.map_step(&mut reserve, &plan, cur, end, &bits) {
                 Ok(n) => cur += n,
                 Err(e) => {
                     result = Err(e);
@@ -169,7 +159,7 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
         &self,
         plan: &RangePlan,
         level: u8,
-        frame: Option<memory_set::HostPhysAddr>,
+        frame: Option<HostPhysAddr>,
         start: usize,
         end: usize,
         counts: &mut [usize; 4],
@@ -185,9 +175,7 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
             let full = s == base && en == base + sz;
             if level == 1 || (full && plan.leaf_here(level, base)) {
                 if F::is_present(e) {
-                    return Err(TableError::AlreadyMapped {
-                        gpa: GuestPhysAddr::new(s),
-                    });
+                    return Err(self.already_mapped(s, en - s));
                 }
             } else {
                 match F::decode(e, level) {
@@ -197,11 +185,7 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
                             self.plan_map(plan, level - 1, None, s, en, counts)?;
                         }
                     }
-                    EntryKind::Leaf(_) => {
-                        return Err(TableError::AlreadyMapped {
-                            gpa: GuestPhysAddr::new(s),
-                        });
-                    }
+                    EntryKind::Leaf(_) => return Err(self.already_mapped(s, en - s)),
                     EntryKind::Table(c) => {
                         self.plan_map(plan, level - 1, Some(c), s, en, counts)?
                     }
@@ -212,26 +196,80 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
         Ok(())
     }
 
-    /// Writes the run of `S` leaves starting at `cur` (to `h`) that fits in one leaf
-    /// table and in `[cur, end)`; returns the bytes mapped.
+    /// The error for a conflict in `[start, start + len)`: names the first mapped
+    /// address there.
+    fn already_mapped(&self, start: usize, len: usize) -> TableError {
+        let first = memory_set::AddrRange::from_start_size(GuestPhysAddr::new(start), len)
+            .and_then(|r| self.leaves_in(r).next())
+            .map_or(start, |l| l.gpa.as_usize().max(start));
+        TableError::AlreadyMapped {
+            gpa: GuestPhysAddr::new(first),
+        }
+    }
+
+    /// Maps the next run at `cur`: the largest leaf size allowed there, as many
+    /// leaves as fit in one leaf table and in `[cur, end)`. Returns the bytes mapped.
     #[inline]
-    fn write_run<S: MapSize>(
+    fn map_step(
         &mut self,
         reserve: &mut Reserve,
+        plan: &RangePlan,
+        cur: usize,
+        end: usize,
+        bits: &[u64; 4],
+    ) -> Result<usize, TableError> {
+        let h = cur.wrapping_add(plan.delta);
+        let rem = end - cur;
+        let fits = |size: usize| (cur | h) & (size - 1) == 0 && rem >= size;
+        if plan.max_level >= 3 && fits(Size1G::SIZE) {
+            let root = self.root;
+            self.fill_run::<Size1G>(reserve, root, cur, h, end, bits[3])
+        } else if plan.max_level >= 2 && fits(Size2M::SIZE) {
+            let pdpt = Size1G::build_chain(self, reserve, GuestPhysAddr::new(cur))?.frame;
+            self.fill_run::<Size2M>(reserve, pdpt, cur, h, end, bits[2])
+        } else {
+            let pd = Size2M::build_chain(self, reserve, GuestPhysAddr::new(cur))?.frame;
+            self.fill_run::<Size4K>(reserve, pd, cur, h, end, bits[1])
+        }
+    }
+
+    /// Writes the run of `S` leaves starting at `cur` (to `h`) into the table under
+    /// `parent`'s entry for `cur`, creating that table filled (then linking it) when
+    /// it does not exist. Returns the bytes mapped.
+    #[inline]
+    fn fill_run<S: MapSize>(
+        &mut self,
+        reserve: &mut Reserve,
+        parent: HostPhysAddr,
         cur: usize,
         h: usize,
         end: usize,
         bits: u64,
     ) -> Result<usize, TableError> {
-        let lt = S::build_chain(self, reserve, GuestPhysAddr::new(cur))?;
+        let parent_level = S::LEVEL + 1;
+        let pt = self.tbl(parent);
+        let pi = index(cur, parent_level);
         let i0 = index(cur, S::LEVEL);
         let n = (ENTRIES - i0).min((end - cur) / S::SIZE);
-        let t = self.tbl(lt.frame);
-        let mut e = bits | h as u64;
-        for i in i0..i0 + n {
-            debug_assert!(!F::is_present(t.load(i)));
-            t.store(i, e);
-            e += S::SIZE as u64;
+        let first = bits | h as u64;
+        match F::decode(pt.load(pi), parent_level) {
+            EntryKind::Absent => {
+                let f = take_frame(reserve, &self.mapper, S::LEVEL)?;
+                self.tbl(f).fill_fresh(i0, n, first, S::SIZE as u64);
+                pt.store_release(pi, F::table_entry(f));
+                self.tables += 1;
+            }
+            EntryKind::Table(f) => {
+                let t = self.tbl(f);
+                let mut e = first;
+                for i in i0..i0 + n {
+                    debug_assert!(!F::is_present(t.load(i)));
+                    t.store(i, e);
+                    e += S::SIZE as u64;
+                }
+            }
+            // The plan found no leaf in the way.
+            EntryKind::Leaf(_) => return Err(self.already_mapped(cur, end - cur)),
         }
         self.leaves[S::LEVEL as usize - 1] += n;
         Ok(n * S::SIZE)

@@ -1,6 +1,5 @@
 //! Raw access to table frames: the only `unsafe` of the table engine.
 
-use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use memory_set::HostPhysAddr;
@@ -19,14 +18,13 @@ use crate::table::TableError;
 /// that created the view has returned. Entries are atomics because the CPU sets
 /// accessed/dirty bits concurrently.
 #[derive(Clone, Copy)]
-pub(crate) struct Tbl(NonNull<AtomicU64>);
+pub(crate) struct Tbl(*mut AtomicU64);
 
 impl Tbl {
     /// The view of `frame` (see the type's invariant).
     #[inline]
     pub(crate) fn of(mapper: &impl PhysMapper, frame: HostPhysAddr) -> Tbl {
-        let p = mapper.phys_to_virt(frame) as *mut AtomicU64;
-        Tbl(NonNull::new(p).unwrap_or(NonNull::dangling()))
+        Tbl(mapper.phys_to_virt(frame) as *mut AtomicU64)
     }
 
     #[inline]
@@ -34,7 +32,7 @@ impl Tbl {
         // SAFETY: by the type invariant the pointer is the 4 KiB-aligned mapping of a
         // live table frame (PhysMapper contract), i.e. 512 `u64`s with the layout of
         // `AtomicU64`; the index is masked to 0..512.
-        let p = unsafe { self.0.as_ptr().add(i & (ENTRIES - 1)) };
+        let p = unsafe { self.0.add(i & (ENTRIES - 1)) };
         // SAFETY: as above: `p` points at a live, aligned entry of the frame.
         unsafe { &*p }
     }
@@ -70,13 +68,33 @@ impl Tbl {
         (0..ENTRIES).all(|i| self.load(i) == 0)
     }
 
+    /// Fills a frame that is not linked into any table yet: entries `i0..i0 + n`
+    /// get `first + k * step`, all others zero. Plain (vectorisable) writes: nothing
+    /// can observe the frame before it is linked with [`Tbl::store_release`].
+    #[inline]
+    pub(crate) fn fill_fresh(&self, i0: usize, n: usize, first: u64, step: u64) {
+        let i0 = i0.min(ENTRIES);
+        let n = n.min(ENTRIES - i0);
+        // SAFETY: the frame is a live 4 KiB table frame (type invariant) that is not
+        // linked yet, so no CPU walk and no other view accesses it while this
+        // exclusive borrow lives; `[u64; 512]` has the frame's size and alignment.
+        let s = unsafe { &mut *(self.0 as *mut [u64; ENTRIES]) };
+        s[..i0].fill(0);
+        let mut e = first;
+        for slot in &mut s[i0..i0 + n] {
+            *slot = e;
+            e = e.wrapping_add(step);
+        }
+        s[i0 + n..].fill(0);
+    }
+
     /// Zeroes the whole frame.
     #[inline]
     pub(crate) fn zero(&self) {
         // SAFETY: the frame is a live 4 KiB table frame (type invariant), so the
         // pointer is valid for writes of 4096 bytes; no `&` to its entries is alive
         // across this call in the table code (views hand out only short borrows).
-        unsafe { core::ptr::write_bytes(self.0.as_ptr(), 0, ENTRIES) };
+        unsafe { core::ptr::write_bytes(self.0, 0, ENTRIES) };
     }
 }
 

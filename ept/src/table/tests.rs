@@ -156,11 +156,11 @@ fn map_page_errors<F: Stage2Format>(caps: Stage2Caps) {
     );
     assert_eq!(
         e(t.map_page::<Size2M>(&mut a, g(G1), h(T), RAM)),
-        TableError::AlreadyMapped { gpa: g(G1) }
+        TableError::AlreadyMapped { gpa: g(G1 + K4) }
     );
     assert_eq!(
         e(t.map_page::<Size1G>(&mut a, g(0), h(0), RAM)),
-        TableError::AlreadyMapped { gpa: g(0) }
+        TableError::AlreadyMapped { gpa: g(M2) }
     );
     assert_eq!(
         e(t.map_page::<Size4K>(&mut a, g(0x1800), h(T), RAM)),
@@ -295,7 +295,16 @@ fn map_range_fails_cleanly<F: Stage2Format>(caps: Stage2Caps) {
     assert_eq!(
         t.map_range(&mut a, g(0), h(0), G1, RAM, LeafSize::Size2M)
             .unwrap_err(),
-        TableError::AlreadyMapped { gpa: g(M2 * 5) }
+        TableError::AlreadyMapped {
+            gpa: g(M2 * 5 + K4 * 7)
+        }
+    );
+    assert_eq!(
+        t.map_page::<Size2M>(&mut a, g(M2 * 5), h(0), RAM)
+            .unwrap_err(),
+        TableError::AlreadyMapped {
+            gpa: g(M2 * 5 + K4 * 7)
+        }
     );
     // Allocation failures at every point.
     for n in 0..4 {
