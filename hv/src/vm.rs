@@ -301,6 +301,7 @@ pub fn rights(bits: u64) -> Option<Access> {
 }
 
 fn status_of(e: MemoryError) -> HypercallStatus {
+    log::debug!("hypercall refused: {}", e.detail);
     match e.kind {
         FaultKind::Quota => HypercallStatus::NoMemory,
         FaultKind::Unmapped => HypercallStatus::NotMapped,

@@ -25,6 +25,7 @@ pub const GUEST_DEFAULTS: &[(&str, &str)] = &[
     ("badcall", "expect=fault:hypercall"),
     ("portio", "expect=fault:io"),
     ("triple", "expect=fault:shutdown"),
+    ("hostile", "area=0x1000000+64K:rw"),
 ];
 
 /// The default settings of guest `name` ("" for an unknown guest).
@@ -89,6 +90,7 @@ pub const BOOT_TESTS: &[BootTest] = &[
     single!("badcall"),
     single!("portio"),
     single!("triple"),
+    single!("hostile"),
     // Every scenario in one boot: each guest has its own address space and ASID, the
     // misbehaving ones end alone and the others go on.
     BootTest {
