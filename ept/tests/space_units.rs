@@ -1054,3 +1054,64 @@ fn closures_invalidate() {
     drop(s);
     assert_eq!(arena.in_use(), 0);
 }
+
+#[test]
+fn linear_1g_leaf_split_at_an_unmap_cut() {
+    let arena = HeapArena::new(64);
+    let mut s = Space::new(
+        g(0),
+        4 << 30,
+        Stage2Caps::all(),
+        arena.clone(),
+        arena.clone(),
+        Inv::default(),
+        3,
+    )
+    .unwrap();
+    let hpa = HostPhysAddr::new(0x80_0000_0000);
+    s.map_linear(g(1 << 30), hpa, 1 << 30, Access::RW, MemType::WriteBack)
+        .unwrap();
+    assert_eq!(s.stats().leaves_1g, 1);
+    assert_eq!(s.stats().table_frames, 2);
+    // Cutting out a 4 KiB page inside the 1 GiB leaf needs two tables (the 2M and
+    // the 4K level; both cuts share them); the quota leaves one: refused, unchanged.
+    let before = snapshot(&s, &arena);
+    assert!(matches!(
+        s.unmap(g((1 << 30) + 0x20_1000), 0x1000),
+        Err(SpaceError::OutOfMemory {
+            reason: OomReason::Quota { .. },
+            ..
+        })
+    ));
+    assert_eq!(snapshot(&s, &arena), before);
+    // Cuts on 2 MiB boundaries need only the 2M-level table.
+    s.unmap(g((1 << 30) + 0x20_0000), 0x20_0000).unwrap();
+    let st = s.stats();
+    assert_eq!((st.leaves_1g, st.leaves_2m, st.table_frames), (0, 511, 3));
+    assert_eq!(
+        s.translate(g((1 << 30) + 0x40_0000 + 0x123)).unwrap().hpa,
+        HostPhysAddr::new(0x80_0040_0123)
+    );
+    assert!(s.translate(g((1 << 30) + 0x30_0000)).is_none());
+    assert_eq!(s.areas().len(), 2);
+    s.validate().unwrap();
+    drop(s);
+    // With room for two tables the 4 KiB cut works.
+    let mut s = Space::new(
+        g(0),
+        4 << 30,
+        Stage2Caps::all(),
+        arena.clone(),
+        arena.clone(),
+        Inv::default(),
+        4,
+    )
+    .unwrap();
+    s.map_linear(g(1 << 30), hpa, 1 << 30, Access::RW, MemType::WriteBack)
+        .unwrap();
+    s.unmap(g((1 << 30) + 0x20_1000), 0x1000).unwrap();
+    let st = s.stats();
+    assert_eq!((st.leaves_2m, st.leaves_4k, st.table_frames), (511, 511, 4));
+    drop(s);
+    assert_eq!(arena.in_use(), 0);
+}

@@ -27,6 +27,21 @@ pub fn serial_byte(byte: u8) {
     };
 }
 
+/// Writes `value` to I/O port `port` (every port is intercepted by the hypervisor).
+pub fn port_write(port: u16, value: u8) {
+    // SAFETY: a port write has no effect on guest memory; the hypervisor intercepts it.
+    unsafe {
+        core::arch::asm!("out dx, al", in("dx") port, in("al") value,
+            options(nomem, nostack, preserves_flags))
+    };
+}
+
+/// Executes `ud2`: without an IDT this escalates to a triple fault.
+pub fn invalid_opcode() {
+    // SAFETY: only raises #UD in this guest.
+    unsafe { core::arch::asm!("ud2", options(nomem, nostack)) };
+}
+
 /// The serial console as a [`fmt::Write`] sink.
 pub struct Serial;
 

@@ -6,6 +6,7 @@
 //!
 //! | GPA | contents |
 //! |---|---|
+//! | `0x0` | not mapped: a null access faults |
 //! | `0x1000` | PML4 (entry 0 → PDPT) |
 //! | `0x2000` | PDPT (entries 0-3 → the four page directories) |
 //! | `0x3000..0x7000` | four page directories, 2 MiB pages, read/write/execute |
@@ -14,11 +15,23 @@
 //!
 //! Whether a page is really there, writable or executable is decided by stage 2 only:
 //! the guest's own tables grant everything.
+//!
+//! RAM is two areas, `[4 KiB, 2 MiB)` and `[2 MiB, mem)`. The low one holds the page
+//! tables, stack and image and, not covering a whole 2 MiB block, is always mapped with
+//! 4 KiB leaves. Measured: QEMU 7.2's TCG walks the guest's page tables wrongly when
+//! they sit behind a 2 MiB nested leaf (the guest sees not-present entries and triple
+//! faults), while data accesses through 2 MiB nested leaves work; the split keeps
+//! the page tables on 4 KiB leaves and every other 2 MiB-aligned block eligible for
+//! a huge leaf.
 
 use alloc::vec::Vec;
 
 pub use guest_images::rt::STACK_TOP;
 
+/// First GPA of guest RAM.
+pub const LOW_RAM_START: u64 = 0x1000;
+/// End of the low RAM area (always 4 KiB leaves).
+pub const LOW_RAM_END: u64 = 2 << 20;
 /// GPA of the guest's PML4.
 pub const PML4_GPA: u64 = 0x1000;
 /// GPA of the guest's PDPT.

@@ -20,6 +20,7 @@ pub mod memory;
 pub mod outcome;
 pub mod platform;
 pub mod settings;
+pub mod space_memory;
 pub mod svm;
 pub mod vcpu;
 pub mod vm;

@@ -19,6 +19,10 @@ use crate::error::{InvalidParam, MemorySetError};
 ///
 /// Every operation is transactional: on error the set and the page table are as before
 /// (given the backend contract in [`MappingBackend`]).
+///
+/// `Clone` copies the bookkeeping only (areas with clones of their backends, and the gap
+/// index); it calls no backend and touches no page table.
+#[derive(Clone)]
 pub struct MemorySet<B: MappingBackend> {
     areas: BTreeMap<B::Addr, MemoryArea<B>>,
     /// Every maximal free range, as `(last - first, first)` (inclusive ends, raw

@@ -10,8 +10,9 @@ use guest_images::abi::{self, ImageHeader};
 pub const TRIPLE: &str = "x86_64-unknown-linux-gnu";
 
 /// Rust flags for bare-metal code on the Linux target: no PIC, no red zone (interrupt
-/// frames would clobber it), static.
+/// frames would clobber it), static; `hv_kernel` selects the kernel's bare-metal entry.
 const KERNEL_RUSTFLAGS: &[&str] = &[
+    "--cfg=hv_kernel",
     "-Crelocation-model=static",
     "-Cno-redzone=yes",
     "-Ctarget-feature=+crt-static",
@@ -113,5 +114,11 @@ pub fn build_all(paths: &Paths) -> Result<(), String> {
         ImageHeader::parse(&image).map_err(|e| format!("{name}: {e}"))?;
         std::fs::write(&flat, &image).map_err(|e| e.to_string())?;
     }
+    // A deliberately damaged image (one payload byte flipped after sealing) for the
+    // boot test that checks the hypervisor refuses it.
+    let mut corrupt = std::fs::read(paths.guest_image("hello")).map_err(|e| e.to_string())?;
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0x5A;
+    std::fs::write(paths.guest_image("corrupt"), &corrupt).map_err(|e| e.to_string())?;
     Ok(())
 }

@@ -4,7 +4,28 @@ use guest_images::abi::RunStatus;
 
 /// Default module settings for each guest image (`cargo xtask run NAME` uses them;
 /// extra words on the command line are appended and win).
-pub const GUEST_DEFAULTS: &[(&str, &str)] = &[("hello", "")];
+pub const GUEST_DEFAULTS: &[(&str, &str)] = &[
+    ("hello", ""),
+    ("ondemand", "mem=64M"),
+    ("huge", "area=0x4000000+4M:rw"),
+    ("readonly", "ro=0x1000000+64K expect=fault:write@0x1000000"),
+    ("noexec", "nx=0x1000000+64K expect=fault:exec@0x1000000"),
+    ("mmio", "mmio=0x2000000+64K"),
+    ("outofrange", "expect=fault:unmapped@0x3000000"),
+    ("quota", "mem=64M quota=1M expect=fault:quota"),
+    (
+        "protect",
+        "area=0x1000000+64K:rw expect=fault:write@0x1001000",
+    ),
+    (
+        "unmap",
+        "area=0x1000000+64K:rw expect=fault:unmapped@0x1002000",
+    ),
+    ("clone", "area=0x1000000+64K:rw"),
+    ("badcall", "expect=fault:hypercall"),
+    ("portio", "expect=fault:io"),
+    ("triple", "expect=fault:shutdown"),
+];
 
 /// The default settings of guest `name` ("" for an unknown guest).
 pub fn default_args(name: &str) -> &'static str {
@@ -14,8 +35,10 @@ pub fn default_args(name: &str) -> &'static str {
         .map_or("", |(_, a)| a)
 }
 
-/// The guests `cargo xtask run` boots without arguments.
-pub const DEMO: &[&str] = &["hello"];
+/// The guests `cargo xtask run` (and `./run.sh`) boots without arguments: output,
+/// on-demand faults, huge leaves, a copy-on-write clone, a guest stopped at its
+/// read-only area while the others go on.
+pub const DEMO: &[&str] = &["hello", "ondemand", "huge", "clone", "readonly"];
 
 /// One boot test: guests to boot, and the exact status and marker that mean "pass".
 #[derive(Debug, Clone)]
@@ -32,11 +55,143 @@ pub struct BootTest {
     pub marker: &'static str,
 }
 
+macro_rules! single {
+    ($name:literal) => {
+        BootTest {
+            name: $name,
+            cmdline: "log=info",
+            guests: &[$name],
+            status: RunStatus::AllPassed,
+            marker: "HV: ALL 1 GUESTS PASSED",
+        }
+    };
+}
+
 /// Every boot test.
-pub const BOOT_TESTS: &[BootTest] = &[BootTest {
-    name: "hello",
-    cmdline: "log=info",
-    guests: &["hello"],
-    status: RunStatus::AllPassed,
-    marker: "HV: ALL 1 GUESTS PASSED",
-}];
+pub const BOOT_TESTS: &[BootTest] = &[
+    single!("hello"),
+    single!("ondemand"),
+    single!("huge"),
+    single!("readonly"),
+    single!("noexec"),
+    single!("mmio"),
+    single!("outofrange"),
+    single!("quota"),
+    single!("protect"),
+    single!("unmap"),
+    BootTest {
+        name: "clone",
+        cmdline: "log=info",
+        guests: &["clone"],
+        status: RunStatus::AllPassed,
+        marker: "HV: ALL 2 GUESTS PASSED",
+    },
+    single!("badcall"),
+    single!("portio"),
+    single!("triple"),
+    // Every scenario in one boot: each guest has its own address space and ASID, the
+    // misbehaving ones end alone and the others go on.
+    BootTest {
+        name: "all-together",
+        cmdline: "log=info",
+        guests: &[
+            "hello",
+            "triple",
+            "ondemand",
+            "readonly",
+            "huge",
+            "noexec",
+            "mmio",
+            "quota",
+            "outofrange",
+            "protect",
+            "unmap",
+            "clone",
+            "badcall",
+            "portio",
+        ],
+        status: RunStatus::AllPassed,
+        marker: "HV: ALL 15 GUESTS PASSED",
+    },
+    // A guest whose outcome differs from its expectation fails the run (and only it).
+    BootTest {
+        name: "detects-failure",
+        cmdline: "log=info",
+        guests: &["hello", "readonly expect=ok", "hello name=hello2"],
+        status: RunStatus::GuestFailed,
+        marker: "HV: 1 GUEST(S) FAILED",
+    },
+    // More guests than SVM offers ASIDs (15 under QEMU): they are admitted as others end.
+    BootTest {
+        name: "more-guests-than-asids",
+        cmdline: "log=info",
+        guests: &[
+            "hello name=g01",
+            "hello name=g02",
+            "hello name=g03",
+            "hello name=g04",
+            "hello name=g05",
+            "hello name=g06",
+            "hello name=g07",
+            "hello name=g08",
+            "hello name=g09",
+            "hello name=g10",
+            "hello name=g11",
+            "hello name=g12",
+            "hello name=g13",
+            "hello name=g14",
+            "hello name=g15",
+            "hello name=g16",
+            "hello name=g17",
+            "hello name=g18",
+            "hello name=g19",
+            "clone name=g20",
+        ],
+        status: RunStatus::AllPassed,
+        marker: "HV: ALL 21 GUESTS PASSED",
+    },
+    // The host's own failures end the run with their own status.
+    BootTest {
+        name: "host-exception",
+        cmdline: "log=info selftest=exception",
+        guests: &["hello"],
+        status: RunStatus::HostFault,
+        marker: "HV: HOST FAULT (exception 6), status 37",
+    },
+    BootTest {
+        name: "host-panic",
+        cmdline: "log=info selftest=panic",
+        guests: &["hello"],
+        status: RunStatus::HostFault,
+        marker: "HV: HOST FAULT (panic), status 37",
+    },
+    BootTest {
+        name: "leak-check",
+        cmdline: "log=info selftest=leak",
+        guests: &["hello"],
+        status: RunStatus::Leak,
+        marker: "HV: FRAME LEAK (1 frames)",
+    },
+    // A malformed configuration is refused before any guest runs.
+    BootTest {
+        name: "refuses-bad-settings",
+        cmdline: "log=info",
+        guests: &["hello mem=3M"],
+        status: RunStatus::BadConfig,
+        marker: "HV: CONFIGURATION REFUSED",
+    },
+    BootTest {
+        name: "refuses-bad-image",
+        cmdline: "log=info",
+        guests: &["hello", "corrupt"],
+        status: RunStatus::BadConfig,
+        marker: "HV: CONFIGURATION REFUSED",
+    },
+    BootTest {
+        name: "refuses-bad-cmdline",
+        cmdline: "log=loud",
+        guests: &["hello"],
+        status: RunStatus::BadConfig,
+        marker: "HV: CONFIGURATION REFUSED",
+    },
+];

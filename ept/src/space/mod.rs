@@ -424,6 +424,23 @@ where
     }
 }
 
+impl<F, M, A, I> core::fmt::Debug for AddressSpace<F, M, A, I>
+where
+    F: Stage2Format,
+    M: PhysMapper,
+    A: FrameAlloc + Clone,
+    I: Invalidate,
+{
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("AddressSpace")
+            .field("format", &F::NAME)
+            .field("window", &self.window)
+            .field("root", &self.root)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
 /// Checks and builds the window of a new space.
 fn window_range(
     base: GuestPhysAddr,

@@ -42,7 +42,7 @@ pub(crate) struct State<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invali
     pub(crate) quota: usize,
     pub(crate) caps: Stage2Caps,
     pub(crate) counters: Counters,
-    /// Set while rebuilding areas for a clone: backend calls do nothing.
+    /// Set while a clone's areas are relabelled: backend calls do nothing.
     pub(crate) replay: bool,
     /// The last owned-region id handed out.
     pub(crate) last_owner: u64,
@@ -390,17 +390,28 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
         Ok(())
     }
 
-    /// Frames needed to split the leaf straddling `at` (0 if none straddles).
-    pub(crate) fn split_need(&self, at: GuestPhysAddr) -> usize {
-        match self.table.translate(at) {
-            Some(t) if t.leaf_gpa < at => match t.size {
-                LeafSize::Size4K => 0,
-                LeafSize::Size2M => 1,
-                LeafSize::Size1G if at.is_aligned(PAGE_SIZE_2M) => 1,
-                LeafSize::Size1G => 2,
-            },
-            _ => 0,
+    /// Frames needed to split the huge leaves straddling the cut points `cuts` so that
+    /// no leaf crosses any of them: one table per distinct straddling leaf, plus, inside
+    /// a 1 GiB leaf, one 4 KiB-level table per distinct 2 MiB block cut off-boundary.
+    pub(crate) fn split_need(&self, cuts: &[GuestPhysAddr]) -> usize {
+        let mut leaves: Vec<GuestPhysAddr> = Vec::new();
+        let mut blocks: Vec<GuestPhysAddr> = Vec::new();
+        for &at in cuts {
+            let Some(t) = self.table.translate(at) else {
+                continue;
+            };
+            if t.leaf_gpa == at || t.size == LeafSize::Size4K {
+                continue;
+            }
+            if !leaves.contains(&t.leaf_gpa) {
+                leaves.push(t.leaf_gpa);
+            }
+            let block = at.align_down(PAGE_SIZE_2M);
+            if t.size == LeafSize::Size1G && block != at && !blocks.contains(&block) {
+                blocks.push(block);
+            }
         }
+        leaves.len() + blocks.len()
     }
 
     /// Splits the huge leaf straddling `at`, if any, keeping every translation.
@@ -726,10 +737,9 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
 
     /// Takes the frames that splitting huge leaves at the ends of `range` needs.
     fn reserve_splits(&mut self, range: AddrRange<GuestPhysAddr>) -> Result<(), SpaceError> {
-        let mut need = self.st.split_need(range.start());
-        if let Some(end) = range.end() {
-            need += self.st.split_need(end);
-        }
+        let mut cuts = alloc::vec![range.start()];
+        cuts.extend(range.end());
+        let need = self.st.split_need(&cuts);
         self.st.fill_reserve(need, range.start())
     }
 

@@ -27,6 +27,7 @@ pub fn halt_forever() -> ! {
 }
 
 /// The panic handler: prints the message and ends the run with [`RunStatus::HostFault`].
+#[cfg_attr(not(hv_kernel), allow(dead_code))]
 pub fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     console::print_forced(format_args!("\n[hv] PANIC: {info}\n"));
     console::print_forced(format_args!(

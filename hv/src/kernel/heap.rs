@@ -27,7 +27,7 @@ unsafe impl Send for Heap {}
 /// The kernel's global allocator.
 pub struct KernelHeap(Mutex<Heap>);
 
-#[global_allocator]
+#[cfg_attr(hv_kernel, global_allocator)]
 static HEAP: KernelHeap = KernelHeap(Mutex::new(Heap {
     next: 0,
     end: 0,

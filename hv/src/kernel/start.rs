@@ -4,11 +4,12 @@ use alloc::vec::Vec;
 
 use guest_images::abi::RunStatus;
 use hv::platform::{self, IDENTITY_LIMIT};
-use hv::settings::{self, LogLevel};
+use hv::settings::{self, LogLevel, SelfTest};
 use x86_64::instructions::port::Port;
 
 use super::multiboot::{BOOTLOADER_MAGIC, RawBootInfo};
 use super::{console, fatal, gdt, heap, idt};
+use crate::kprintln;
 
 /// Size of the kernel heap.
 const HEAP_SIZE: u64 = 32 << 20;
@@ -83,6 +84,7 @@ extern "C" fn hv_main(magic: u32, info: u32) -> ! {
         Ok(s) => s,
         Err(e) => {
             log::error!("command line `{cmdline}` refused: {e}");
+            kprintln!("HV: CONFIGURATION REFUSED");
             fatal::exit(RunStatus::BadConfig);
         }
     };
@@ -101,6 +103,16 @@ extern "C" fn hv_main(magic: u32, info: u32) -> ! {
         total >> 8,
         HEAP_SIZE >> 20
     );
+
+    match hv_settings.selftest {
+        Some(SelfTest::Exception) => {
+            log::warn!("selftest: taking a host exception");
+            // SAFETY: deliberately raises #UD, which the IDT reports as a host fault.
+            unsafe { core::arch::asm!("ud2", options(nomem, nostack)) };
+        }
+        Some(SelfTest::Panic) => panic!("selftest: deliberate host panic"),
+        _ => {}
+    }
 
     let modules = boot.modules();
     let guests = modules

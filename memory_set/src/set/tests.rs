@@ -612,3 +612,19 @@ fn validate_names_a_broken_invariant() {
         Err("an area is filed under a key other than its start")
     );
 }
+
+#[test]
+fn clone_copies_bookkeeping_without_backend_calls() {
+    let (set, pt) = three_areas();
+    let calls = pt.calls;
+    let mut copy = set.clone();
+    assert_eq!(pt.calls, calls, "cloning must not call the backend");
+    assert_eq!(areas(&copy), areas(&set));
+    copy.validate().unwrap();
+    // The copy is independent: cutting it leaves the original as it was.
+    let mut pt_copy = pt.clone();
+    copy.unmap(K, 2 * K, &mut pt_copy).unwrap();
+    assert_ne!(areas(&copy), areas(&set));
+    check(&set, &pt);
+    check(&copy, &pt_copy);
+}
