@@ -378,3 +378,210 @@ fn clone_vm<H: VcpuHost, M: GuestMemory>(
     let name = format!("{}.child{id}", parent.name);
     Ok(Vm::new(id, name, parent.expect, vcpu, memory))
 }
+
+#[cfg(test)]
+mod tests {
+    use alloc::string::ToString;
+    use alloc::vec;
+
+    use guest_images::abi::{HEADER_SIZE, IMAGE_MAGIC, IMAGE_VERSION, hypercall, seal};
+
+    use super::*;
+    use crate::testing::{FakeHost, FakeMemory, RecordingConsole, ScriptStep};
+    use crate::vcpu::VmExit;
+
+    fn image(load: u64) -> Vec<u8> {
+        let mut img = vec![0u8; 256];
+        img[..8].copy_from_slice(&IMAGE_MAGIC);
+        img[8..12].copy_from_slice(&IMAGE_VERSION.to_le_bytes());
+        img[12..16].copy_from_slice(&(HEADER_SIZE as u32).to_le_bytes());
+        img[16..24].copy_from_slice(&load.to_le_bytes());
+        img[24..32].copy_from_slice(&(load + 64).to_le_bytes());
+        img[32..40].copy_from_slice(&256u64.to_le_bytes());
+        seal(&mut img).unwrap();
+        img
+    }
+
+    fn module(cmdline: &str) -> BootModule {
+        BootModule {
+            cmdline: cmdline.to_string(),
+            image: image(0x10_0000),
+        }
+    }
+
+    fn prepared(cmdlines: &[&str]) -> Vec<Prepared> {
+        cmdlines
+            .iter()
+            .map(|c| prepare(module(c)).unwrap())
+            .collect()
+    }
+
+    fn exit(code: u64) -> ScriptStep {
+        (
+            vec![(Reg::Rax, hypercall::EXIT), (Reg::Rdi, code)],
+            VmExit::Hypercall,
+        )
+    }
+
+    fn call(nr: u64) -> ScriptStep {
+        (vec![(Reg::Rax, nr)], VmExit::Hypercall)
+    }
+
+    fn out(byte: u8) -> ScriptStep {
+        (
+            vec![(Reg::Rax, u64::from(byte))],
+            VmExit::Io {
+                port: 0x3f8,
+                size: 1,
+                write: true,
+                string: false,
+            },
+        )
+    }
+
+    fn run(host: FakeHost, guests: &[&str]) -> (RunStatus, Vec<String>) {
+        let mut console = RecordingConsole::default();
+        let status = run_all::<FakeHost, FakeMemory>(
+            host,
+            &HvSettings::default(),
+            prepared(guests),
+            &mut console,
+        );
+        (status, console.lines)
+    }
+
+    fn index_of(lines: &[String], needle: &str) -> usize {
+        lines
+            .iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no `{needle}` in {lines:#?}"))
+    }
+
+    #[test]
+    fn guests_interleave_and_a_faulting_one_ends_alone() {
+        let host = FakeHost::new(
+            16,
+            vec![
+                vec![out(b'a'), out(b'\n'), call(hypercall::YIELD), exit(0)],
+                vec![(
+                    vec![],
+                    crate::testing::s2_fault(0x9000_0000, ept::format::Access::READ),
+                )],
+            ],
+        );
+        let (status, lines) = run(host, &["a.bin", "b.bin expect=fault:unmapped@0x90000000"]);
+        assert_eq!(status, RunStatus::AllPassed);
+        let a_out = index_of(&lines, "[guest a] a");
+        let b_end = index_of(
+            &lines,
+            "[hv] guest b: PASS (ended: fault:unmapped@0x90000000",
+        );
+        let a_end = index_of(&lines, "[hv] guest a: PASS (ended: exit code 0)");
+        assert!(
+            a_out < b_end && b_end < a_end,
+            "a yields to b before it ends"
+        );
+        assert_eq!(lines.last().unwrap(), "HV: ALL 2 GUESTS PASSED");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("frame leak check") && l.ends_with("OK"))
+        );
+    }
+
+    #[test]
+    fn an_unexpected_end_fails_the_run() {
+        let host = FakeHost::new(16, vec![vec![exit(3)], vec![exit(0)]]);
+        let (status, lines) = run(host, &["a.bin", "b.bin"]);
+        assert_eq!(status, RunStatus::GuestFailed);
+        index_of(
+            &lines,
+            "[hv] guest a: FAIL (ended: exit code 3; expected ok)",
+        );
+        index_of(&lines, "[hv] guest b: PASS");
+        assert_eq!(lines.last().unwrap(), "HV: 1 GUEST(S) FAILED");
+    }
+
+    #[test]
+    fn guests_wait_for_free_slots() {
+        let host = FakeHost::new(3, vec![vec![exit(0)]; 5]);
+        let (status, lines) = run(host, &["a.bin", "b.bin", "c.bin", "d.bin", "e.bin"]);
+        assert_eq!(status, RunStatus::AllPassed);
+        assert_eq!(lines.last().unwrap(), "HV: ALL 5 GUESTS PASSED");
+        // One slot stays free for clones while others run: a, b admitted first.
+        assert!(index_of(&lines, "[hv] guest a: PASS") < index_of(&lines, "guest c (id 3)"));
+    }
+
+    #[test]
+    fn clone_creates_a_child_guest() {
+        let host = FakeHost::new(
+            16,
+            vec![vec![call(hypercall::CLONE), exit(0)], vec![exit(0)]],
+        );
+        let (status, lines) = run(host, &["p.bin"]);
+        assert_eq!(status, RunStatus::AllPassed);
+        index_of(&lines, "[hv] guest p cloned into p.child2 (id 2)");
+        index_of(&lines, "[hv] guest p.child2: PASS");
+        assert_eq!(lines.last().unwrap(), "HV: ALL 2 GUESTS PASSED");
+    }
+
+    #[test]
+    fn clone_without_a_slot_returns_an_error_to_the_guest() {
+        // One slot: the parent holds it, so the clone must fail; the parent then exits
+        // with the code it got (checked through the expectation).
+        let host = FakeHost::new(1, vec![vec![call(hypercall::CLONE), exit(0)]]);
+        let (status, lines) = run(host, &["p.bin"]);
+        assert_eq!(status, RunStatus::AllPassed);
+        assert!(!lines.iter().any(|l| l.contains("cloned into")));
+    }
+
+    #[test]
+    fn bad_modules_are_refused_before_anything_runs() {
+        let mut console = RecordingConsole::default();
+        let mut bad = module("x.bin");
+        bad.image[70] ^= 1;
+        let status = start(
+            &HvSettings::default(),
+            vec![module("a.bin"), bad],
+            &mut console,
+        );
+        assert_eq!(status, RunStatus::BadConfig);
+        index_of(
+            &console.lines,
+            "module `x.bin` REFUSED: image `x.bin`: checksum mismatch",
+        );
+        assert_eq!(console.lines.last().unwrap(), "HV: CONFIGURATION REFUSED");
+
+        let mut console = RecordingConsole::default();
+        assert_eq!(
+            start(&HvSettings::default(), Vec::new(), &mut console),
+            RunStatus::BadConfig
+        );
+        index_of(&console.lines, "no guest modules given");
+    }
+
+    #[test]
+    fn images_must_fit_in_ram() {
+        let e = prepare(BootModule {
+            cmdline: "a.bin".into(),
+            image: image(0x40_0000),
+        })
+        .err()
+        .unwrap();
+        assert!(e.contains("outside RAM"), "{e}");
+        let e = prepare(BootModule {
+            cmdline: "a.bin".into(),
+            image: image(0x1000),
+        })
+        .err()
+        .unwrap();
+        assert!(e.contains("outside RAM"), "{e}");
+        assert!(
+            prepare(BootModule {
+                cmdline: "a.bin mem=3M".into(),
+                image: image(0x10_0000)
+            })
+            .is_err()
+        );
+    }
+}

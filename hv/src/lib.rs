@@ -22,5 +22,7 @@ pub mod platform;
 pub mod settings;
 pub mod space_memory;
 pub mod svm;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod vcpu;
 pub mod vm;

@@ -25,7 +25,30 @@ impl Emulator {
             "kvm" => Ok(vec![Self::Kvm]),
             "bochs" => Ok(vec![Self::Bochs]),
             "all" => Ok(vec![Self::Qemu, Self::Bochs, Self::Kvm]),
-            _ => Err(format!("unknown emulator `{s}` (qemu|kvm|bochs|all)")),
+            "auto" => Ok(vec![Self::auto()]),
+            _ => Err(format!("unknown emulator `{s}` (qemu|kvm|bochs|all|auto)")),
+        }
+    }
+
+    /// KVM when the host really offers a virtualization extension the hypervisor
+    /// drives (today SVM: `kvm_usable` and an `svm` CPU flag), QEMU's TCG otherwise.
+    pub fn auto() -> Self {
+        let svm = std::fs::read_to_string("/proc/cpuinfo")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "svm"));
+        match kvm_usable() {
+            Ok(()) if svm => Self::Kvm,
+            Ok(()) => {
+                eprintln!(
+                    "xtask: KVM offers VMX, which the hypervisor does not drive yet: using TCG"
+                );
+                Self::Qemu
+            }
+            Err(reason) => {
+                eprintln!("xtask: not using KVM ({reason}): using QEMU's TCG");
+                Self::Qemu
+            }
         }
     }
 

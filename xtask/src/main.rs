@@ -5,7 +5,7 @@
 //! cargo xtask run [GUEST [ARGS]]...      boot guests in QEMU (default: the demo set)
 //! cargo xtask boot-test [TEST]...        every boot test (or the named ones)
 //! cargo xtask test                       host tests, then boot tests
-//! options: --emulator qemu|kvm|bochs|all   --log LEVEL   --timeout SECS
+//! options: --emulator qemu|kvm|bochs|all|auto   --log LEVEL   --timeout SECS
 //!          --gdb (run: wait for gdb on :1234)
 //! ```
 //! A guest argument of `run` is one word (`hello`) or a quoted spec with settings
@@ -101,7 +101,7 @@ fn main() -> ExitCode {
 }
 
 fn usage() -> &'static str {
-    "usage: cargo xtask <build|run|boot-test|test> [--emulator qemu|kvm|bochs|all] \
+    "usage: cargo xtask <build|run|boot-test|test> [--emulator qemu|kvm|bochs|all|auto] \
      [--log LEVEL] [--timeout SECS] [--gdb] [GUESTS or TESTS...]"
 }
 

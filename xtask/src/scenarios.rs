@@ -6,7 +6,7 @@ use guest_images::abi::RunStatus;
 /// extra words on the command line are appended and win).
 pub const GUEST_DEFAULTS: &[(&str, &str)] = &[
     ("hello", ""),
-    ("ondemand", "mem=64M"),
+    ("ondemand", "mem=64M area=0x8001000+8M:rw"),
     ("huge", "area=0x4000000+4M:rw"),
     ("readonly", "ro=0x1000000+64K expect=fault:write@0x1000000"),
     ("noexec", "nx=0x1000000+64K expect=fault:exec@0x1000000"),
