@@ -26,6 +26,7 @@ pub const GUEST_DEFAULTS: &[(&str, &str)] = &[
     ("portio", "expect=fault:io"),
     ("triple", "expect=fault:shutdown"),
     ("hostile", "area=0x1000000+64K:rw"),
+    ("registers", ""),
 ];
 
 /// The default settings of guest `name` ("" for an unknown guest).
@@ -91,6 +92,13 @@ pub const BOOT_TESTS: &[BootTest] = &[
     single!("portio"),
     single!("triple"),
     single!("hostile"),
+    BootTest {
+        name: "registers",
+        cmdline: "log=info",
+        guests: &["registers"],
+        status: RunStatus::AllPassed,
+        marker: "HV: ALL 2 GUESTS PASSED",
+    },
     // Every scenario in one boot: each guest has its own address space and ASID, the
     // misbehaving ones end alone and the others go on.
     BootTest {
