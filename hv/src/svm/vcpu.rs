@@ -26,6 +26,8 @@ const MSR_VM_CR: u32 = 0xC001_0114;
 const VM_CR_SVMDIS: u64 = 1 << 4;
 /// VM_HSAVE_PA MSR (APM vol. 2, 15.30.4): where VMRUN saves host state.
 const MSR_VM_HSAVE_PA: u32 = 0xC001_0117;
+/// The PAT MSR (APM vol. 2, 7.8.1); nested page entries index the host's PAT.
+const MSR_PAT: u32 = 0x277;
 
 /// Guest EFER: LME (bit 8), LMA (bit 10), NXE (bit 11), SVME (bit 12; must be set in
 /// a guest, APM 15.5.1).
@@ -178,6 +180,11 @@ impl SvmHost {
         let efer = unsafe { Msr::new(MSR_EFER).read() };
         // SAFETY: setting SVME only enables the SVM instructions.
         unsafe { Msr::new(MSR_EFER).write(efer | EFER_SVME) };
+        // Nested leaves select their memory type through the host PAT (APM 15.25.8):
+        // load the layout the NPT encoding assumes. Entries 0-3 keep their power-on
+        // values, which are the only ones the host's own page tables use.
+        // SAFETY: only PAT entries 4 and 5 change, and no host mapping uses them.
+        unsafe { Msr::new(MSR_PAT).write(ept::format::NPT_HOST_PAT) };
         let hsave = Box::new(Vmcb::default());
         // SAFETY: the page is 4 KiB aligned, owned by this struct for as long as SVM
         // runs guests (the host is never torn down), and identity-mapped.
