@@ -27,6 +27,7 @@ pub const GUEST_DEFAULTS: &[(&str, &str)] = &[
     ("triple", "expect=fault:shutdown"),
     ("hostile", "area=0x1000000+64K:rw"),
     ("registers", ""),
+    ("populated", "populate area=0x4000000+4M:rwp"),
 ];
 
 /// The default settings of guest `name` ("" for an unknown guest).
@@ -92,6 +93,7 @@ pub const BOOT_TESTS: &[BootTest] = &[
     single!("portio"),
     single!("triple"),
     single!("hostile"),
+    single!("populated"),
     BootTest {
         name: "registers",
         cmdline: "log=info",
