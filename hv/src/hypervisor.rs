@@ -313,12 +313,12 @@ fn run_all<H: VcpuHost, M: GuestMemory>(
         };
         loop {
             let name = vm.name.clone();
-            let step = vm.step(settings.max_exits, &mut |l| {
+            let step = vm.step(settings.max_exits, settings.cpu_budget, &mut |l| {
                 console.write_fmt_line(format_args!("[guest {name}] {l}"))
             });
             match step {
                 Step::Continue => {}
-                Step::Yield => {
+                Step::Yield | Step::Preempted => {
                     queue.push_back(vm);
                     break;
                 }

@@ -28,6 +28,7 @@ pub const GUEST_DEFAULTS: &[(&str, &str)] = &[
     ("hostile", "area=0x1000000+64K:rw"),
     ("registers", ""),
     ("populated", "populate area=0x4000000+4M:rwp"),
+    ("spin", "expect=fault:timeout"),
 ];
 
 /// The default settings of guest `name` ("" for an unknown guest).
@@ -94,6 +95,15 @@ pub const BOOT_TESTS: &[BootTest] = &[
     single!("triple"),
     single!("hostile"),
     single!("populated"),
+    // A guest that never exits is preempted by the timer (the others finish first) and
+    // stopped after its CPU budget (0.5 s here).
+    BootTest {
+        name: "spin",
+        cmdline: "log=info cpu-budget=50",
+        guests: &["spin", "hello", "ondemand", "clone"],
+        status: RunStatus::AllPassed,
+        marker: "HV: ALL 5 GUESTS PASSED",
+    },
     BootTest {
         name: "registers",
         cmdline: "log=info",
