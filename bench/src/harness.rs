@@ -67,6 +67,8 @@ pub struct Recorder {
     order: Vec<String>,
     /// While false (warm-up rounds) samples are dropped.
     pub recording: bool,
+    /// Run only this contender (for profiling): `ours`, `floor` or an anchor's name.
+    pub only: Option<String>,
 }
 
 impl Recorder {
@@ -76,6 +78,15 @@ impl Recorder {
             recording: true,
             ..Self::default()
         }
+    }
+
+    /// Whether `who` should run at all.
+    pub fn runs(&self, who: Who) -> bool {
+        self.only.as_deref().is_none_or(|only| match who {
+            Who::Ours => only == "ours",
+            Who::Floor => only == "floor",
+            Who::Anchor(name) => only == name,
+        })
     }
 
     /// Records that `who` took `ns` nanoseconds for `units` units of measurement `id`.

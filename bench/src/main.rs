@@ -4,8 +4,8 @@
 //! Every workload runs all contenders (ours, the anchors, the floor) interleaved inside
 //! each round; one warm-up round is dropped; the table gives the median over the rounds,
 //! the spread (max - min over median) and the ratios; then one `BENCH` line per
-//! measurement. Arguments: `--quick` (fewer rounds, well under a minute), `--rounds N`, and
-//! workload names (`W1` .. `W5`) to run only those.
+//! measurement. Arguments: `--quick` (fewer rounds, well under a minute), `--rounds N`,
+//! `--only ours|floor|<anchor name>` (run one contender, for profiling) and workload names (`W1` .. `W5`) to run only those.
 
 mod anchors;
 mod arena;
@@ -28,6 +28,7 @@ struct Options {
     rounds: usize,
     large_searches: usize,
     only: Vec<String>,
+    only_contender: Option<String>,
 }
 
 impl Options {
@@ -35,10 +36,12 @@ impl Options {
         let mut quick = false;
         let mut rounds = None;
         let mut only = Vec::new();
+        let mut only_contender = None;
         let mut args = args.peekable();
         while let Some(a) = args.next() {
             match a.as_str() {
                 "--quick" => quick = true,
+                "--only" => only_contender = Some(args.next().ok_or("--only needs a name")?),
                 "--rounds" => {
                     let n = args.next().ok_or("--rounds needs a number")?;
                     rounds = Some(n.parse().map_err(|_| format!("bad round count {n:?}"))?);
@@ -51,6 +54,7 @@ impl Options {
             rounds: rounds.unwrap_or(if quick { 3 } else { 7 }).max(1),
             large_searches: if quick { 200 } else { 1000 },
             only,
+            only_contender,
         })
     }
 
@@ -71,7 +75,9 @@ fn main() -> ExitCode {
     let opts = match Options::parse(std::env::args().skip(1)) {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("bench: {e}\nusage: bench [--quick] [--rounds N] [W1 .. W5]");
+            eprintln!(
+                "bench: {e}\nusage: bench [--quick] [--rounds N] [--only ours|floor|<anchor>] [W1 .. W5]"
+            );
             return ExitCode::from(2);
         }
     };
@@ -83,6 +89,7 @@ fn main() -> ExitCode {
     let fault_arena = opts.runs("W4").then(|| Arena::new(w4::ARENA_BLOCKS));
     let fault_order = rng::permutation(w1::PAGES, 0xfa17);
     let mut rec = Recorder::new();
+    rec.only = opts.only_contender.clone();
     for round in 0..=opts.rounds {
         rec.recording = round > 0;
         if opts.runs("W1") {
@@ -112,4 +119,37 @@ fn main() -> ExitCode {
     let missed = report::print(&rec, &unit);
     println!("bench: {missed} target(s) missed");
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Options, String> {
+        Options::parse(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn quick_means_fewer_rounds_and_names_select_workloads() {
+        let full = parse(&[]).unwrap();
+        let quick = parse(&["--quick", "w3"]).unwrap();
+        assert!(quick.rounds < full.rounds && quick.large_searches < full.large_searches);
+        assert!(full.runs("W1") && full.runs("W5"));
+        assert!(quick.runs("W3") && !quick.runs("W1"));
+        assert_eq!(parse(&["--rounds", "2"]).unwrap().rounds, 2);
+        assert_eq!(
+            parse(&["--only", "floor"])
+                .unwrap()
+                .only_contender
+                .as_deref(),
+            Some("floor")
+        );
+    }
+
+    #[test]
+    fn bad_arguments_are_refused() {
+        assert!(parse(&["--rounds"]).is_err());
+        assert!(parse(&["--rounds", "x"]).is_err());
+        assert!(parse(&["--fast"]).is_err());
+    }
 }

@@ -1,11 +1,19 @@
 //! This project's side of every workload (wired in as the crates land on main).
 
-use memory_set::{AddrRange, GuestPhysAddr, MappingBackend, MemoryArea, MemorySet};
+use ept::space::{AddressSpace, FaultOutcome};
+use ept::{
+    Access, Ept, FaultKind, FlushScope, HeapArena, LeafAttr, LeafSize, Stage2Caps, Stage2Fault,
+    Stage2Table,
+};
+use memory_set::{AddrRange, GuestPhysAddr, HostPhysAddr, MappingBackend, MemoryArea, MemorySet};
 
+use crate::arena::{Arena, SIZE_2M, SIZE_4K};
 use crate::harness::{Recorder, Who};
+use crate::w1::{GPA, HPA, LEAVES_2M, Leaf, PAGES, SIZE};
 use crate::w3::{
     AREA, AREAS, Answers, BASE, CUT, FREE_LARGE, FREE_SMALL, Inputs, LIMIT, PROT, SLOT,
 };
+use crate::w4::Mode;
 
 /// A `memory_set` backend that does no page-table work (W3 measures bookkeeping alone).
 #[derive(Clone)]
@@ -100,8 +108,179 @@ pub fn w3(rec: &mut Recorder, inp: &Inputs) -> Option<Answers> {
     Some(Answers { hits, small, large })
 }
 
-/// W4 over our address space.
-pub fn w4(_rec: &mut Recorder, _mode: crate::w4::Mode, _order: &[usize]) {}
+/// W4 over our address space: one 1 GiB on-demand RAM area; every touch of a page not
+/// yet covered is a `NotPresent` write fault served by `AddressSpace::handle_fault`
+/// (find the area, allocate, zero, map, complete the flush). In `Small` mode the
+/// capabilities offer no 2 MiB leaves, so each fault maps one 4 KiB page.
+pub fn w4(rec: &mut Recorder, arena: &Arena, mode: Mode, order: &[usize]) {
+    let caps = match mode {
+        Mode::Small => Stage2Caps {
+            leaf_2m: false,
+            leaf_1g: false,
+            ..Stage2Caps::all()
+        },
+        Mode::Huge => Stage2Caps::all(),
+    };
+    let heap = arena.heap();
+    let window = GPA + SIZE;
+    let mut space = AddressSpace::<Ept, _, _, _>::new(
+        GuestPhysAddr::new(0),
+        window,
+        caps,
+        heap.clone(),
+        heap.clone(),
+        |_: FlushScope| {},
+        usize::MAX,
+    )
+    .expect("space");
+    space
+        .map_alloc(
+            GuestPhysAddr::new(GPA),
+            SIZE,
+            Access::READ | Access::WRITE,
+            false,
+        )
+        .expect("area");
+    let mut covered = vec![false; PAGES];
+    rec.time(mode.id(), Who::Ours, PAGES, || {
+        for &i in order {
+            if covered[i] {
+                continue; // mapped already: the guest would not fault
+            }
+            let fault = Stage2Fault {
+                gpa: GuestPhysAddr::new(GPA + i * SIZE_4K),
+                access: Access::WRITE,
+                kind: FaultKind::NotPresent,
+                in_guest_walk: false,
+            };
+            match space.handle_fault(fault).expect("fault") {
+                FaultOutcome::Populated {
+                    size: LeafSize::Size4K,
+                } => covered[i] = true,
+                FaultOutcome::Populated {
+                    size: LeafSize::Size2M,
+                } => {
+                    let first = i & !511;
+                    covered[first..first + 512].fill(true);
+                }
+                other => panic!("W4: unexpected fault outcome {other:?}"),
+            }
+        }
+    });
+    let stats = space.stats();
+    assert_eq!(stats.ram_frames, PAGES);
+    let expected = match mode {
+        Mode::Small => (PAGES, 0),
+        Mode::Huge => (0, LEAVES_2M),
+    };
+    assert_eq!(
+        (stats.leaves_4k, stats.leaves_2m),
+        expected,
+        "{mode:?}: leaf sizes"
+    );
+    drop(space);
+}
 
-/// W5 over our stage-2 table.
-pub fn w5(_rec: &mut Recorder) {}
+/// Our stage-2 table over the shared arena (EPT format; NPT shares the code paths).
+type Table = Stage2Table<Ept, HeapArena>;
+
+/// Read, write, execute RAM.
+const RWX: LeafAttr = LeafAttr::ram(Access::READ.union(Access::WRITE).union(Access::EXECUTE));
+
+/// A fresh table over `arena`, and the allocator handle to pass to it.
+fn new_table(arena: &Arena) -> (Table, HeapArena) {
+    let mut heap = arena.heap();
+    let table = Table::new(heap.clone(), &mut heap, Stage2Caps::all()).expect("root");
+    (table, heap)
+}
+
+/// Completes a flush of a table nobody runs on (nothing to invalidate), returning the
+/// number of leaves it unmapped.
+fn complete(flush: ept::Flush, heap: &mut HeapArena) -> usize {
+    flush.complete(|_| {}, heap).len()
+}
+
+/// W1 (4 KiB leaves) or W2 (2 MiB leaves) over our table: `map_range`, `translate` of
+/// every 4 KiB page, `unmap_range` (which frees emptied tables), each flush completed.
+pub fn w1(rec: &mut Recorder, arena: &Arena, leaf: Leaf, ids: &[String; 3]) {
+    let [map, translate, unmap] = ids;
+    let (mut table, mut heap) = new_table(arena);
+    let max = match leaf {
+        Leaf::Small => LeafSize::Size4K,
+        Leaf::Huge => LeafSize::Size2M,
+    };
+    let gpa = |off: usize| GuestPhysAddr::new(GPA + off);
+    rec.time(map, Who::Ours, leaf.leaves(), || {
+        let flush = table
+            .map_range(&mut heap, gpa(0), HostPhysAddr::new(HPA), SIZE, RWX, max)
+            .expect("map");
+        complete(flush, &mut heap)
+    });
+    assert_eq!(
+        table.leaf_count(max),
+        leaf.leaves(),
+        "ours chose another leaf size"
+    );
+    let got = rec.time(translate, Who::Ours, PAGES, || {
+        let mut acc = 0;
+        for i in 0..PAGES {
+            acc ^= table
+                .translate(gpa(i * SIZE_4K))
+                .expect("mapped")
+                .hpa
+                .as_usize();
+        }
+        acc
+    });
+    assert_eq!(got, crate::w1::expected_translation_xor());
+    let unmapped = rec.time(unmap, Who::Ours, leaf.leaves(), || {
+        let flush = table.unmap_range(&mut heap, gpa(0), SIZE).expect("unmap");
+        complete(flush, &mut heap)
+    });
+    assert_eq!(unmapped, leaf.leaves());
+    assert_eq!(table.table_frames(), 1, "unmap left tables behind");
+    let _ = complete(table.destroy(), &mut heap);
+}
+
+/// W5 over our table: 1 GiB in 2 MiB leaves, then one 4 KiB page of each leaf made
+/// read-only (each `protect_range` splits one leaf), each flush completed.
+pub fn w5(rec: &mut Recorder, arena: &Arena) {
+    let (mut table, mut heap) = new_table(arena);
+    let gpa = |off: usize| GuestPhysAddr::new(GPA + off);
+    let flush = table
+        .map_range(
+            &mut heap,
+            gpa(0),
+            HostPhysAddr::new(HPA),
+            SIZE,
+            RWX,
+            LeafSize::Size2M,
+        )
+        .expect("map");
+    let _ = complete(flush, &mut heap);
+    let ro = LeafAttr::ram(Access::READ);
+    rec.time(crate::w5::ID, Who::Ours, LEAVES_2M, || {
+        for k in 0..LEAVES_2M {
+            let at = gpa(k * SIZE_2M + crate::w5::page_in_leaf(k));
+            let flush = table
+                .protect_range(&mut heap, at, SIZE_4K, ro)
+                .expect("protect");
+            let _ = complete(flush, &mut heap);
+        }
+    });
+    assert_eq!(
+        table.leaf_count(LeafSize::Size4K),
+        PAGES,
+        "every leaf split"
+    );
+    for k in [0, 1, LEAVES_2M - 1] {
+        let page = k * SIZE_2M + crate::w5::page_in_leaf(k);
+        assert_eq!(table.translate(gpa(page)).expect("mapped").attr, ro);
+        let other = k * SIZE_2M + (page + SIZE_4K) % SIZE_2M;
+        let t = table.translate(gpa(other)).expect("mapped");
+        assert_eq!((t.attr, t.hpa.as_usize()), (RWX, HPA + other));
+    }
+    let flush = table.unmap_range(&mut heap, gpa(0), SIZE).expect("unmap");
+    let _ = complete(flush, &mut heap);
+    let _ = complete(table.destroy(), &mut heap);
+}

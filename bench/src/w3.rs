@@ -84,8 +84,9 @@ pub fn round(rec: &mut Recorder, inputs: &Inputs, round: usize) {
     let mut answers = Vec::new();
     for k in 0..2 {
         match (k + round) % 2 {
-            0 => answers.extend(ours::w3(rec, inputs)),
-            _ => answers.push(arceos(rec, inputs)),
+            0 if rec.runs(Who::Ours) => answers.extend(ours::w3(rec, inputs)),
+            _ if rec.runs(ARCEOS) => answers.push(arceos(rec, inputs)),
+            _ => {}
         }
     }
     if let [a, b] = &answers[..] {

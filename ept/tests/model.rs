@@ -11,7 +11,7 @@
 //! the table frame count and the arena's frames in use exactly as before. At the
 //! end, `destroy` returns every frame to the arena.
 //!
-//! Default: 48 cases x up to 40 operations per test; set `PROPTEST_CASES` for longer
+//! Default: 32 cases x up to 40 operations per test; set `PROPTEST_CASES` for longer
 //! runs.
 
 use std::collections::BTreeMap;
@@ -503,7 +503,7 @@ fn config() -> ProptestConfig {
         cases: std::env::var("PROPTEST_CASES")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(48),
+            .unwrap_or(32),
         ..ProptestConfig::default()
     }
 }

@@ -14,8 +14,10 @@ use guest_images::abi::{HypercallStatus, ImageHeader, RunStatus};
 use crate::layout::{MIN_LOAD_GPA, PML4_GPA, STACK_TOP, guest_page_tables};
 use crate::memory::{GuestMemory, MemoryError};
 use crate::outcome::{FaultKind, GuestEnd};
-use crate::platform::{Console, frame_usage};
-use crate::settings::{GuestSettings, HvSettings, parse_guest_cmdline};
+use ept::frame::FrameAlloc;
+
+use crate::platform::{Console, GlobalFrames, frame_usage};
+use crate::settings::{GuestSettings, HvSettings, SelfTest, parse_guest_cmdline};
 use crate::space_memory::SpaceMemory;
 use crate::svm::{SvmHost, SvmVcpu};
 use crate::vcpu::{FlushRequest, Reg, Vcpu};
@@ -51,6 +53,8 @@ pub trait VcpuHost {
     fn fork(&mut self, parent: &Self::Vcpu, root: u64, flush: FlushRequest) -> Option<Self::Vcpu>;
     /// Releases a vCPU.
     fn destroy(&mut self, vcpu: Self::Vcpu);
+    /// How many more vCPUs can exist now (free ASIDs/VPIDs).
+    fn free_slots(&self) -> usize;
 }
 
 impl VcpuHost for SvmHost {
@@ -88,6 +92,10 @@ impl VcpuHost for SvmHost {
 
     fn destroy(&mut self, vcpu: SvmVcpu) {
         self.destroy_vcpu(vcpu);
+    }
+
+    fn free_slots(&self) -> usize {
+        self.free_asids()
     }
 }
 
@@ -148,8 +156,8 @@ pub fn start(
     }
     if crate::vmx::cpu_has_vmx() {
         return match crate::vmx::VmxHost::enable() {
-            Ok(host) => run_all::<crate::vmx::VmxHost, SpaceMemory<ept::format::Ept>>(
-                host, settings, prepared, console,
+            Ok(mut host) => run_all::<crate::vmx::VmxHost, SpaceMemory<ept::format::Ept>>(
+                &mut host, settings, prepared, console,
             ),
             Err(e) => {
                 console.write_fmt_line(format_args!("[hv] VMX unavailable: {e}"));
@@ -159,7 +167,9 @@ pub fn start(
         };
     }
     match SvmHost::enable() {
-        Ok(host) => run_all::<SvmHost, SpaceMemory<Npt>>(host, settings, prepared, console),
+        Ok(mut host) => {
+            run_all::<SvmHost, SpaceMemory<Npt>>(&mut host, settings, prepared, console)
+        }
         Err(e) => {
             console.write_fmt_line(format_args!("[hv] SVM unavailable: {e}"));
             console.write_fmt_line(format_args!("HV: UNSUPPORTED CPU"));
@@ -248,8 +258,21 @@ fn finish<H: VcpuHost, M: GuestMemory>(
     drop(memory);
 }
 
+fn announce(console: &mut dyn Console, id: u64, p: &Prepared) {
+    console.write_fmt_line(format_args!(
+        "[hv] guest {} (id {id}): {} MiB RAM, entry {:#x}, expect {}",
+        p.settings.name,
+        p.settings.mem >> 20,
+        p.header.entry_gpa,
+        p.settings.expect
+    ));
+}
+
+/// Runs every guest: admits them while vCPU slots (ASIDs) are free, keeping one spare
+/// for clones; runs the queue round-robin (a guest runs until it ends or yields); then
+/// checks that every frame came back.
 fn run_all<H: VcpuHost, M: GuestMemory>(
-    mut host: H,
+    host: &mut H,
     settings: &HvSettings,
     guests: Vec<Prepared>,
     console: &mut dyn Console,
@@ -260,59 +283,71 @@ fn run_all<H: VcpuHost, M: GuestMemory>(
         guests: 0,
         failed: 0,
     };
+    let mut pending: VecDeque<Prepared> = guests.into();
     let mut queue: VecDeque<Vm<H::Vcpu, M>> = VecDeque::new();
     let mut next_id = 1;
-    for p in &guests {
-        match create_vm::<H, M>(&mut host, next_id, p) {
-            Ok(vm) => {
-                console.write_fmt_line(format_args!(
-                    "[hv] guest {} (id {next_id}): {} MiB RAM, entry {:#x}, expect {}",
-                    p.settings.name,
-                    p.settings.mem >> 20,
-                    p.header.entry_gpa,
-                    p.settings.expect
-                ));
-                queue.push_back(vm);
-            }
-            Err(e) => verdict(
-                console,
-                &mut tally,
-                &p.settings.name,
-                &p.settings.expect,
-                &end_of(e),
-            ),
-        }
-        next_id += 1;
+    if settings.selftest == Some(SelfTest::Leak) {
+        // Deliberately keep one frame to prove that the leak check notices.
+        let _ = GlobalFrames.alloc_frame();
     }
-    while let Some(mut vm) = queue.pop_front() {
+    loop {
+        while host.free_slots() > 1 || (queue.is_empty() && host.free_slots() > 0) {
+            let Some(p) = pending.pop_front() else { break };
+            let id = next_id;
+            next_id += 1;
+            match create_vm::<H, M>(host, id, &p) {
+                Ok(vm) => {
+                    announce(console, id, &p);
+                    queue.push_back(vm);
+                }
+                Err(e) => verdict(
+                    console,
+                    &mut tally,
+                    &p.settings.name,
+                    &p.settings.expect,
+                    &end_of(e),
+                ),
+            }
+        }
+        let Some(mut vm) = queue.pop_front() else {
+            if let Some(p) = pending.pop_front() {
+                let e = MemoryError::new(FaultKind::Instruction, None, "no free ASID/VPID".into());
+                verdict(
+                    console,
+                    &mut tally,
+                    &p.settings.name,
+                    &p.settings.expect,
+                    &end_of(e),
+                );
+                continue;
+            }
+            break;
+        };
         loop {
             let name = vm.name.clone();
-            let step = vm.step(settings.max_exits, &mut |l| {
+            let step = vm.step(settings.max_exits, settings.cpu_budget, &mut |l| {
                 console.write_fmt_line(format_args!("[guest {name}] {l}"))
             });
             match step {
                 Step::Continue => {}
-                Step::Yield => {
+                Step::Yield | Step::Preempted => {
                     queue.push_back(vm);
                     break;
                 }
-                Step::Clone => {
-                    let result = clone_vm(&mut host, &mut vm, next_id);
-                    match result {
-                        Ok(child) => {
-                            console.write_fmt_line(format_args!(
-                                "[hv] guest {} cloned into {} (id {next_id})",
-                                vm.name, child.name
-                            ));
-                            vm.vcpu.set_reg(Reg::Rax, next_id);
-                            next_id += 1;
-                            queue.push_back(child);
-                        }
-                        Err(status) => vm.vcpu.set_reg(Reg::Rax, status as i64 as u64),
+                Step::Clone => match clone_vm(host, &mut vm, next_id) {
+                    Ok(child) => {
+                        console.write_fmt_line(format_args!(
+                            "[hv] guest {} cloned into {} (id {next_id})",
+                            vm.name, child.name
+                        ));
+                        vm.vcpu.set_reg(Reg::Rax, next_id);
+                        next_id += 1;
+                        queue.push_back(child);
                     }
-                }
+                    Err(status) => vm.vcpu.set_reg(Reg::Rax, status as i64 as u64),
+                },
                 Step::Ended(end) => {
-                    finish(&mut host, vm, end, console, &mut tally);
+                    finish(host, vm, end, console, &mut tally);
                     break;
                 }
             }
@@ -356,4 +391,230 @@ fn clone_vm<H: VcpuHost, M: GuestMemory>(
     vcpu.set_reg(Reg::Rax, 0);
     let name = format!("{}.child{id}", parent.name);
     Ok(Vm::new(id, name, parent.expect, vcpu, memory))
+}
+
+#[cfg(test)]
+mod tests {
+    use alloc::string::ToString;
+    use alloc::vec;
+
+    use guest_images::abi::{HEADER_SIZE, IMAGE_MAGIC, IMAGE_VERSION, hypercall, seal};
+
+    use super::*;
+    use crate::testing::{FakeHost, FakeMemory, RecordingConsole, ScriptStep};
+    use crate::vcpu::VmExit;
+
+    fn image(load: u64) -> Vec<u8> {
+        let mut img = vec![0u8; 256];
+        img[..8].copy_from_slice(&IMAGE_MAGIC);
+        img[8..12].copy_from_slice(&IMAGE_VERSION.to_le_bytes());
+        img[12..16].copy_from_slice(&(HEADER_SIZE as u32).to_le_bytes());
+        img[16..24].copy_from_slice(&load.to_le_bytes());
+        img[24..32].copy_from_slice(&(load + 64).to_le_bytes());
+        img[32..40].copy_from_slice(&256u64.to_le_bytes());
+        seal(&mut img).unwrap();
+        img
+    }
+
+    fn module(cmdline: &str) -> BootModule {
+        BootModule {
+            cmdline: cmdline.to_string(),
+            image: image(0x10_0000),
+        }
+    }
+
+    fn prepared(cmdlines: &[&str]) -> Vec<Prepared> {
+        cmdlines
+            .iter()
+            .map(|c| prepare(module(c)).unwrap())
+            .collect()
+    }
+
+    fn exit(code: u64) -> ScriptStep {
+        (
+            vec![(Reg::Rax, hypercall::EXIT), (Reg::Rdi, code)],
+            VmExit::Hypercall,
+        )
+    }
+
+    fn call(nr: u64) -> ScriptStep {
+        (vec![(Reg::Rax, nr)], VmExit::Hypercall)
+    }
+
+    fn out(byte: u8) -> ScriptStep {
+        (
+            vec![(Reg::Rax, u64::from(byte))],
+            VmExit::Io {
+                port: 0x3f8,
+                size: 1,
+                write: true,
+                string: false,
+            },
+        )
+    }
+
+    fn run(mut host: FakeHost, guests: &[&str]) -> (RunStatus, Vec<String>) {
+        run_on(&mut host, guests)
+    }
+
+    fn run_on(host: &mut FakeHost, guests: &[&str]) -> (RunStatus, Vec<String>) {
+        let mut console = RecordingConsole::default();
+        let status = run_all::<FakeHost, FakeMemory>(
+            host,
+            &HvSettings::default(),
+            prepared(guests),
+            &mut console,
+        );
+        (status, console.lines)
+    }
+
+    fn index_of(lines: &[String], needle: &str) -> usize {
+        lines
+            .iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no `{needle}` in {lines:#?}"))
+    }
+
+    #[test]
+    fn guests_interleave_and_a_faulting_one_ends_alone() {
+        let host = FakeHost::new(
+            16,
+            vec![
+                vec![out(b'a'), out(b'\n'), call(hypercall::YIELD), exit(0)],
+                vec![(
+                    vec![],
+                    crate::testing::s2_fault(0x9000_0000, ept::format::Access::READ),
+                )],
+            ],
+        );
+        let (status, lines) = run(host, &["a.bin", "b.bin expect=fault:unmapped@0x90000000"]);
+        assert_eq!(status, RunStatus::AllPassed);
+        let a_out = index_of(&lines, "[guest a] a");
+        let b_end = index_of(
+            &lines,
+            "[hv] guest b: PASS (ended: fault:unmapped@0x90000000",
+        );
+        let a_end = index_of(&lines, "[hv] guest a: PASS (ended: exit code 0)");
+        assert!(
+            a_out < b_end && b_end < a_end,
+            "a yields to b before it ends"
+        );
+        assert_eq!(lines.last().unwrap(), "HV: ALL 2 GUESTS PASSED");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("frame leak check") && l.ends_with("OK"))
+        );
+    }
+
+    #[test]
+    fn an_unexpected_end_fails_the_run() {
+        let host = FakeHost::new(16, vec![vec![exit(3)], vec![exit(0)]]);
+        let (status, lines) = run(host, &["a.bin", "b.bin"]);
+        assert_eq!(status, RunStatus::GuestFailed);
+        index_of(
+            &lines,
+            "[hv] guest a: FAIL (ended: exit code 3; expected ok)",
+        );
+        index_of(&lines, "[hv] guest b: PASS");
+        assert_eq!(lines.last().unwrap(), "HV: 1 GUEST(S) FAILED");
+    }
+
+    #[test]
+    fn guests_wait_for_free_slots() {
+        let host = FakeHost::new(3, vec![vec![exit(0)]; 5]);
+        let (status, lines) = run(host, &["a.bin", "b.bin", "c.bin", "d.bin", "e.bin"]);
+        assert_eq!(status, RunStatus::AllPassed);
+        assert_eq!(lines.last().unwrap(), "HV: ALL 5 GUESTS PASSED");
+        // One slot stays free for clones while others run: a, b admitted first.
+        assert!(index_of(&lines, "[hv] guest a: PASS") < index_of(&lines, "guest c (id 3)"));
+    }
+
+    #[test]
+    fn clone_creates_a_child_guest() {
+        let host = FakeHost::new(
+            16,
+            vec![vec![call(hypercall::CLONE), exit(0)], vec![exit(0)]],
+        );
+        let (status, lines) = run(host, &["p.bin"]);
+        assert_eq!(status, RunStatus::AllPassed);
+        index_of(&lines, "[hv] guest p cloned into p.child2 (id 2)");
+        index_of(&lines, "[hv] guest p.child2: PASS");
+        assert_eq!(lines.last().unwrap(), "HV: ALL 2 GUESTS PASSED");
+    }
+
+    #[test]
+    fn clone_returns_ids_and_errors_in_rax() {
+        let mut host = FakeHost::new(
+            16,
+            vec![vec![call(hypercall::CLONE), exit(0)], vec![exit(0)]],
+        );
+        let (status, _) = run_on(&mut host, &["p.bin"]);
+        assert_eq!(status, RunStatus::AllPassed);
+        // The parent resumes with the child's id, the child starts with 0.
+        let parent = host.finished.iter().find(|h| h.len() == 2).unwrap();
+        assert_eq!(parent[1], 2);
+        let child = host.finished.iter().find(|h| h.len() == 1).unwrap();
+        assert_eq!(child[0], 0);
+
+        // One slot: the parent holds it, so the clone fails with an error in RAX.
+        let mut host = FakeHost::new(1, vec![vec![call(hypercall::CLONE), exit(0)]]);
+        let (status, lines) = run_on(&mut host, &["p.bin"]);
+        assert_eq!(status, RunStatus::AllPassed);
+        assert!(!lines.iter().any(|l| l.contains("cloned into")));
+        assert_eq!(
+            host.finished[0][1] as i64,
+            HypercallStatus::Unsupported as i64
+        );
+    }
+
+    #[test]
+    fn bad_modules_are_refused_before_anything_runs() {
+        let mut console = RecordingConsole::default();
+        let mut bad = module("x.bin");
+        bad.image[70] ^= 1;
+        let status = start(
+            &HvSettings::default(),
+            vec![module("a.bin"), bad],
+            &mut console,
+        );
+        assert_eq!(status, RunStatus::BadConfig);
+        index_of(
+            &console.lines,
+            "module `x.bin` REFUSED: image `x.bin`: checksum mismatch",
+        );
+        assert_eq!(console.lines.last().unwrap(), "HV: CONFIGURATION REFUSED");
+
+        let mut console = RecordingConsole::default();
+        assert_eq!(
+            start(&HvSettings::default(), Vec::new(), &mut console),
+            RunStatus::BadConfig
+        );
+        index_of(&console.lines, "no guest modules given");
+    }
+
+    #[test]
+    fn images_must_fit_in_ram() {
+        let e = prepare(BootModule {
+            cmdline: "a.bin".into(),
+            image: image(0x40_0000),
+        })
+        .err()
+        .unwrap();
+        assert!(e.contains("outside RAM"), "{e}");
+        let e = prepare(BootModule {
+            cmdline: "a.bin".into(),
+            image: image(0x1000),
+        })
+        .err()
+        .unwrap();
+        assert!(e.contains("outside RAM"), "{e}");
+        assert!(
+            prepare(BootModule {
+                cmdline: "a.bin mem=3M".into(),
+                image: image(0x10_0000)
+            })
+            .is_err()
+        );
+    }
 }

@@ -1,8 +1,10 @@
 //! Parsing the hypervisor command line and each guest's module command line.
 //!
 //! Hypervisor (the multiboot command line): `log=error|warn|info|debug|trace`,
-//! `max-exits=N` (exits per guest before it is stopped). The first word may be the
-//! kernel's file name and is ignored when it has no `=`.
+//! `max-exits=N` (exits per guest before it is stopped), `cpu-budget=N` (100 Hz timer
+//! ticks a guest may run before it is stopped), `selftest=exception|panic|leak`
+//! (a deliberate host failure for the boot tests). The first word may be the kernel's
+//! file name and is ignored when it has no `=`.
 //!
 //! Guest (one boot module each, e.g. QEMU `-initrd "hello.bin name=hello mem=8M"`):
 //!
@@ -42,6 +44,17 @@ pub enum LogLevel {
     Trace,
 }
 
+/// A deliberate host failure, to prove that the boot tests catch each kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelfTest {
+    /// Take a host exception (#UD) once the host is set up.
+    Exception,
+    /// Panic once the host is set up.
+    Panic,
+    /// Keep one frame past the guests' teardown.
+    Leak,
+}
+
 /// Settings from the hypervisor command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HvSettings {
@@ -49,6 +62,10 @@ pub struct HvSettings {
     pub log: LogLevel,
     /// Exits a guest may take before it is stopped (a guard against runaway guests).
     pub max_exits: u64,
+    /// A deliberate failure (`selftest=exception|panic|leak`), for the boot tests.
+    pub selftest: Option<SelfTest>,
+    /// Timer ticks (100 Hz) a guest may run before it is stopped (`cpu-budget=N`).
+    pub cpu_budget: u64,
 }
 
 impl Default for HvSettings {
@@ -56,6 +73,8 @@ impl Default for HvSettings {
         Self {
             log: LogLevel::Info,
             max_exits: 50_000_000,
+            selftest: None,
+            cpu_budget: 3000,
         }
     }
 }
@@ -155,6 +174,21 @@ pub fn parse_hv_cmdline(cmdline: &str) -> Result<HvSettings, SettingsError> {
                     .ok()
                     .filter(|&n| n > 0)
                     .ok_or_else(|| bad(key, value, "expected a positive number"))?;
+            }
+            "cpu-budget" => {
+                settings.cpu_budget = value
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| bad(key, value, "expected a positive number of ticks"))?;
+            }
+            "selftest" => {
+                settings.selftest = Some(match value {
+                    "exception" => SelfTest::Exception,
+                    "panic" => SelfTest::Panic,
+                    "leak" => SelfTest::Leak,
+                    _ => return Err(bad(key, value, "expected exception|panic|leak")),
+                })
             }
             _ => return Err(SettingsError::UnknownKey(key.to_string())),
         }
@@ -373,6 +407,13 @@ mod tests {
             Err(SettingsError::UnknownKey("bogus".into()))
         );
         assert!(parse_hv_cmdline("max-exits=0").is_err());
+        assert_eq!(
+            parse_hv_cmdline("selftest=leak").unwrap().selftest,
+            Some(SelfTest::Leak)
+        );
+        assert!(parse_hv_cmdline("selftest=boom").is_err());
+        assert_eq!(parse_hv_cmdline("cpu-budget=7").unwrap().cpu_budget, 7);
+        assert!(parse_hv_cmdline("cpu-budget=0").is_err());
     }
 
     #[test]

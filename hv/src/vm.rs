@@ -26,6 +26,8 @@ pub enum Step {
     Continue,
     /// Let other guests run, then resume this one.
     Yield,
+    /// The guest's time slice ended (timer tick): run the others, then resume it.
+    Preempted,
     /// Clone this guest (CLONE hypercall): the loop creates the child and sets RAX in
     /// both.
     Clone,
@@ -48,6 +50,7 @@ pub struct Vm<V: Vcpu, M: GuestMemory> {
     line: String,
     lines: u32,
     exits: u64,
+    ticks: u64,
 }
 
 impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
@@ -62,6 +65,7 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
             line: String::new(),
             lines: 0,
             exits: 0,
+            ticks: 0,
         }
     }
 
@@ -99,9 +103,15 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
         !self.line.is_empty()
     }
 
+    /// Timer ticks this guest has been running for.
+    pub fn ticks(&self) -> u64 {
+        self.ticks
+    }
+
     /// Runs the guest to its next exit and handles it. `print` receives each complete
-    /// line the guest writes to its serial port.
-    pub fn step(&mut self, max_exits: u64, print: &mut dyn FnMut(&str)) -> Step {
+    /// line the guest writes to its serial port. A guest ends after `max_exits` exits
+    /// or `cpu_budget` timer ticks of running.
+    pub fn step(&mut self, max_exits: u64, cpu_budget: u64, print: &mut dyn FnMut(&str)) -> Step {
         if self.exits >= max_exits {
             return Step::Ended(GuestEnd::ExitLimit(self.exits));
         }
@@ -127,6 +137,17 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
                 string,
             } => self.io(port, size, write, string, print),
             VmExit::Hypercall => self.hypercall(),
+            VmExit::Interrupt => {
+                self.ticks += 1;
+                if self.ticks >= cpu_budget {
+                    return Step::Ended(fault(
+                        FaultKind::Timeout,
+                        None,
+                        format!("still running after its CPU budget of {cpu_budget} timer ticks"),
+                    ));
+                }
+                Step::Preempted
+            }
             VmExit::Cpuid => {
                 self.cpuid();
                 Step::Continue
@@ -301,6 +322,7 @@ pub fn rights(bits: u64) -> Option<Access> {
 }
 
 fn status_of(e: MemoryError) -> HypercallStatus {
+    log::debug!("hypercall refused: {}", e.detail);
     match e.kind {
         FaultKind::Quota => HypercallStatus::NoMemory,
         FaultKind::Unmapped => HypercallStatus::NotMapped,
@@ -318,5 +340,324 @@ pub fn end_of(e: MemoryError) -> GuestEnd {
         kind: e.kind,
         gpa: e.gpa,
         detail: e.detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use alloc::vec;
+    use alloc::vec::Vec;
+
+    use super::*;
+    use crate::testing::{FakeMemory, ScriptStep, ScriptedVcpu, s2_fault};
+
+    fn vm(script: Vec<ScriptStep>) -> Vm<ScriptedVcpu, FakeMemory> {
+        let mut memory = FakeMemory::default();
+        memory.areas.push((0x1000, 4 << 20, Access::RWX));
+        memory.areas.push((0x100_0000, 0x101_0000, Access::READ));
+        Vm::new(
+            1,
+            "t".into(),
+            Expectation::Ok,
+            ScriptedVcpu::new(script),
+            memory,
+        )
+    }
+
+    fn out(byte: u8) -> ScriptStep {
+        (
+            vec![(Reg::Rax, 0xAB00 | u64::from(byte))],
+            VmExit::Io {
+                port: 0x3f8,
+                size: 1,
+                write: true,
+                string: false,
+            },
+        )
+    }
+
+    fn call(nr: u64, a0: u64, a1: u64, a2: u64) -> ScriptStep {
+        (
+            vec![
+                (Reg::Rax, nr),
+                (Reg::Rdi, a0),
+                (Reg::Rsi, a1),
+                (Reg::Rdx, a2),
+            ],
+            VmExit::Hypercall,
+        )
+    }
+
+    fn run_all(vm: &mut Vm<ScriptedVcpu, FakeMemory>, lines: &mut Vec<String>) -> Vec<Step> {
+        let mut steps = Vec::new();
+        loop {
+            let s = vm.step(1000, 1000, &mut |l| lines.push(l.into()));
+            let end = matches!(s, Step::Ended(_));
+            steps.push(s);
+            if end {
+                return steps;
+            }
+        }
+    }
+
+    #[test]
+    fn serial_bytes_become_prefixed_lines() {
+        let mut v = vm(vec![
+            out(b'h'),
+            out(b'i'),
+            out(b'\n'),
+            out(b'\x07'),
+            out(b'x'),
+        ]);
+        let mut lines = Vec::new();
+        let steps = run_all(&mut v, &mut lines);
+        assert_eq!(steps.last(), Some(&Step::Ended(GuestEnd::Halted)));
+        assert_eq!(lines, ["hi"]);
+        assert!(v.has_partial_line());
+        v.flush_line(&mut |l| lines.push(l.into()));
+        assert_eq!(lines, ["hi", ".x"]);
+        assert_eq!(v.vcpu.skipped, 5);
+    }
+
+    #[test]
+    fn other_ports_and_string_io_end_the_guest() {
+        for exit in [
+            VmExit::Io {
+                port: 0xf4,
+                size: 4,
+                write: true,
+                string: false,
+            },
+            VmExit::Io {
+                port: 0x3f8,
+                size: 1,
+                write: true,
+                string: true,
+            },
+        ] {
+            let mut v = vm(vec![(vec![], exit)]);
+            let s = v.step(10, 1000, &mut |_| {});
+            assert!(
+                matches!(
+                    s,
+                    Step::Ended(GuestEnd::Fault {
+                        kind: FaultKind::Io,
+                        ..
+                    })
+                ),
+                "{s:?}"
+            );
+            assert_eq!(v.vcpu.skipped, 0);
+        }
+    }
+
+    #[test]
+    fn serial_status_reads_merge_into_rax() {
+        let mut v = vm(vec![(
+            vec![(Reg::Rax, 0x1234_5678)],
+            VmExit::Io {
+                port: 0x3fd,
+                size: 1,
+                write: false,
+                string: false,
+            },
+        )]);
+        assert_eq!(v.step(10, 1000, &mut |_| {}), Step::Continue);
+        assert_eq!(v.vcpu.reg(Reg::Rax), 0x1234_5660);
+    }
+
+    #[test]
+    fn hypercalls_return_results_in_rax() {
+        let mut v = vm(vec![call(hypercall::LEAF_SIZE, 0x2000, 0, 0)]);
+        assert_eq!(v.step(10, 1000, &mut |_| {}), Step::Continue);
+        assert_eq!(v.vcpu.reg(Reg::Rax), 4096);
+
+        let mut v = vm(vec![call(hypercall::LEAF_SIZE, 0x300_0000, 0, 0)]);
+        v.step(10, 1000, &mut |_| {});
+        assert_eq!(v.vcpu.reg(Reg::Rax), 0, "unmapped GPA has no leaf");
+
+        let mut v = vm(vec![call(
+            hypercall::PROTECT,
+            0x10_0000,
+            0x1000,
+            access::READ,
+        )]);
+        v.step(10, 1000, &mut |_| {});
+        assert_eq!(v.vcpu.reg(Reg::Rax), 0);
+        assert_eq!(v.memory.log, ["protect 0x100000+0x1000 Access(READ)"]);
+
+        let mut v = vm(vec![call(hypercall::PROTECT, 0x10_0000, 0x1000, 8)]);
+        v.step(10, 1000, &mut |_| {});
+        assert_eq!(
+            v.vcpu.reg(Reg::Rax) as i64,
+            HypercallStatus::InvalidArgument as i64
+        );
+        assert!(v.memory.log.is_empty());
+
+        let mut v = vm(vec![call(hypercall::PROTECT, 0x10_0001, 0x1000, 1)]);
+        v.step(10, 1000, &mut |_| {});
+        assert_eq!(
+            v.vcpu.reg(Reg::Rax) as i64,
+            HypercallStatus::InvalidArgument as i64
+        );
+
+        let mut v = vm(vec![call(hypercall::UNMAP, 0x10_0000, 0x2000, 0)]);
+        v.step(10, 1000, &mut |_| {});
+        assert_eq!(v.memory.log, ["unmap 0x100000+0x2000"]);
+
+        let mut v = vm(vec![call(hypercall::HOST_READ, 0x5000, 0, 0)]);
+        v.memory.write(0x5000, &0xfeed_u64.to_le_bytes()).unwrap();
+        v.step(10, 1000, &mut |_| {});
+        assert_eq!(v.vcpu.reg(Reg::Rax), 0xfeed);
+
+        let mut v = vm(vec![call(hypercall::HOST_READ, 0x300_0000, 0, 0)]);
+        v.step(10, 1000, &mut |_| {});
+        assert_eq!(
+            v.vcpu.reg(Reg::Rax) as i64,
+            HypercallStatus::NotMapped as i64
+        );
+    }
+
+    #[test]
+    fn control_hypercalls() {
+        let mut v = vm(vec![
+            call(hypercall::YIELD, 0, 0, 0),
+            call(hypercall::CLONE, 0, 0, 0),
+            call(hypercall::EXIT, 5, 0, 0),
+        ]);
+        assert_eq!(v.step(10, 1000, &mut |_| {}), Step::Yield);
+        assert_eq!(v.step(10, 1000, &mut |_| {}), Step::Clone);
+        assert_eq!(
+            v.step(10, 1000, &mut |_| {}),
+            Step::Ended(GuestEnd::Exited(5))
+        );
+        assert_eq!(v.vcpu.skipped, 3);
+        let mut v = vm(vec![call(77, 0, 0, 0)]);
+        assert!(matches!(
+            v.step(10, 1000, &mut |_| {}),
+            Step::Ended(GuestEnd::Fault {
+                kind: FaultKind::Hypercall,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn stage2_faults_are_served_or_end_the_guest() {
+        let mut v = vm(vec![
+            (vec![], s2_fault(0x20_0000, Access::WRITE)),
+            (vec![], s2_fault(0x100_0000, Access::WRITE)),
+        ]);
+        assert_eq!(v.step(10, 1000, &mut |_| {}), Step::Continue);
+        assert_eq!(v.memory.faults, 1);
+        assert_eq!(
+            v.step(10, 1000, &mut |_| {}),
+            Step::Ended(GuestEnd::Fault {
+                kind: FaultKind::Write,
+                gpa: Some(0x100_0000),
+                detail: "denied".into()
+            })
+        );
+        let mut v = vm(vec![(vec![], s2_fault(0x9000_0000, Access::READ))]);
+        assert!(matches!(
+            v.step(10, 1000, &mut |_| {}),
+            Step::Ended(GuestEnd::Fault {
+                kind: FaultKind::Unmapped,
+                gpa: Some(0x9000_0000),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn other_exits() {
+        let mut v = vm(vec![
+            (
+                vec![(Reg::Rcx, 0x10), (Reg::Rax, 9), (Reg::Rdx, 9)],
+                VmExit::Msr { write: false },
+            ),
+            (vec![], VmExit::Msr { write: true }),
+            (vec![(Reg::Rax, 0), (Reg::Rcx, 0)], VmExit::Cpuid),
+            (vec![], VmExit::Shutdown),
+        ]);
+        assert_eq!(v.step(10, 1000, &mut |_| {}), Step::Continue);
+        assert_eq!((v.vcpu.reg(Reg::Rax), v.vcpu.reg(Reg::Rdx)), (0, 0));
+        assert_eq!(v.step(10, 1000, &mut |_| {}), Step::Continue);
+        assert_eq!(v.step(10, 1000, &mut |_| {}), Step::Continue);
+        assert!(
+            v.vcpu.reg(Reg::Rax) >= 1,
+            "CPUID leaf 0 reports the highest leaf"
+        );
+        assert!(matches!(
+            v.step(10, 1000, &mut |_| {}),
+            Step::Ended(GuestEnd::Fault {
+                kind: FaultKind::Shutdown,
+                ..
+            })
+        ));
+        for exit in [
+            VmExit::Forbidden { what: "VMRUN" },
+            VmExit::InvalidState { code: u64::MAX },
+            VmExit::Unknown {
+                code: 0x65,
+                info1: 0,
+                info2: 0,
+            },
+        ] {
+            let mut v = vm(vec![(vec![], exit)]);
+            assert!(matches!(
+                v.step(10, 1000, &mut |_| {}),
+                Step::Ended(GuestEnd::Fault {
+                    kind: FaultKind::Instruction,
+                    ..
+                })
+            ));
+        }
+    }
+
+    #[test]
+    fn timer_ticks_preempt_and_then_end_a_spinning_guest() {
+        let mut v = vm(vec![(vec![], VmExit::Interrupt); 5]);
+        assert_eq!(v.step(10, 3, &mut |_| {}), Step::Preempted);
+        assert_eq!(v.step(10, 3, &mut |_| {}), Step::Preempted);
+        assert!(matches!(
+            v.step(10, 3, &mut |_| {}),
+            Step::Ended(GuestEnd::Fault {
+                kind: FaultKind::Timeout,
+                ..
+            })
+        ));
+        assert_eq!(v.ticks(), 3);
+        assert_eq!(v.vcpu.skipped, 0, "an interrupt exit skips no instruction");
+    }
+
+    #[test]
+    fn runaway_guests_are_stopped() {
+        let mut v = vm(vec![out(b'a'); 10]);
+        for _ in 0..3 {
+            assert_eq!(v.step(3, 1000, &mut |_| {}), Step::Continue);
+        }
+        assert_eq!(
+            v.step(3, 1000, &mut |_| {}),
+            Step::Ended(GuestEnd::ExitLimit(3))
+        );
+    }
+
+    #[test]
+    fn guest_output_is_capped() {
+        let mut v = vm(Vec::new());
+        let mut lines = 0;
+        for _ in 0..MAX_LINES + 10 {
+            v.out_byte(b'\n', &mut |_| lines += 1);
+        }
+        // Every allowed line, then one notice.
+        assert_eq!(lines, MAX_LINES + 1);
+    }
+
+    #[test]
+    fn rights_from_bits() {
+        assert_eq!(rights(access::READ | access::EXECUTE), Some(Access::RX));
+        assert_eq!(rights(0), Some(Access::empty()));
+        assert_eq!(rights(8), None);
     }
 }

@@ -114,5 +114,11 @@ pub fn build_all(paths: &Paths) -> Result<(), String> {
         ImageHeader::parse(&image).map_err(|e| format!("{name}: {e}"))?;
         std::fs::write(&flat, &image).map_err(|e| e.to_string())?;
     }
+    // A deliberately damaged image (one payload byte flipped after sealing) for the
+    // boot test that checks the hypervisor refuses it.
+    let mut corrupt = std::fs::read(paths.guest_image("hello")).map_err(|e| e.to_string())?;
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0x5A;
+    std::fs::write(paths.guest_image("corrupt"), &corrupt).map_err(|e| e.to_string())?;
     Ok(())
 }

@@ -19,8 +19,8 @@ pub enum Emulator {
 }
 
 impl Emulator {
-    /// Parses `qemu|kvm|bochs|bochs-skylake|bochs-sandybridge|all` into the emulators
-    /// to use (`bochs` is both Bochs CPU models).
+    /// Parses `qemu|kvm|bochs|bochs-skylake|bochs-sandybridge|all|auto` into the
+    /// emulators to use (`bochs` is both Bochs CPU models, `auto` KVM where usable).
     pub fn parse_list(s: &str) -> Result<Vec<Emulator>, String> {
         let bochs = BochsModel::ALL.map(Self::Bochs);
         match s {
@@ -30,9 +30,26 @@ impl Emulator {
             "bochs-skylake" => Ok(vec![Self::Bochs(BochsModel::Skylake)]),
             "bochs-sandybridge" => Ok(vec![Self::Bochs(BochsModel::SandyBridge)]),
             "all" => Ok([&[Self::Qemu][..], &bochs, &[Self::Kvm]].concat()),
+            "auto" => Ok(vec![Self::auto()]),
             _ => Err(format!(
-                "unknown emulator `{s}` (qemu|kvm|bochs|bochs-skylake|bochs-sandybridge|all)"
+                "unknown emulator `{s}` \
+                 (qemu|kvm|bochs|bochs-skylake|bochs-sandybridge|all|auto)"
             )),
+        }
+    }
+
+    /// KVM when the host really offers VMX or SVM to a guest hypervisor (the
+    /// hypervisor drives both), QEMU's TCG otherwise.
+    pub fn auto() -> Self {
+        match crate::kvm::usable(&crate::kvm::HostFacts::read()) {
+            Ok(what) => {
+                eprintln!("xtask: using KVM ({what})");
+                Self::Kvm
+            }
+            Err(reason) => {
+                eprintln!("xtask: not using KVM ({reason}): using QEMU's TCG");
+                Self::Qemu
+            }
         }
     }
 

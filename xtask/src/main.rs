@@ -5,7 +5,7 @@
 //! cargo xtask run [GUEST [ARGS]]...      boot guests (default: QEMU, the demo set)
 //! cargo xtask boot-test [TEST]...        every boot test (or the named ones)
 //! cargo xtask test                       host tests, then boot tests
-//! options: --emulator qemu|kvm|bochs|bochs-skylake|bochs-sandybridge|all
+//! options: --emulator qemu|kvm|bochs|bochs-skylake|bochs-sandybridge|all|auto
 //!          --log LEVEL   --timeout SECS   --gdb (run, QEMU: wait for gdb on :1234)
 //! ```
 //! `boot-test` and `test` use every emulator unless told otherwise: QEMU (SVM with
@@ -116,7 +116,7 @@ fn main() -> ExitCode {
 
 fn usage() -> &'static str {
     "usage: cargo xtask <build|run|boot-test|test> \
-     [--emulator qemu|kvm|bochs|bochs-skylake|bochs-sandybridge|all] \
+     [--emulator qemu|kvm|bochs|bochs-skylake|bochs-sandybridge|all|auto] \
      [--log LEVEL] [--timeout SECS] [--gdb] [GUESTS or TESTS...]"
 }
 

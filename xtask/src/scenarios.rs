@@ -6,7 +6,7 @@ use guest_images::abi::RunStatus;
 /// extra words on the command line are appended and win).
 pub const GUEST_DEFAULTS: &[(&str, &str)] = &[
     ("hello", ""),
-    ("ondemand", "mem=64M"),
+    ("ondemand", "mem=64M area=0x8001000+8M:rw"),
     ("huge", "area=0x4000000+4M:rw"),
     ("readonly", "ro=0x1000000+64K expect=fault:write@0x1000000"),
     ("noexec", "nx=0x1000000+64K expect=fault:exec@0x1000000"),
@@ -25,6 +25,10 @@ pub const GUEST_DEFAULTS: &[(&str, &str)] = &[
     ("badcall", "expect=fault:hypercall"),
     ("portio", "expect=fault:io"),
     ("triple", "expect=fault:shutdown"),
+    ("hostile", "area=0x1000000+64K:rw"),
+    ("registers", ""),
+    ("populated", "populate area=0x4000000+4M:rwp"),
+    ("spin", "expect=fault:timeout"),
 ];
 
 /// The default settings of guest `name` ("" for an unknown guest).
@@ -89,6 +93,24 @@ pub const BOOT_TESTS: &[BootTest] = &[
     single!("badcall"),
     single!("portio"),
     single!("triple"),
+    single!("hostile"),
+    single!("populated"),
+    // A guest that never exits is preempted by the timer (the others finish first) and
+    // stopped after its CPU budget (0.5 s here).
+    BootTest {
+        name: "spin",
+        cmdline: "log=info cpu-budget=50",
+        guests: &["spin", "hello", "ondemand", "clone"],
+        status: RunStatus::AllPassed,
+        marker: "HV: ALL 5 GUESTS PASSED",
+    },
+    BootTest {
+        name: "registers",
+        cmdline: "log=info",
+        guests: &["registers"],
+        status: RunStatus::AllPassed,
+        marker: "HV: ALL 2 GUESTS PASSED",
+    },
     // Every scenario in one boot: each guest has its own address space and ASID, the
     // misbehaving ones end alone and the others go on.
     BootTest {
@@ -121,11 +143,69 @@ pub const BOOT_TESTS: &[BootTest] = &[
         status: RunStatus::GuestFailed,
         marker: "HV: 1 GUEST(S) FAILED",
     },
+    // More guests than SVM offers ASIDs (15 under QEMU): they are admitted as others end.
+    BootTest {
+        name: "more-guests-than-asids",
+        cmdline: "log=info",
+        guests: &[
+            "hello name=g01",
+            "hello name=g02",
+            "hello name=g03",
+            "hello name=g04",
+            "hello name=g05",
+            "hello name=g06",
+            "hello name=g07",
+            "hello name=g08",
+            "hello name=g09",
+            "hello name=g10",
+            "hello name=g11",
+            "hello name=g12",
+            "hello name=g13",
+            "hello name=g14",
+            "hello name=g15",
+            "hello name=g16",
+            "hello name=g17",
+            "hello name=g18",
+            "hello name=g19",
+            "clone name=g20",
+        ],
+        status: RunStatus::AllPassed,
+        marker: "HV: ALL 21 GUESTS PASSED",
+    },
+    // The host's own failures end the run with their own status.
+    BootTest {
+        name: "host-exception",
+        cmdline: "log=info selftest=exception",
+        guests: &["hello"],
+        status: RunStatus::HostFault,
+        marker: "HV: HOST FAULT (exception 6), status 37",
+    },
+    BootTest {
+        name: "host-panic",
+        cmdline: "log=info selftest=panic",
+        guests: &["hello"],
+        status: RunStatus::HostFault,
+        marker: "HV: HOST FAULT (panic), status 37",
+    },
+    BootTest {
+        name: "leak-check",
+        cmdline: "log=info selftest=leak",
+        guests: &["hello"],
+        status: RunStatus::Leak,
+        marker: "HV: FRAME LEAK (1 frames)",
+    },
     // A malformed configuration is refused before any guest runs.
     BootTest {
         name: "refuses-bad-settings",
         cmdline: "log=info",
         guests: &["hello mem=3M"],
+        status: RunStatus::BadConfig,
+        marker: "HV: CONFIGURATION REFUSED",
+    },
+    BootTest {
+        name: "refuses-bad-image",
+        cmdline: "log=info",
+        guests: &["hello", "corrupt"],
         status: RunStatus::BadConfig,
         marker: "HV: CONFIGURATION REFUSED",
     },

@@ -1,7 +1,9 @@
 //! `page_table_multiarch` 0.6 over the arena. Its `PagingHandler` is a set of static
-//! functions, so the arena in use is installed in a thread-local for the duration of a run.
+//! functions, so the arena in use (and its constant physical-to-virtual offset) is installed
+//! in a thread-local for the duration of a run.
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arceos_memory_addr::{PhysAddr, VirtAddr};
 use page_table_multiarch::PagingHandler;
@@ -13,9 +15,15 @@ thread_local! {
     static ARENA: RefCell<Option<Arena>> = const { RefCell::new(None) };
 }
 
+/// The installed arena's physical-to-virtual offset: a plain global, like the constant
+/// offset `phys_to_virt` adds in ArceOS, so the anchor pays no thread-local lookup per
+/// table step.
+static OFFSET: AtomicUsize = AtomicUsize::new(0);
+
 /// Makes `arena` the one every [`PtmTable`] of this thread allocates from.
 pub fn install(arena: &Arena) {
     ARENA.with_borrow_mut(|a| *a = Some(arena.clone()));
+    OFFSET.store(arena.virt_offset(), Ordering::Relaxed);
 }
 
 fn with<R>(f: impl FnOnce(&Arena) -> R) -> R {
@@ -25,7 +33,7 @@ fn with<R>(f: impl FnOnce(&Arena) -> R) -> R {
     })
 }
 
-/// The `PagingHandler` over the installed arena (physical = host virtual address).
+/// The `PagingHandler` over the installed arena.
 pub struct Handler;
 
 impl PagingHandler for Handler {
@@ -47,7 +55,11 @@ impl PagingHandler for Handler {
     }
 
     fn phys_to_virt(paddr: PhysAddr) -> VirtAddr {
-        VirtAddr::from(paddr.as_usize())
+        VirtAddr::from(
+            paddr
+                .as_usize()
+                .wrapping_add(OFFSET.load(Ordering::Relaxed)),
+        )
     }
 }
 

@@ -1,5 +1,5 @@
-//! The `x86_64` crate 0.15: `OffsetPageTable` over the arena with a physical-memory offset
-//! of 0 (the arena's "physical" addresses are host virtual addresses).
+//! The `x86_64` crate 0.15: `OffsetPageTable` over the arena, with the arena's constant
+//! physical-to-virtual offset.
 
 use x86_64::structures::paging::{
     FrameAllocator, FrameDeallocator, OffsetPageTable, PageTable, PhysFrame, Size4KiB,
@@ -30,6 +30,7 @@ impl FrameDeallocator<Size4KiB> for X86Frames {
 pub struct X86Table {
     arena: Arena,
     l4: usize,
+    offset: usize,
 }
 
 impl X86Table {
@@ -40,6 +41,7 @@ impl X86Table {
         X86Table {
             arena: arena.clone(),
             l4,
+            offset: arena.virt_offset(),
         }
     }
 
@@ -48,11 +50,10 @@ impl X86Table {
         // SAFETY: `l4` is a 4 KiB frame of the arena owned by this table, so nothing else
         // aliases it while `&mut self` is held; it was zeroed in `new` or written only by
         // the mapper since, and an all-zero or mapper-written `PageTable` is valid.
-        let l4 = unsafe { &mut *(self.l4 as *mut PageTable) };
+        let l4 = unsafe { &mut *(self.l4.wrapping_add(self.offset) as *mut PageTable) };
         // SAFETY: every frame the mapper reaches through `l4` came from the same arena,
-        // whose "physical" address is its host address: a physical-memory offset of 0 maps
-        // all of them.
-        let mut mapper = unsafe { OffsetPageTable::new(l4, VirtAddr::new(0)) };
+        // which maps all its physical addresses at `physical + offset`.
+        let mut mapper = unsafe { OffsetPageTable::new(l4, VirtAddr::new(self.offset as u64)) };
         f(&mut mapper)
     }
 }

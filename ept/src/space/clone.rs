@@ -4,7 +4,7 @@ use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
 use core::mem::ManuallyDrop;
 
-use memory_set::{AddrRange, GuestPhysAddr, HostPhysAddr, MemoryArea, MemorySet, PAGE_SIZE_4K};
+use memory_set::{AddrRange, GuestPhysAddr, HostPhysAddr, MemorySet, PAGE_SIZE_4K};
 
 use super::backend::{AreaFlags, Backend, BackendKind};
 use super::error::{OomReason, SpaceError};
@@ -130,16 +130,21 @@ where
         child.replay = true;
         let mut shared_chunks = BTreeSet::new();
         let mut shared_frames = 0usize;
-        for &(range, flags, kind) in areas {
-            let area = MemoryArea::new(
-                range.start(),
-                range.size(),
-                AreaFlags { owner: 0, ..flags },
-                Backend::new(kind),
-            )
-            .map_err(|e| set_err(e, range.start(), range.size()))?;
-            set.map(area, child, false)
+        // The areas: a copy of the bookkeeping; owned areas become plain RAM (a
+        // relabel of whole areas, which the replaying child state ignores).
+        *set = self.set.clone();
+        for &(range, flags, _) in areas {
+            if flags.owner != 0 {
+                set.protect(
+                    range.start(),
+                    range.size(),
+                    |f| Some(AreaFlags { owner: 0, ..f }),
+                    child,
+                )
                 .map_err(|e| set_err(e, range.start(), range.size()))?;
+            }
+        }
+        for &(range, flags, kind) in areas {
             for leaf in self.st.table.leaves_in(range) {
                 match kind {
                     BackendKind::Linear { .. } => {

@@ -42,7 +42,7 @@ pub(crate) struct State<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invali
     pub(crate) quota: usize,
     pub(crate) caps: Stage2Caps,
     pub(crate) counters: Counters,
-    /// Set while rebuilding areas for a clone: backend calls do nothing.
+    /// Set while a clone's areas are relabelled: backend calls do nothing.
     pub(crate) replay: bool,
     /// The last owned-region id handed out.
     pub(crate) last_owner: u64,

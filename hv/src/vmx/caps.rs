@@ -8,7 +8,7 @@ use core::fmt;
 
 use ept::caps::Stage2Caps;
 
-use super::fields::{entry_ctl, exit_ctl, proc, proc2};
+use super::fields::{entry_ctl, exit_ctl, pin, proc, proc2};
 
 /// VMX capability MSR numbers (SDM vol. 4, table 2-2; vol. 3D, appendix A).
 pub mod msr {
@@ -243,10 +243,12 @@ impl VmxCaps {
         if size > 4096 {
             return Err(VmxError::RegionTooLarge { size });
         }
+        // Timer interrupts end the guest's time slice (SDM vol. 3C 26.2); they stay
+        // pending for the host, which takes them right after the exit.
         let pin = adjust(
             "pin-based",
             Wanted {
-                required: 0,
+                required: pin::EXTERNAL_INTERRUPT_EXITING,
                 optional: 0,
             },
             m.pin,
@@ -401,6 +403,9 @@ pub(crate) mod tests {
         assert!(c.stage2.leaf_1g && c.stage2.accessed_dirty);
         assert_eq!(c.stage2.host_phys_bits, 40);
         assert_ne!(c.proc & proc::HLT_EXITING, 0);
+        assert_ne!(c.pin & pin::EXTERNAL_INTERRUPT_EXITING, 0);
+        // Interrupts are not acknowledged on exit: the host's IDT handler takes them.
+        assert_eq!(c.exit & exit_ctl::ACK_INTERRUPT_ON_EXIT, 0);
         assert_ne!(c.proc & proc::UNCONDITIONAL_IO_EXITING, 0);
         assert_eq!(c.proc & proc::USE_MSR_BITMAPS, 0);
         // The TRUE controls let CR3 loads and stores run without exits.

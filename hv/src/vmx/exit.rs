@@ -108,6 +108,7 @@ pub fn decode(exit_reason: u32, qualification: u64, gpa: u64) -> VmExit {
             string: qualification & (io_qual::STRING | io_qual::REP) != 0,
         },
         reason::VMCALL => VmExit::Hypercall,
+        reason::EXTERNAL_INTERRUPT => VmExit::Interrupt,
         reason::CPUID => VmExit::Cpuid,
         reason::RDMSR => VmExit::Msr { write: false },
         reason::WRMSR => VmExit::Msr { write: true },
@@ -226,10 +227,11 @@ mod tests {
             decode(ENTRY_FAILURE | 33, 0, 0),
             VmExit::InvalidState { code: 0x8000_0021 }
         );
+        assert_eq!(decode(1, 0, 0), VmExit::Interrupt);
         assert_eq!(
-            decode(1, 5, 6),
+            decode(3, 5, 6),
             VmExit::Unknown {
-                code: 1,
+                code: 3,
                 info1: 5,
                 info2: 6
             }

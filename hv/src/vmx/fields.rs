@@ -218,6 +218,12 @@ pub mod natural {
     pub const HOST_RIP: u32 = 0x6C16;
 }
 
+/// Pin-based VM-execution controls (SDM vol. 3C 25.6.1, table 25-5).
+pub mod pin {
+    /// Bit 0: external interrupts cause VM exits.
+    pub const EXTERNAL_INTERRUPT_EXITING: u32 = 1 << 0;
+}
+
 /// Primary processor-based VM-execution controls (SDM vol. 3C 25.6.2, table 25-6).
 pub mod proc {
     /// Bit 7: HLT exits.
@@ -252,6 +258,9 @@ pub mod proc2 {
 pub mod exit_ctl {
     /// Bit 9: host address-space size (return to 64-bit mode).
     pub const HOST_ADDRESS_SPACE_SIZE: u32 = 1 << 9;
+    /// Bit 15: acknowledge the interrupt controller on an external-interrupt exit
+    /// (left clear: the host's IDT handler takes the interrupt).
+    pub const ACK_INTERRUPT_ON_EXIT: u32 = 1 << 15;
     /// Bit 20: save guest IA32_EFER.
     pub const SAVE_EFER: u32 = 1 << 20;
     /// Bit 21: load host IA32_EFER.

@@ -163,6 +163,12 @@ core::arch::global_asm!(
     "mov [rdi + {gprs} + 7*8], rax",
     "fxsave [rdi + {guest_fx}]",
     "fxrstor [rdi + {host_fx}]",
+    // A VM exit clears RFLAGS.IF. A timer interrupt that ended the guest's slice (an
+    // external-interrupt exit, not acknowledged) is still pending: open a window of
+    // one instruction (STI's shadow covers the NOP) for the host's handler.
+    "sti",
+    "nop",
+    "cli",
     "add rsp, 8",
     "xor eax, eax",
     "pop r15", "pop r14", "pop r13", "pop r12", "pop rbx", "pop rbp",
@@ -405,6 +411,8 @@ pub struct VmxHost {
     msrs: VmxMsrs,
     _vmxon: Box<Page>,
     vpid_used: Vec<bool>,
+    /// vCPUs alive.
+    live: usize,
 }
 
 impl VmxHost {
@@ -446,6 +454,7 @@ impl VmxHost {
             msrs,
             _vmxon: vmxon,
             vpid_used,
+            live: 0,
         })
     }
 
@@ -459,16 +468,29 @@ impl VmxHost {
         &self.msrs
     }
 
+    /// vCPUs that can still be created: free VPIDs (without VPIDs, the same number
+    /// of slots bounds the live vCPUs).
+    pub fn free_vpids(&self) -> usize {
+        MAX_VPIDS - 1 - self.live
+    }
+
     fn alloc_vpid(&mut self) -> Option<u16> {
-        if !self.caps.vpid {
-            return Some(0);
+        if self.live >= MAX_VPIDS - 1 {
+            return None;
         }
-        let vpid = self.vpid_used.iter().position(|u| !*u)?;
-        self.vpid_used[vpid] = true;
-        Some(vpid as u16)
+        let vpid = if self.caps.vpid {
+            let vpid = self.vpid_used.iter().position(|u| !*u)?;
+            self.vpid_used[vpid] = true;
+            vpid as u16
+        } else {
+            0
+        };
+        self.live += 1;
+        Some(vpid)
     }
 
     fn free_vpid(&mut self, vpid: u16) {
+        self.live = self.live.saturating_sub(1);
         if vpid != 0
             && let Some(used) = self.vpid_used.get_mut(usize::from(vpid))
         {
@@ -934,6 +956,10 @@ impl VcpuHost for VmxHost {
 
     fn destroy(&mut self, vcpu: VmxVcpu) {
         self.destroy_vcpu(vcpu);
+    }
+
+    fn free_slots(&self) -> usize {
+        self.free_vpids()
     }
 }
 
