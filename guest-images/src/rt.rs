@@ -85,18 +85,22 @@ macro_rules! check {
 /// CPUID leaf 0 EBX of an Intel CPU: "Genu" of "GenuineIntel" (SDM vol. 2A, CPUID).
 const CPUID_VENDOR_INTEL_EBX: u32 = 0x756E_6547;
 
+/// The CPU vendor, once asked: 0 unknown, 1 AMD, [`VENDOR_INTEL`] Intel.
+static VENDOR: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+/// [`VENDOR`] on Intel (also compared against in assembly).
+const VENDOR_INTEL: u8 = 2;
+
 /// Whether the hypervisor runs on Intel VMX, where the hypercall instruction is
 /// VMCALL (AMD SVM: VMMCALL; each raises #UD on the other vendor). Asked once.
 fn on_intel() -> bool {
-    use core::sync::atomic::{AtomicU8, Ordering};
-    static VENDOR: AtomicU8 = AtomicU8::new(0); // 0 unknown, 1 AMD, 2 Intel
+    use core::sync::atomic::Ordering;
     match VENDOR.load(Ordering::Relaxed) {
         0 => {
             let intel = core::arch::x86_64::__cpuid(0).ebx == CPUID_VENDOR_INTEL_EBX;
-            VENDOR.store(if intel { 2 } else { 1 }, Ordering::Relaxed);
+            VENDOR.store(if intel { VENDOR_INTEL } else { 1 }, Ordering::Relaxed);
             intel
         }
-        v => v == 2,
+        v => v == VENDOR_INTEL,
     }
 }
 
@@ -126,9 +130,10 @@ pub fn hypercall(number: u64, a0: u64, a1: u64, a2: u64) -> i64 {
 /// afterwards: 0 when the hypervisor saves and restores the whole register state.
 pub fn yield_keeps_registers(seed: u64) -> u64 {
     let errors: u64;
+    on_intel();
     // SAFETY: the block saves and restores RBX and RBP itself, declares every other
-    // register it changes as clobbered, and leaves RSP as it found it; `vmmcall` with
-    // RAX = YIELD only lets other guests run.
+    // register it changes as clobbered, and leaves RSP as it found it; the hypercall
+    // with RAX = YIELD only lets other guests run.
     unsafe {
         core::arch::asm!(
             "push rbx",
@@ -166,7 +171,14 @@ pub fn yield_keeps_registers(seed: u64) -> u64 {
             "movq xmm14, r8", "punpcklqdq xmm14, xmm14",
             "movq xmm15, r9", "punpcklqdq xmm15, xmm15",
             "mov eax, {yield_nr}",
+            // VMCALL on Intel, VMMCALL on AMD (`on_intel` has set VENDOR).
+            "cmp byte ptr [rip + {vendor}], {intel}",
+            "je 3f",
             "vmmcall",
+            "jmp 4f",
+            "3:",
+            "vmcall",
+            "4:",
             "mov rax, [rsp + 8]", "xor rax, 0x3", "cmp rbx, rax", "je 2f", "inc qword ptr [rsp]", "2:",
             "mov rax, [rsp + 8]", "xor rax, 0x5", "cmp rbp, rax", "je 2f", "inc qword ptr [rsp]", "2:",
             "mov rax, [rsp + 8]", "xor rax, 0x1", "cmp rcx, rax", "je 2f", "inc qword ptr [rsp]", "2:",
@@ -202,6 +214,8 @@ pub fn yield_keeps_registers(seed: u64) -> u64 {
             "pop rbp",
             "pop rbx",
             yield_nr = const nr::YIELD,
+            vendor = sym VENDOR,
+            intel = const VENDOR_INTEL,
             inout("rax") seed => errors,
             out("rcx") _, out("rdx") _, out("rsi") _, out("rdi") _,
             out("r8") _, out("r9") _, out("r10") _, out("r11") _,

@@ -118,6 +118,31 @@ pub fn bochsrc(model: BochsModel, iso: &Path, serial: &Path, log: &Path) -> Stri
     )
 }
 
+/// The factor by which CPU budgets grow under Bochs, whose timer runs on instructions:
+/// Bochs' clock is emulated time at `ips=10000000`, so a 100 Hz tick comes every
+/// 100 000 instructions, some hundred times sooner than on hardware or under QEMU
+/// (whose timer is real time). An explicit `cpu-budget=N` on the hypervisor command
+/// line is multiplied by this factor under Bochs, so that well-behaved guests get
+/// about as much work done within their budget as elsewhere.
+pub const CPU_BUDGET_SCALE: u64 = 10;
+
+/// The hypervisor command line for Bochs: `cpu-budget=N` scaled by
+/// [`CPU_BUDGET_SCALE`] (saturating; a malformed value is left for the hypervisor to
+/// refuse).
+pub fn scale_cmdline(cmdline: &str) -> String {
+    cmdline
+        .split_whitespace()
+        .map(|word| match word.strip_prefix("cpu-budget=") {
+            Some(n) => match n.parse::<u64>() {
+                Ok(n) => format!("cpu-budget={}", n.saturating_mul(CPU_BUDGET_SCALE)),
+                Err(_) => word.to_string(),
+            },
+            None => word.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The status of the `HV: EXIT STATUS <n>` line, if the log has one.
 pub fn exit_status(serial_log: &str) -> Option<i32> {
     serial_log
@@ -157,7 +182,11 @@ pub fn run(
     let dir = run_dir(paths, model, &serial);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let iso = crate::iso::make_iso(paths, boot, &dir)?;
+    let boot = Boot {
+        cmdline: scale_cmdline(&boot.cmdline),
+        modules: boot.modules.clone(),
+    };
+    let iso = crate::iso::make_iso(paths, &boot, &dir)?;
     let serial_log = match serial {
         Serial::File(p) => p.to_path_buf(),
         Serial::Stdio => dir.join("serial.log"),
@@ -239,6 +268,20 @@ mod tests {
         assert_eq!(
             exit_status("HV: EXIT STATUS 33\nHV: EXIT STATUS 37\n"),
             Some(37)
+        );
+    }
+
+    #[test]
+    fn cpu_budget_is_scaled_for_emulated_time() {
+        assert_eq!(
+            scale_cmdline("log=info cpu-budget=50"),
+            format!("log=info cpu-budget={}", 50 * CPU_BUDGET_SCALE)
+        );
+        assert_eq!(scale_cmdline("log=info"), "log=info");
+        assert_eq!(scale_cmdline("cpu-budget=x"), "cpu-budget=x");
+        assert_eq!(
+            scale_cmdline(&format!("cpu-budget={}", u64::MAX)),
+            format!("cpu-budget={}", u64::MAX)
         );
     }
 

@@ -235,10 +235,14 @@ fn boot_test(
     let want = test.status.qemu_exit_status();
     let status_ok = end == RunEnd::Exited(want);
     let marker_ok = output.lines().any(|l| l.trim_end() == test.marker);
-    // A refused configuration ends before a back-end is chosen.
-    let backend = emulator
-        .backend_line()
-        .filter(|_| test.status != RunStatus::BadConfig);
+    // A refused configuration or a host fault self-test ends before a back-end is
+    // chosen.
+    let backend = emulator.backend_line().filter(|_| {
+        matches!(
+            test.status,
+            RunStatus::AllPassed | RunStatus::GuestFailed | RunStatus::Leak
+        )
+    });
     let backend_ok = backend.is_none_or(|b| output.lines().any(|l| l.starts_with(b)));
     let label = format!("[{}] {}", emulator.name(), test.name);
     if status_ok && marker_ok && backend_ok {

@@ -51,8 +51,14 @@ const GUEST_CR0: u64 = (1 << 0) | (1 << 1) | (1 << 4) | (1 << 5) | (1 << 16) | (
 const GUEST_CR4: u64 = (1 << 5) | (1 << 9) | (1 << 10);
 /// DR7 at reset (SDM vol. 3B 18.2.4).
 const DR7_RESET: u64 = 0x400;
-/// RFLAGS with only the always-one bit 1 (SDM vol. 1 3.4.3).
-const RFLAGS_RESET: u64 = 0x2;
+/// Guest RFLAGS at start: the always-one bit 1 and IF (bit 9) (SDM vol. 1 3.4.3).
+///
+/// With external-interrupt exiting, IF does not mask external interrupts in the guest
+/// (SDM vol. 3C 26.3): every one exits to the host, so no interrupt ever reaches a
+/// guest whatever its IF. IF = 1 is needed by Bochs 2.7, which computes interrupt
+/// masking while loading the guest's RFLAGS before it counts as in VMX non-root
+/// operation, and so would keep the timer masked in a guest entered with IF = 0.
+const RFLAGS_RESET: u64 = 0x202;
 /// Most VPIDs handed out at once (VPID 0 is the host's).
 const MAX_VPIDS: usize = 256;
 
