@@ -233,7 +233,7 @@ pub struct VmxCaps {
 impl VmxCaps {
     /// Decodes the capability MSRs and chooses the controls: EPT, HLT, every I/O port
     /// and MSR, and (when offered) VPID, unrestricted guest and EFER switching.
-    /// `host_phys_bits` is CPUID.80000008H:EAX[7:0].
+    /// `host_phys_bits` is CPUID.80000008H:EAX bits 7:0.
     pub fn from_msrs(m: &VmxMsrs, host_phys_bits: u8) -> Result<Self, VmxError> {
         let fc = m.feature_control;
         if fc & FEATURE_CONTROL_LOCK != 0 && fc & FEATURE_CONTROL_VMX_OUTSIDE_SMX == 0 {

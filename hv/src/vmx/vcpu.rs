@@ -233,7 +233,7 @@ fn read_msrs() -> VmxMsrs {
     }
 }
 
-/// CPUID.80000008H:EAX[7:0], the physical-address width (36 if the leaf is missing).
+/// CPUID.80000008H:EAX bits 7:0, the physical-address width (36 if the leaf is missing).
 fn host_phys_bits() -> u8 {
     if core::arch::x86_64::__cpuid(0x8000_0000).eax >= 0x8000_0008 {
         core::arch::x86_64::__cpuid(0x8000_0008).eax as u8
@@ -308,12 +308,10 @@ fn host_segments() -> HostSegments {
     };
     let gdt_base = base(&gdtr);
     let index = u64::from(tr & !7);
+    let descriptor = (gdt_base + index) as *const [u64; 2];
     // SAFETY: the GDT is identity-mapped kernel memory and TR indexes its 16-byte TSS
     // descriptor (loaded by the kernel's GDT set-up).
-    let (low, high) = unsafe {
-        let p = (gdt_base + index) as *const u64;
-        (p.read_unaligned(), p.add(1).read_unaligned())
-    };
+    let [low, high] = unsafe { descriptor.read_unaligned() };
     HostSegments {
         cs,
         ss,
@@ -326,6 +324,14 @@ fn host_segments() -> HostSegments {
         idt_base: base(&idtr),
         tr_base: system_descriptor_base(low, high),
     }
+}
+
+/// VMREAD from the current VMCS. Only used by this module once VMXON succeeded and a
+/// vCPU's VMCS was made current (a VMREAD without a current VMCS fails and gives 0).
+fn read_current(field: u32) -> u64 {
+    // SAFETY: VMX is on (a `VmxVcpu` exists only after `VmxHost::enable`), and VMREAD
+    // only reads the current VMCS.
+    unsafe { instr::vmread(field) }
 }
 
 /// Collects VMWRITEs and remembers the first failure.
@@ -880,27 +886,19 @@ impl Vcpu for VmxVcpu {
                 code: VMFAIL | u64::from(error),
             };
         }
-        // SAFETY: after a VM exit this vCPU's VMCS is current; these fields exist.
-        let (exit_reason, qualification, len) = unsafe {
-            (
-                instr::vmread(field32::EXIT_REASON) as u32,
-                instr::vmread(natural::EXIT_QUALIFICATION),
-                instr::vmread(field32::EXIT_INSTRUCTION_LEN),
-            )
-        };
+        // After a VM exit this vCPU's VMCS is current.
+        let exit_reason = read_current(field32::EXIT_REASON) as u32;
+        let qualification = read_current(natural::EXIT_QUALIFICATION);
+        let len = read_current(field32::EXIT_INSTRUCTION_LEN);
         let basic = exit_reason as u16;
         let gpa = if matches!(basic, reason::EPT_VIOLATION | reason::EPT_MISCONFIG) {
-            // SAFETY: as above.
-            unsafe { instr::vmread(field64::GUEST_PHYSICAL_ADDRESS) }
+            read_current(field64::GUEST_PHYSICAL_ADDRESS)
         } else {
             0
         };
-        // SAFETY: as above.
-        unsafe {
-            self.rip = instr::vmread(natural::GUEST_RIP);
-            self.rsp = instr::vmread(natural::GUEST_RSP);
-            self.rflags = instr::vmread(natural::GUEST_RFLAGS);
-        }
+        self.rip = read_current(natural::GUEST_RIP);
+        self.rsp = read_current(natural::GUEST_RSP);
+        self.rflags = read_current(natural::GUEST_RFLAGS);
         self.last_exit = (exit_reason, qualification, gpa);
         if exit_reason & exit::ENTRY_FAILURE == 0 && exit::has_instruction_length(basic) {
             self.next_len = Some(len);
