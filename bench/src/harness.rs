@@ -17,11 +17,15 @@ pub enum Who {
     Floor,
 }
 
-/// Median, minimum and maximum of one contender's samples, in ns per unit.
+/// Median, quartiles, minimum and maximum of one contender's samples, in ns per unit.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Stat {
     /// Median over the rounds.
     pub median: f64,
+    /// First quartile (nearest rank).
+    pub q1: f64,
+    /// Third quartile (nearest rank).
+    pub q3: f64,
     /// Fastest round.
     pub min: f64,
     /// Slowest round.
@@ -42,18 +46,23 @@ impl Stat {
         } else {
             (s[n / 2 - 1] + s[n / 2]) / 2.0
         };
+        let rank = |q: f64| s[((q * n as f64).ceil() as usize).clamp(1, n) - 1];
         Stat {
             median,
+            q1: rank(0.25),
+            q3: rank(0.75),
             min: s[0],
             max: s[n - 1],
             rounds: n,
         }
     }
 
-    /// Spread of the rounds, `(max - min) / median`, in percent.
+    /// Spread of the rounds: the interquartile range over the median, in percent (robust
+    /// against the odd round in which another process took the CPU; `min`/`max` keep
+    /// the extremes).
     pub fn spread_pct(&self) -> f64 {
         if self.median > 0.0 {
-            (self.max - self.min) / self.median * 100.0
+            (self.q3 - self.q1) / self.median * 100.0
         } else {
             0.0
         }
@@ -144,8 +153,17 @@ mod tests {
     fn median_min_max_and_spread() {
         let s = Stat::of(&[5.0, 1.0, 3.0]);
         assert_eq!((s.median, s.min, s.max, s.rounds), (3.0, 1.0, 5.0, 3));
+        assert_eq!((s.q1, s.q3), (1.0, 5.0));
         assert!((s.spread_pct() - 400.0 / 3.0).abs() < 1e-9);
         assert_eq!(Stat::of(&[4.0, 2.0]).median, 3.0);
+        let outlier = Stat::of(&[10.0, 10.0, 11.0, 10.0, 9.0, 10.0, 1000.0, 10.0]);
+        assert_eq!((outlier.q1, outlier.median, outlier.q3), (10.0, 10.0, 10.0));
+        assert_eq!(
+            outlier.spread_pct(),
+            0.0,
+            "one slow round does not blow the spread"
+        );
+        assert_eq!(outlier.max, 1000.0);
     }
 
     #[test]

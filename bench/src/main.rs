@@ -3,7 +3,7 @@
 //!
 //! Every workload runs all contenders (ours, the anchors, the floor) interleaved inside
 //! each round; one warm-up round is dropped; the table gives the median over the rounds,
-//! the spread (max - min over median) and the ratios; then one `BENCH` line per
+//! the spread (interquartile range over median) and the ratios; then one `BENCH` line per
 //! measurement. Arguments: `--quick` (fewer rounds, well under a minute), `--rounds N`,
 //! `--only ours|floor|<anchor name>` (run one contender, for profiling) and workload names (`W1` .. `W5`) to run only those.
 
@@ -112,7 +112,7 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "bench: {} rounds (+1 warm-up dropped), ns per unit, median ±spread; {:.1} s",
+        "bench: {} rounds (+1 warm-up dropped), ns per unit, median ±IQR/median; {:.1} s",
         opts.rounds,
         started.elapsed().as_secs_f64()
     );
