@@ -1,4 +1,5 @@
 //! Scenario `badcall`: issues an unknown hypercall (`expect=fault:hypercall`).
+#![forbid(unsafe_code)]
 #![no_std]
 #![no_main]
 

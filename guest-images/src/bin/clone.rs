@@ -1,6 +1,7 @@
 //! Scenario `clone`: writes a value, asks the hypervisor to clone the guest
 //! copy-on-write, then parent and child each write their own value to the same
 //! address, yield to each other, and check that each still sees only its own.
+#![forbid(unsafe_code)]
 #![no_std]
 #![no_main]
 

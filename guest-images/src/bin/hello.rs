@@ -1,4 +1,5 @@
 //! Scenario `hello`: prints a greeting over the serial port and exits with 0.
+#![forbid(unsafe_code)]
 #![no_std]
 #![no_main]
 

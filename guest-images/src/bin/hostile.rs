@@ -1,6 +1,7 @@
 //! Scenario `hostile`: feeds the hypervisor malformed hypercall arguments (overflowing,
 //! unaligned, empty, beyond the address space, unknown rights) and checks that each is
 //! refused with an error while the guest keeps running; the hypervisor must not crash.
+#![forbid(unsafe_code)]
 #![no_std]
 #![no_main]
 

@@ -1,5 +1,6 @@
 //! Scenario `huge`: touches a 2 MiB-aligned, 4 MiB area (settings `area=...:rw`) and
 //! asks the hypervisor which leaf size maps it: both halves must be 2 MiB leaves.
+#![forbid(unsafe_code)]
 #![no_std]
 #![no_main]
 

@@ -1,6 +1,7 @@
 //! Scenario `mmio`: reads a linear window onto a host buffer (settings
 //! `mmio=0x2000000+64K`) that the hypervisor filled with a known pattern, writes into
 //! it, and asks the hypervisor to read the value back from its side.
+#![forbid(unsafe_code)]
 #![no_std]
 #![no_main]
 

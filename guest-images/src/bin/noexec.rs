@@ -1,6 +1,7 @@
 //! Scenario `noexec`: writes a `ret` into a read-write, no-execute area (settings
 //! `nx=0x1000000+64K`) and calls it: the hypervisor must end the guest with an execute
 //! fault at that address (`expect=fault:exec@0x1000000`).
+#![forbid(unsafe_code)]
 #![no_std]
 #![no_main]
 

@@ -3,6 +3,7 @@
 //! 48 MiB of RAM (2 MiB-aligned: served with 2 MiB leaves) and an 8 MiB area that
 //! starts 4 KiB past a 2 MiB boundary (settings `area=0x8001000+8M:rw`: served page by
 //! page with 4 KiB leaves).
+#![forbid(unsafe_code)]
 #![no_std]
 #![no_main]
 

@@ -1,5 +1,6 @@
 //! Scenario `outofrange`: reads a GPA that no area covers: the hypervisor must end the
 //! guest with an unmapped fault there (`expect=fault:unmapped@0x3000000`).
+#![forbid(unsafe_code)]
 #![no_std]
 #![no_main]
 

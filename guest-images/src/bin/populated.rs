@@ -1,6 +1,7 @@
 //! Scenario `populated`: its RAM and a 2 MiB-aligned area are backed up front
 //! (settings `populate area=0x4000000+4M:rwp`), so stage 2 maps them before the guest
 //! touches anything: leaves exist already and read as zeros.
+#![forbid(unsafe_code)]
 #![no_std]
 #![no_main]
 

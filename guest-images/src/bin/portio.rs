@@ -1,6 +1,7 @@
 //! Scenario `portio`: writes to the emulator's debug-exit port 0xf4, which would end
 //! the whole machine if it reached the device: the hypervisor must refuse it and end
 //! only this guest (`expect=fault:io`).
+#![forbid(unsafe_code)]
 #![no_std]
 #![no_main]
 

@@ -3,6 +3,7 @@
 //! exactly that page (`expect=fault:write@0x1001000`). A hypervisor that forgets to
 //! flush the stale writable translation lets the write through where TLBs are tagged
 //! by ASID (hardware, KVM; QEMU's TCG flushes on every world switch anyway).
+#![forbid(unsafe_code)]
 #![no_std]
 #![no_main]
 

@@ -1,6 +1,7 @@
 //! Scenario `quota`: touches ever more memory of a large on-demand RAM while its frame
 //! quota is small (settings `mem=64M quota=1M`): the hypervisor must end it with a
 //! quota fault (`expect=fault:quota`), and the other guests go on.
+#![forbid(unsafe_code)]
 #![no_std]
 #![no_main]
 

@@ -1,6 +1,7 @@
 //! Scenario `readonly`: reads a read-only area (settings `ro=0x1000000+64K`), which
 //! works and gives zeros, then writes to it: the hypervisor must end the guest with a
 //! write fault at exactly that address (`expect=fault:write@0x1000000`).
+#![forbid(unsafe_code)]
 #![no_std]
 #![no_main]
 

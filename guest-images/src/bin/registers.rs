@@ -2,6 +2,7 @@
 //! general-purpose and XMM register with their own values and yield to the other
 //! several times: each must find its registers intact (the world switch saves and
 //! restores the whole register state, SSE included).
+#![forbid(unsafe_code)]
 #![no_std]
 #![no_main]
 

@@ -1,6 +1,7 @@
 //! Scenario `spin`: loops forever without a single exit. The timer preempts it so the
 //! other guests keep running, and it is stopped once it has used its CPU budget
 //! (`expect=fault:timeout`).
+#![forbid(unsafe_code)]
 #![no_std]
 #![no_main]
 

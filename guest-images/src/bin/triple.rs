@@ -1,5 +1,6 @@
 //! Scenario `triple`: executes `ud2` without an IDT, which escalates to a triple fault
 //! (shutdown): the hypervisor must end only this guest (`expect=fault:shutdown`).
+#![forbid(unsafe_code)]
 #![no_std]
 #![no_main]
 

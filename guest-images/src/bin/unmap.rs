@@ -1,5 +1,6 @@
 //! Scenario `unmap`: asks the hypervisor to unmap a page it has used, then reads it:
 //! the read must fault at that page (`expect=fault:unmapped@0x1002000`).
+#![forbid(unsafe_code)]
 #![no_std]
 #![no_main]
 
