@@ -119,13 +119,18 @@ pub fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     exit(2)
 }
 
-/// Defines the image header, `_start` and the panic handler of a guest whose body is
-/// `$main: fn()`; returning from `$main` ends the guest with 0. The C runtime symbols
-/// come from [`hv::baremetal`].
+/// Defines the image header, `_start`, the allocator and the panic handler of a guest
+/// whose body is `$scenario: fn()`; returning from `$scenario` ends the guest with 0.
+/// The C runtime symbols come from [`hv::baremetal`].
+///
+/// All of that only in the bare-metal build (`--cfg hv_kernel`, set by `cargo xtask
+/// build`); a host build (a workspace-wide `cargo clippy` or `cargo build`, where
+/// feature unification may bring `std` into the dependencies) gets an ordinary `main`
+/// that explains how guests are run, as the hypervisor kernel does.
 #[macro_export]
 macro_rules! guest_main {
-    ($main:path) => {
-
+    ($scenario:path) => {
+        #[cfg(hv_kernel)]
         core::arch::global_asm!(
             ".pushsection .s2header, \"a\"",
             ".ascii \"S2GUEST\\0\"",
@@ -148,17 +153,27 @@ macro_rules! guest_main {
             entry = sym guest_entry,
         );
 
+        #[cfg(hv_kernel)]
         extern "C" fn guest_entry() -> ! {
-            $main();
+            $scenario();
             $crate::rt::exit(0)
         }
 
+        #[cfg(hv_kernel)]
         #[global_allocator]
         static NO_HEAP: $crate::rt::NoHeap = $crate::rt::NoHeap;
 
+        #[cfg(hv_kernel)]
         #[panic_handler]
         fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
             $crate::rt::panic(info)
+        }
+
+        #[cfg(not(hv_kernel))]
+        fn main() {
+            let _bare_metal_only: fn() = $scenario;
+            eprintln!("guest images run under the hypervisor: `cargo xtask build|run`");
+            std::process::exit(2);
         }
     };
 }

@@ -196,11 +196,10 @@ mod tests {
         }
         // The difference of the first differing bytes, as unsigned values.
         // SAFETY: one byte each.
-        assert_eq!(
-            unsafe { memcmp([0xFFu8].as_ptr(), [0x01u8].as_ptr(), 1) },
-            0xFE
-        );
+        let high_first = unsafe { memcmp([0xFFu8].as_ptr(), [0x01u8].as_ptr(), 1) };
+        assert_eq!(high_first, 0xFE);
         // SAFETY: zero bytes are read.
-        assert_eq!(unsafe { memcmp(a.as_ptr(), b"zzzzzz".as_ptr(), 0) }, 0);
+        let empty = unsafe { memcmp(a.as_ptr(), b"zzzzzz".as_ptr(), 0) };
+        assert_eq!(empty, 0);
     }
 }

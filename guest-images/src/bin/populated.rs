@@ -2,15 +2,15 @@
 //! (settings `populate area=0x4000000+4M:rwp`), so stage 2 maps them before the guest
 //! touches anything: leaves exist already and read as zeros.
 #![forbid(unsafe_code)]
-#![no_std]
-#![no_main]
+#![cfg_attr(hv_kernel, no_std)]
+#![cfg_attr(hv_kernel, no_main)]
 
 use guest_images::rt::{leaf_size, read_u64, write_u64};
 use guest_images::{check, println};
 
 const AREA: u64 = 64 << 20;
 
-fn main() {
+fn scenario() {
     check!(
         leaf_size(AREA) == 2 << 20,
         "area not populated with a 2 MiB leaf"
@@ -33,4 +33,4 @@ fn main() {
     println!("RAM and area were mapped before the first touch");
 }
 
-guest_images::guest_main!(main);
+guest_images::guest_main!(scenario);

@@ -4,8 +4,8 @@
 //! flush the stale writable translation lets the write through where TLBs are tagged
 //! by ASID (hardware, KVM; QEMU's TCG flushes on every world switch anyway).
 #![forbid(unsafe_code)]
-#![no_std]
-#![no_main]
+#![cfg_attr(hv_kernel, no_std)]
+#![cfg_attr(hv_kernel, no_main)]
 
 use guest_images::abi::access;
 use guest_images::rt::{protect, read_u64, write_u64};
@@ -13,7 +13,7 @@ use guest_images::{check, println};
 
 const AREA: u64 = 0x100_0000;
 
-fn main() {
+fn scenario() {
     write_u64(AREA, 1);
     write_u64(AREA + 0x1000, 2);
     check!(read_u64(AREA + 0x1000) == 2, "write lost");
@@ -35,4 +35,4 @@ fn main() {
     );
 }
 
-guest_images::guest_main!(main);
+guest_images::guest_main!(scenario);
