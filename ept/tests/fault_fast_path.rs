@@ -59,7 +59,10 @@ const POPULATED_4K: FaultOutcome = FaultOutcome::Populated {
 fn not_present_fault_on_a_mapped_page_is_spurious_even_at_the_quota() {
     let (mut s, arena) = space(1024, 1024);
     s.map_alloc(g(0), MIB, Access::RW, false).unwrap();
-    assert_eq!(s.handle_fault(fault(0x5000, Access::WRITE)), Ok(POPULATED_4K));
+    assert_eq!(
+        s.handle_fault(fault(0x5000, Access::WRITE)),
+        Ok(POPULATED_4K)
+    );
     let hpa = s.translate(g(0x5000)).unwrap().hpa;
     let (frames, in_use) = (s.stats().frames(), arena.in_use());
     // A stale "not present" report for a page that is mapped: nothing is allocated
@@ -75,12 +78,18 @@ fn not_present_fault_on_a_mapped_page_is_spurious_even_at_the_quota() {
     // The same with no frame left under the quota: still spurious, not out of memory.
     let (mut s, arena) = space(1024, 1024);
     s.map_alloc(g(0), MIB, Access::RW, false).unwrap();
-    assert_eq!(s.handle_fault(fault(0x5000, Access::WRITE)), Ok(POPULATED_4K));
+    assert_eq!(
+        s.handle_fault(fault(0x5000, Access::WRITE)),
+        Ok(POPULATED_4K)
+    );
     drop(s);
     let used = 4 + 1; // root, PDPT, PD, PT + the page
     let (mut s, _) = space(1024, used);
     s.map_alloc(g(0), MIB, Access::RW, false).unwrap();
-    assert_eq!(s.handle_fault(fault(0x5000, Access::WRITE)), Ok(POPULATED_4K));
+    assert_eq!(
+        s.handle_fault(fault(0x5000, Access::WRITE)),
+        Ok(POPULATED_4K)
+    );
     assert_eq!(s.stats().frames(), used);
     assert_eq!(
         s.handle_fault(fault(0x5000, Access::READ)),
@@ -103,7 +112,10 @@ fn area_changes_are_seen_by_the_next_fault() {
     let (mut s, arena) = space(1024, 1024);
     s.map_alloc(g(0), MIB, Access::RW, false).unwrap();
     s.map_alloc(g(2 * MIB), MIB, Access::READ, false).unwrap();
-    assert_eq!(s.handle_fault(fault(0x1000, Access::WRITE)), Ok(POPULATED_4K));
+    assert_eq!(
+        s.handle_fault(fault(0x1000, Access::WRITE)),
+        Ok(POPULATED_4K)
+    );
     // Read-only now: a write to another page of the same area is refused.
     s.protect(g(0), MIB, Access::READ).unwrap();
     assert_eq!(
@@ -114,7 +126,10 @@ fn area_changes_are_seen_by_the_next_fault() {
             allowed: Access::READ
         })
     );
-    assert_eq!(s.handle_fault(fault(0x2000, Access::READ)), Ok(POPULATED_4K));
+    assert_eq!(
+        s.handle_fault(fault(0x2000, Access::READ)),
+        Ok(POPULATED_4K)
+    );
     // Another area in between, then the first one gone.
     assert_eq!(
         s.handle_fault(fault(2 * MIB, Access::READ)),
@@ -126,8 +141,12 @@ fn area_changes_are_seen_by_the_next_fault() {
         Err(SpaceError::NotMapped { gpa: g(0x3000) })
     );
     // A new area where the old one was: faults populate it with its own rights.
-    s.map_alloc(g(0), 2 * PAGE_SIZE_4K, Access::RWX, false).unwrap();
-    assert_eq!(s.handle_fault(fault(0x1000, Access::EXECUTE)), Ok(POPULATED_4K));
+    s.map_alloc(g(0), 2 * PAGE_SIZE_4K, Access::RWX, false)
+        .unwrap();
+    assert_eq!(
+        s.handle_fault(fault(0x1000, Access::EXECUTE)),
+        Ok(POPULATED_4K)
+    );
     assert_eq!(
         s.handle_fault(fault(0x2000, Access::READ)),
         Err(SpaceError::NotMapped { gpa: g(0x2000) })
@@ -159,7 +178,10 @@ fn missing_tables_come_from_the_quota_and_failures_change_nothing() {
         before
     );
     // The last frame of the quota still serves a page whose table exists.
-    assert_eq!(s.handle_fault(fault(0x1000, Access::WRITE)), Ok(POPULATED_4K));
+    assert_eq!(
+        s.handle_fault(fault(0x1000, Access::WRITE)),
+        Ok(POPULATED_4K)
+    );
     assert_eq!(s.stats().frames(), 6);
     s.validate().unwrap();
     drop(s);
