@@ -1,3 +1,5 @@
+#![doc = include_str!("../README.md")]
+//!
 //! Benchmarks of the stage-2 manager side by side with the anchor crates (issue 7), run by
 //! `cargo xtask bench [--quick]` (= `cargo run --release -p bench -- [--quick]`).
 //!
