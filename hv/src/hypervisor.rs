@@ -155,7 +155,9 @@ pub fn start(
         return RunStatus::BadConfig;
     }
     match SvmHost::enable() {
-        Ok(host) => run_all::<SvmHost, SpaceMemory<Npt>>(host, settings, prepared, console),
+        Ok(mut host) => {
+            run_all::<SvmHost, SpaceMemory<Npt>>(&mut host, settings, prepared, console)
+        }
         Err(e) => {
             console.write_fmt_line(format_args!("[hv] SVM unavailable: {e}"));
             console.write_fmt_line(format_args!("HV: UNSUPPORTED CPU"));
@@ -258,7 +260,7 @@ fn announce(console: &mut dyn Console, id: u64, p: &Prepared) {
 /// for clones; runs the queue round-robin (a guest runs until it ends or yields); then
 /// checks that every frame came back.
 fn run_all<H: VcpuHost, M: GuestMemory>(
-    mut host: H,
+    host: &mut H,
     settings: &HvSettings,
     guests: Vec<Prepared>,
     console: &mut dyn Console,
@@ -281,7 +283,7 @@ fn run_all<H: VcpuHost, M: GuestMemory>(
             let Some(p) = pending.pop_front() else { break };
             let id = next_id;
             next_id += 1;
-            match create_vm::<H, M>(&mut host, id, &p) {
+            match create_vm::<H, M>(host, id, &p) {
                 Ok(vm) => {
                     announce(console, id, &p);
                     queue.push_back(vm);
@@ -311,16 +313,16 @@ fn run_all<H: VcpuHost, M: GuestMemory>(
         };
         loop {
             let name = vm.name.clone();
-            let step = vm.step(settings.max_exits, &mut |l| {
+            let step = vm.step(settings.max_exits, settings.cpu_budget, &mut |l| {
                 console.write_fmt_line(format_args!("[guest {name}] {l}"))
             });
             match step {
                 Step::Continue => {}
-                Step::Yield => {
+                Step::Yield | Step::Preempted => {
                     queue.push_back(vm);
                     break;
                 }
-                Step::Clone => match clone_vm(&mut host, &mut vm, next_id) {
+                Step::Clone => match clone_vm(host, &mut vm, next_id) {
                     Ok(child) => {
                         console.write_fmt_line(format_args!(
                             "[hv] guest {} cloned into {} (id {next_id})",
@@ -333,7 +335,7 @@ fn run_all<H: VcpuHost, M: GuestMemory>(
                     Err(status) => vm.vcpu.set_reg(Reg::Rax, status as i64 as u64),
                 },
                 Step::Ended(end) => {
-                    finish(&mut host, vm, end, console, &mut tally);
+                    finish(host, vm, end, console, &mut tally);
                     break;
                 }
             }
@@ -439,7 +441,11 @@ mod tests {
         )
     }
 
-    fn run(host: FakeHost, guests: &[&str]) -> (RunStatus, Vec<String>) {
+    fn run(mut host: FakeHost, guests: &[&str]) -> (RunStatus, Vec<String>) {
+        run_on(&mut host, guests)
+    }
+
+    fn run_on(host: &mut FakeHost, guests: &[&str]) -> (RunStatus, Vec<String>) {
         let mut console = RecordingConsole::default();
         let status = run_all::<FakeHost, FakeMemory>(
             host,
@@ -526,13 +532,28 @@ mod tests {
     }
 
     #[test]
-    fn clone_without_a_slot_returns_an_error_to_the_guest() {
-        // One slot: the parent holds it, so the clone must fail; the parent then exits
-        // with the code it got (checked through the expectation).
-        let host = FakeHost::new(1, vec![vec![call(hypercall::CLONE), exit(0)]]);
-        let (status, lines) = run(host, &["p.bin"]);
+    fn clone_returns_ids_and_errors_in_rax() {
+        let mut host = FakeHost::new(
+            16,
+            vec![vec![call(hypercall::CLONE), exit(0)], vec![exit(0)]],
+        );
+        let (status, _) = run_on(&mut host, &["p.bin"]);
+        assert_eq!(status, RunStatus::AllPassed);
+        // The parent resumes with the child's id, the child starts with 0.
+        let parent = host.finished.iter().find(|h| h.len() == 2).unwrap();
+        assert_eq!(parent[1], 2);
+        let child = host.finished.iter().find(|h| h.len() == 1).unwrap();
+        assert_eq!(child[0], 0);
+
+        // One slot: the parent holds it, so the clone fails with an error in RAX.
+        let mut host = FakeHost::new(1, vec![vec![call(hypercall::CLONE), exit(0)]]);
+        let (status, lines) = run_on(&mut host, &["p.bin"]);
         assert_eq!(status, RunStatus::AllPassed);
         assert!(!lines.iter().any(|l| l.contains("cloned into")));
+        assert_eq!(
+            host.finished[0][1] as i64,
+            HypercallStatus::Unsupported as i64
+        );
     }
 
     #[test]

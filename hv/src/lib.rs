@@ -1,15 +1,8 @@
-//! The hypervisor's library: everything except booting.
-//!
-//! * [`settings`]: the hypervisor and guest command lines.
-//! * [`outcome`]: how guests end and what they were expected to do.
-//! * [`frames`]: the host frame allocator (a bitmap in 2 MiB chunks).
-//! * [`platform`]: identity-mapped host memory, the global frame pool, the console.
-//! * [`vcpu`]: the vendor-neutral vCPU trait and exits.
-//! * [`svm`]: AMD SVM with nested paging.
-//!
-//! Host-testable logic (parsing, validation, decoding, reports) has unit tests; the
-//! hardware paths run in the boot tests (`cargo xtask boot-test`).
+#![doc = include_str!("../README.md")]
 #![cfg_attr(not(test), no_std)]
+//!
+//! Modules: [`settings`], [`outcome`], [`frames`], [`platform`], [`layout`], [`vcpu`],
+//! [`svm`], [`memory`], [`space_memory`], [`vm`], [`hypervisor`].
 
 extern crate alloc;
 

@@ -25,6 +25,8 @@ pub enum FaultKind {
     Io,
     /// An instruction the guest may not execute (VMRUN, ...), or invalid guest state.
     Instruction,
+    /// The guest used up its CPU budget (timer ticks) without ending.
+    Timeout,
 }
 
 impl FaultKind {
@@ -40,10 +42,11 @@ impl FaultKind {
             Self::Hypercall => "hypercall",
             Self::Io => "io",
             Self::Instruction => "instruction",
+            Self::Timeout => "timeout",
         }
     }
 
-    const ALL: [FaultKind; 9] = [
+    const ALL: [FaultKind; 10] = [
         Self::Unmapped,
         Self::Read,
         Self::Write,
@@ -53,6 +56,7 @@ impl FaultKind {
         Self::Hypercall,
         Self::Io,
         Self::Instruction,
+        Self::Timeout,
     ];
 }
 

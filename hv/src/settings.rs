@@ -1,7 +1,8 @@
 //! Parsing the hypervisor command line and each guest's module command line.
 //!
 //! Hypervisor (the multiboot command line): `log=error|warn|info|debug|trace`,
-//! `max-exits=N` (exits per guest before it is stopped), `selftest=exception|panic|leak`
+//! `max-exits=N` (exits per guest before it is stopped), `cpu-budget=N` (100 Hz timer
+//! ticks a guest may run before it is stopped), `selftest=exception|panic|leak`
 //! (a deliberate host failure for the boot tests). The first word may be the kernel's
 //! file name and is ignored when it has no `=`.
 //!
@@ -63,6 +64,8 @@ pub struct HvSettings {
     pub max_exits: u64,
     /// A deliberate failure (`selftest=exception|panic|leak`), for the boot tests.
     pub selftest: Option<SelfTest>,
+    /// Timer ticks (100 Hz) a guest may run before it is stopped (`cpu-budget=N`).
+    pub cpu_budget: u64,
 }
 
 impl Default for HvSettings {
@@ -71,6 +74,7 @@ impl Default for HvSettings {
             log: LogLevel::Info,
             max_exits: 50_000_000,
             selftest: None,
+            cpu_budget: 3000,
         }
     }
 }
@@ -170,6 +174,13 @@ pub fn parse_hv_cmdline(cmdline: &str) -> Result<HvSettings, SettingsError> {
                     .ok()
                     .filter(|&n| n > 0)
                     .ok_or_else(|| bad(key, value, "expected a positive number"))?;
+            }
+            "cpu-budget" => {
+                settings.cpu_budget = value
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| bad(key, value, "expected a positive number of ticks"))?;
             }
             "selftest" => {
                 settings.selftest = Some(match value {
@@ -401,6 +412,8 @@ mod tests {
             Some(SelfTest::Leak)
         );
         assert!(parse_hv_cmdline("selftest=boom").is_err());
+        assert_eq!(parse_hv_cmdline("cpu-budget=7").unwrap().cpu_budget, 7);
+        assert!(parse_hv_cmdline("cpu-budget=0").is_err());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use ept::caps::Stage2Caps;
 use ept::fault::Stage2Fault;
 use ept::flush::FlushScope;
 use ept::format::{Access, MemType, Stage2Format};
-use ept::frame::{FrameAlloc, read_phys, write_phys};
+use ept::frame::{FrameAlloc, PhysMapper, read_phys, write_phys};
 use ept::space::{AddressSpace, Invalidate, SpaceError};
 use memory_set::{GuestPhysAddr, HostPhysAddr};
 
@@ -33,28 +33,65 @@ impl Invalidate for FlushRequest {
     }
 }
 
-/// A host buffer behind a linear window: one 2 MiB block, freed when the last space
-/// mapping it (a guest and its clones) is gone.
-struct HostWindow {
-    gpa: u64,
-    size: u64,
-    block: HostPhysAddr,
+/// Where guest frames come from and how the hypervisor reaches them: the kernel's
+/// global pool ([`KernelMemory`]), or a heap arena in host tests.
+pub trait HostMemory: 'static {
+    /// The frame allocator handle.
+    type Alloc: FrameAlloc + Clone;
+    /// The physical-memory mapper.
+    type Mapper: PhysMapper;
+    /// A handle to the allocator.
+    fn alloc() -> Self::Alloc;
+    /// The mapper.
+    fn mapper() -> Self::Mapper;
+    /// Frames in the pool (the quota of a guest that sets none).
+    fn total_frames() -> usize;
 }
 
-impl Drop for HostWindow {
-    fn drop(&mut self) {
-        GlobalFrames.dealloc_2m(self.block);
+/// The kernel's frames: the global allocator, reached through the identity mapping.
+pub struct KernelMemory;
+
+impl HostMemory for KernelMemory {
+    type Alloc = GlobalFrames;
+    type Mapper = IdentityMapper;
+
+    fn alloc() -> GlobalFrames {
+        GlobalFrames
+    }
+
+    fn mapper() -> IdentityMapper {
+        IdentityMapper
+    }
+
+    fn total_frames() -> usize {
+        crate::platform::frame_usage().1
     }
 }
 
-type Space<F> = AddressSpace<F, IdentityMapper, GlobalFrames, FlushRequest>;
+/// A host buffer behind a linear window: one 2 MiB block, freed when the last space
+/// mapping it (a guest and its clones) is gone.
+struct HostWindow<H: HostMemory> {
+    gpa: u64,
+    size: u64,
+    block: HostPhysAddr,
+    alloc: H::Alloc,
+}
+
+impl<H: HostMemory> Drop for HostWindow<H> {
+    fn drop(&mut self) {
+        self.alloc.dealloc_2m(self.block);
+    }
+}
+
+type Space<F, H> =
+    AddressSpace<F, <H as HostMemory>::Mapper, <H as HostMemory>::Alloc, FlushRequest>;
 
 /// A guest's memory as an address space.
-pub struct SpaceMemory<F: Stage2Format> {
+pub struct SpaceMemory<F: Stage2Format, H: HostMemory = KernelMemory> {
     // Field order matters: the space (and its mappings) goes before the windows'
     // host blocks.
-    space: Space<F>,
-    windows: Vec<Arc<HostWindow>>,
+    space: Space<F, H>,
+    windows: Vec<Arc<HostWindow<H>>>,
     quota_frames: usize,
 }
 
@@ -80,8 +117,8 @@ pub fn memory_error(e: SpaceError, at: Option<u64>) -> MemoryError {
     MemoryError::new(kind, gpa, e.to_string())
 }
 
-impl<F: Stage2Format> SpaceMemory<F> {
-    fn window_at(&self, at: u64) -> Option<&Arc<HostWindow>> {
+impl<F: Stage2Format, H: HostMemory> SpaceMemory<F, H> {
+    fn window_at(&self, at: u64) -> Option<&Arc<HostWindow<H>>> {
         self.windows
             .iter()
             .find(|w| w.gpa <= at && at - w.gpa < w.size)
@@ -120,7 +157,7 @@ impl<F: Stage2Format> SpaceMemory<F> {
     }
 }
 
-impl<F: Stage2Format> GuestMemory for SpaceMemory<F> {
+impl<F: Stage2Format, H: HostMemory> GuestMemory for SpaceMemory<F, H> {
     fn create(
         settings: &GuestSettings,
         caps: Stage2Caps,
@@ -129,13 +166,13 @@ impl<F: Stage2Format> GuestMemory for SpaceMemory<F> {
         // Without a quota a guest may use every host frame.
         let quota_frames = settings
             .quota
-            .map_or(crate::platform::frame_usage().1, |q| (q / 4096) as usize);
-        let mut space = Space::<F>::new(
+            .map_or(H::total_frames(), |q| (q / 4096) as usize);
+        let mut space = Space::<F, H>::new(
             gpa(0),
             GPA_LIMIT as usize,
             caps,
-            IdentityMapper,
-            GlobalFrames,
+            H::mapper(),
+            H::alloc(),
             flush,
             quota_frames,
         )
@@ -176,17 +213,18 @@ impl<F: Stage2Format> GuestMemory for SpaceMemory<F> {
                             format!("linear windows are limited to {} KiB", MAX_WINDOW >> 10),
                         ));
                     }
-                    let block = GlobalFrames.alloc_2m().ok_or_else(|| {
+                    let block = H::alloc().alloc_2m().ok_or_else(|| {
                         MemoryError::new(
                             FaultKind::Quota,
                             Some(area.gpa),
                             "no 2 MiB host block for a linear window".into(),
                         )
                     })?;
-                    let window = Arc::new(HostWindow {
+                    let window = Arc::new(HostWindow::<H> {
                         gpa: area.gpa,
                         size: area.size,
                         block,
+                        alloc: H::alloc(),
                     });
                     let mut page = [0u8; 4096];
                     for p in 0..area.size / 4096 {
@@ -195,7 +233,7 @@ impl<F: Stage2Format> GuestMemory for SpaceMemory<F> {
                             chunk.copy_from_slice(&mmio_pattern(offset).to_le_bytes());
                         }
                         let hpa = HostPhysAddr::from(usize::from(block) + (p * 4096) as usize);
-                        write_phys(&IdentityMapper, hpa, &page).map_err(|e| {
+                        write_phys(&H::mapper(), hpa, &page).map_err(|e| {
                             MemoryError::new(FaultKind::Quota, Some(area.gpa), format!("{e:?}"))
                         })?;
                     }
@@ -233,7 +271,7 @@ impl<F: Stage2Format> GuestMemory for SpaceMemory<F> {
 
     fn write(&mut self, at: u64, bytes: &[u8]) -> Result<(), MemoryError> {
         if let Some(r) = self.window_io(at, bytes.len(), |hpa, range| {
-            write_phys(&IdentityMapper, hpa, &bytes[range]).is_ok()
+            write_phys(&H::mapper(), hpa, &bytes[range]).is_ok()
         }) {
             return r;
         }
@@ -245,7 +283,7 @@ impl<F: Stage2Format> GuestMemory for SpaceMemory<F> {
     fn read(&mut self, at: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
         let mut tmp = alloc::vec![0u8; buf.len()];
         if let Some(r) = self.window_io(at, buf.len(), |hpa, range| {
-            read_phys(&IdentityMapper, hpa, &mut tmp[range]).is_ok()
+            read_phys(&H::mapper(), hpa, &mut tmp[range]).is_ok()
         }) {
             buf.copy_from_slice(&tmp);
             return r;
@@ -291,5 +329,205 @@ impl<F: Stage2Format> GuestMemory for SpaceMemory<F> {
         let mut s = format!("{}", self.space.report());
         s.truncate(s.trim_end().len());
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ept::fault::{FaultKind as S2Kind, Stage2Fault};
+    use ept::format::Npt;
+    use ept::frame::HeapArena;
+
+    use super::*;
+    use crate::settings::parse_guest_cmdline;
+
+    std::thread_local! {
+        static ARENA: HeapArena = HeapArena::new(8192);
+    }
+
+    /// Frames from a per-thread heap arena.
+    struct ArenaMemory;
+
+    impl HostMemory for ArenaMemory {
+        type Alloc = HeapArena;
+        type Mapper = HeapArena;
+
+        fn alloc() -> HeapArena {
+            ARENA.with(|a| a.clone())
+        }
+
+        fn mapper() -> HeapArena {
+            Self::alloc()
+        }
+
+        fn total_frames() -> usize {
+            Self::alloc().capacity()
+        }
+    }
+
+    type Mem = SpaceMemory<Npt, ArenaMemory>;
+
+    fn memory(cmdline: &str) -> Mem {
+        let settings = parse_guest_cmdline(cmdline).unwrap();
+        Mem::create(&settings, Stage2Caps::npt(false), FlushRequest::new()).unwrap()
+    }
+
+    fn fault(at: u64, access: Access) -> Stage2Fault {
+        Stage2Fault {
+            gpa: gpa(at),
+            access,
+            kind: S2Kind::NotPresent,
+            in_guest_walk: false,
+        }
+    }
+
+    fn read_u64(m: &mut Mem, at: u64) -> Result<u64, MemoryError> {
+        let mut b = [0u8; 8];
+        m.read(at, &mut b).map(|()| u64::from_le_bytes(b))
+    }
+
+    fn in_use() -> usize {
+        ArenaMemory::alloc().in_use()
+    }
+
+    #[test]
+    fn ram_areas_and_windows() {
+        let mut m = memory("t.bin mem=8M ro=0x1000000+64K mmio=0x2000000+64K");
+        m.write(0x10_0000, &[1, 2, 3]).unwrap();
+        let mut b = [0u8; 3];
+        m.read(0x10_0000, &mut b).unwrap();
+        assert_eq!(b, [1, 2, 3]);
+        assert_eq!(read_u64(&mut m, 0x100_0000), Ok(0));
+        assert_eq!(
+            m.write(0x100_0000, &[9]).unwrap_err().kind,
+            FaultKind::Write
+        );
+        assert_eq!(read_u64(&mut m, 0).unwrap_err().kind, FaultKind::Unmapped);
+        assert_eq!(
+            read_u64(&mut m, 0x80_0000).unwrap_err().kind,
+            FaultKind::Unmapped
+        );
+        for offset in [0u64, 8, 0x1238, 0xFFF8] {
+            assert_eq!(
+                read_u64(&mut m, 0x200_0000 + offset),
+                Ok(mmio_pattern(offset))
+            );
+        }
+        m.write(0x200_0100, &7u64.to_le_bytes()).unwrap();
+        assert_eq!(read_u64(&mut m, 0x200_0100), Ok(7));
+        assert!(
+            read_u64(&mut m, 0x200_FFFC).is_err(),
+            "past the window's end"
+        );
+        let report = m.report();
+        assert!(report.contains("linear"), "{report}");
+        assert!(report.contains("r--"), "{report}");
+        drop(m);
+        assert_eq!(in_use(), 0);
+    }
+
+    #[test]
+    fn faults_pick_leaf_sizes_and_refuse_what_areas_forbid() {
+        let mut m = memory("t.bin mem=8M ro=0x1000000+64K");
+        m.handle_fault(fault(0x30_0000, Access::WRITE)).unwrap();
+        assert_eq!(m.leaf_size(0x30_0000), Some(2 << 20));
+        m.handle_fault(fault(0x5000, Access::WRITE)).unwrap();
+        assert_eq!(
+            m.leaf_size(0x5000),
+            Some(4096),
+            "low RAM never gets 2 MiB leaves"
+        );
+        assert_eq!(m.leaf_size(0x7000), None);
+        let e = m
+            .handle_fault(fault(0x9000_0000, Access::READ))
+            .unwrap_err();
+        assert_eq!((e.kind, e.gpa), (FaultKind::Unmapped, Some(0x9000_0000)));
+        let e = m
+            .handle_fault(fault(0x100_2000, Access::WRITE))
+            .unwrap_err();
+        assert_eq!((e.kind, e.gpa), (FaultKind::Write, Some(0x100_2000)));
+        let e = m
+            .handle_fault(fault(0x100_2000, Access::EXECUTE))
+            .unwrap_err();
+        assert_eq!(e.kind, FaultKind::Exec);
+        assert_eq!(m.faults_handled(), 2);
+        m.protect(0x5000, 0x1000, Access::READ).unwrap();
+        assert_eq!(m.write(0x5000, &[1]).unwrap_err().kind, FaultKind::Write);
+        m.unmap(0x5000, 0x1000).unwrap();
+        assert_eq!(
+            read_u64(&mut m, 0x5000).unwrap_err().kind,
+            FaultKind::Unmapped
+        );
+        assert_eq!(
+            m.protect(0x5001, 0x1000, Access::READ).unwrap_err().kind,
+            FaultKind::Hypercall
+        );
+        drop(m);
+        assert_eq!(in_use(), 0);
+    }
+
+    #[test]
+    fn quota_ends_in_a_quota_fault() {
+        let mut m = memory("t.bin mem=16M quota=64K");
+        let mut served = 0;
+        let e = loop {
+            match m.handle_fault(fault(0x1000 + served * 4096, Access::WRITE)) {
+                Ok(()) => served += 1,
+                Err(e) => break e,
+            }
+            assert!(served < 64, "quota never reached");
+        };
+        assert_eq!(e.kind, FaultKind::Quota);
+        assert!(served >= 8, "only {served} pages before the quota");
+        drop(m);
+        assert_eq!(in_use(), 0);
+    }
+
+    #[test]
+    fn clones_copy_ram_and_share_windows() {
+        let mut parent = memory("t.bin mem=4M mmio=0x2000000+4K");
+        parent.write(0x30_0000, &1u64.to_le_bytes()).unwrap();
+        let mut child = parent.try_clone(FlushRequest::new()).unwrap();
+        parent.write(0x30_0000, &2u64.to_le_bytes()).unwrap();
+        assert_eq!(read_u64(&mut child, 0x30_0000), Ok(1));
+        child.write(0x30_0000, &3u64.to_le_bytes()).unwrap();
+        assert_eq!(read_u64(&mut parent, 0x30_0000), Ok(2));
+        child.write(0x200_0000, &5u64.to_le_bytes()).unwrap();
+        assert_eq!(
+            read_u64(&mut parent, 0x200_0000),
+            Ok(5),
+            "windows are shared"
+        );
+        drop(parent);
+        assert_eq!(
+            read_u64(&mut child, 0x200_0000),
+            Ok(5),
+            "the window outlives the parent"
+        );
+        drop(child);
+        assert_eq!(in_use(), 0);
+    }
+
+    #[test]
+    fn oversized_windows_are_refused_without_leaking() {
+        let settings = parse_guest_cmdline("t.bin mmio=0x2000000+4M").unwrap();
+        let e = Mem::create(&settings, Stage2Caps::npt(false), FlushRequest::new())
+            .err()
+            .unwrap();
+        assert!(e.detail.contains("limited"), "{}", e.detail);
+        assert_eq!(in_use(), 0);
+    }
+
+    #[test]
+    fn flushes_reach_the_vcpu_request() {
+        let flush = FlushRequest::new();
+        let settings = parse_guest_cmdline("t.bin").unwrap();
+        let mut m = Mem::create(&settings, Stage2Caps::npt(false), flush.clone()).unwrap();
+        m.write(0x5000, &[1]).unwrap();
+        flush.take();
+        m.protect(0x5000, 0x1000, Access::READ).unwrap();
+        assert!(flush.take(), "protect must ask for an invalidation");
+        m.unmap(0x5000, 0x1000).unwrap();
+        assert!(flush.take(), "unmap must ask for an invalidation");
     }
 }

@@ -31,6 +31,8 @@ pub struct ScriptedVcpu {
     pub skipped: u32,
     /// The stage-2 root it was created with.
     pub root: u64,
+    /// RAX at each entry (what the hypervisor returned to the guest).
+    pub rax_at_entry: Vec<u64>,
 }
 
 impl ScriptedVcpu {
@@ -41,12 +43,14 @@ impl ScriptedVcpu {
             script: script.into(),
             skipped: 0,
             root: 0,
+            rax_at_entry: Vec::new(),
         }
     }
 }
 
 impl Vcpu for ScriptedVcpu {
     fn run(&mut self) -> VmExit {
+        self.rax_at_entry.push(self.regs[Reg::Rax as usize]);
         let Some((regs, exit)) = self.script.pop_front() else {
             return VmExit::Hlt;
         };
@@ -210,6 +214,8 @@ pub struct FakeHost {
     pub slots: usize,
     /// Most vCPUs alive at once.
     pub peak: usize,
+    /// The RAX history of every destroyed vCPU, in destruction order.
+    pub finished: Vec<Vec<u64>>,
     alive: usize,
 }
 
@@ -220,6 +226,7 @@ impl FakeHost {
             scripts: scripts.into(),
             slots,
             peak: 0,
+            finished: Vec::new(),
             alive: 0,
         }
     }
@@ -274,7 +281,8 @@ impl VcpuHost for FakeHost {
         Some(v)
     }
 
-    fn destroy(&mut self, _vcpu: ScriptedVcpu) {
+    fn destroy(&mut self, vcpu: ScriptedVcpu) {
+        self.finished.push(vcpu.rax_at_entry);
         self.slots += 1;
         self.alive -= 1;
     }

@@ -47,6 +47,9 @@ pub enum VmExit {
     },
     /// VMMCALL / VMCALL.
     Hypercall,
+    /// A host interrupt (the scheduling timer) arrived while the guest ran; the host has
+    /// handled it once this exit is seen.
+    Interrupt,
     /// CPUID.
     Cpuid,
     /// RDMSR (`write == false`) or WRMSR.

@@ -26,6 +26,8 @@ pub enum Step {
     Continue,
     /// Let other guests run, then resume this one.
     Yield,
+    /// The guest's time slice ended (timer tick): run the others, then resume it.
+    Preempted,
     /// Clone this guest (CLONE hypercall): the loop creates the child and sets RAX in
     /// both.
     Clone,
@@ -48,6 +50,7 @@ pub struct Vm<V: Vcpu, M: GuestMemory> {
     line: String,
     lines: u32,
     exits: u64,
+    ticks: u64,
 }
 
 impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
@@ -62,6 +65,7 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
             line: String::new(),
             lines: 0,
             exits: 0,
+            ticks: 0,
         }
     }
 
@@ -99,9 +103,15 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
         !self.line.is_empty()
     }
 
+    /// Timer ticks this guest has been running for.
+    pub fn ticks(&self) -> u64 {
+        self.ticks
+    }
+
     /// Runs the guest to its next exit and handles it. `print` receives each complete
-    /// line the guest writes to its serial port.
-    pub fn step(&mut self, max_exits: u64, print: &mut dyn FnMut(&str)) -> Step {
+    /// line the guest writes to its serial port. A guest ends after `max_exits` exits
+    /// or `cpu_budget` timer ticks of running.
+    pub fn step(&mut self, max_exits: u64, cpu_budget: u64, print: &mut dyn FnMut(&str)) -> Step {
         if self.exits >= max_exits {
             return Step::Ended(GuestEnd::ExitLimit(self.exits));
         }
@@ -127,6 +137,17 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
                 string,
             } => self.io(port, size, write, string, print),
             VmExit::Hypercall => self.hypercall(),
+            VmExit::Interrupt => {
+                self.ticks += 1;
+                if self.ticks >= cpu_budget {
+                    return Step::Ended(fault(
+                        FaultKind::Timeout,
+                        None,
+                        format!("still running after its CPU budget of {cpu_budget} timer ticks"),
+                    ));
+                }
+                Step::Preempted
+            }
             VmExit::Cpuid => {
                 self.cpuid();
                 Step::Continue
@@ -301,6 +322,7 @@ pub fn rights(bits: u64) -> Option<Access> {
 }
 
 fn status_of(e: MemoryError) -> HypercallStatus {
+    log::debug!("hypercall refused: {}", e.detail);
     match e.kind {
         FaultKind::Quota => HypercallStatus::NoMemory,
         FaultKind::Unmapped => HypercallStatus::NotMapped,
@@ -369,7 +391,7 @@ mod tests {
     fn run_all(vm: &mut Vm<ScriptedVcpu, FakeMemory>, lines: &mut Vec<String>) -> Vec<Step> {
         let mut steps = Vec::new();
         loop {
-            let s = vm.step(1000, &mut |l| lines.push(l.into()));
+            let s = vm.step(1000, 1000, &mut |l| lines.push(l.into()));
             let end = matches!(s, Step::Ended(_));
             steps.push(s);
             if end {
@@ -414,7 +436,7 @@ mod tests {
             },
         ] {
             let mut v = vm(vec![(vec![], exit)]);
-            let s = v.step(10, &mut |_| {});
+            let s = v.step(10, 1000, &mut |_| {});
             assert!(
                 matches!(
                     s,
@@ -440,18 +462,18 @@ mod tests {
                 string: false,
             },
         )]);
-        assert_eq!(v.step(10, &mut |_| {}), Step::Continue);
+        assert_eq!(v.step(10, 1000, &mut |_| {}), Step::Continue);
         assert_eq!(v.vcpu.reg(Reg::Rax), 0x1234_5660);
     }
 
     #[test]
     fn hypercalls_return_results_in_rax() {
         let mut v = vm(vec![call(hypercall::LEAF_SIZE, 0x2000, 0, 0)]);
-        assert_eq!(v.step(10, &mut |_| {}), Step::Continue);
+        assert_eq!(v.step(10, 1000, &mut |_| {}), Step::Continue);
         assert_eq!(v.vcpu.reg(Reg::Rax), 4096);
 
         let mut v = vm(vec![call(hypercall::LEAF_SIZE, 0x300_0000, 0, 0)]);
-        v.step(10, &mut |_| {});
+        v.step(10, 1000, &mut |_| {});
         assert_eq!(v.vcpu.reg(Reg::Rax), 0, "unmapped GPA has no leaf");
 
         let mut v = vm(vec![call(
@@ -460,12 +482,12 @@ mod tests {
             0x1000,
             access::READ,
         )]);
-        v.step(10, &mut |_| {});
+        v.step(10, 1000, &mut |_| {});
         assert_eq!(v.vcpu.reg(Reg::Rax), 0);
         assert_eq!(v.memory.log, ["protect 0x100000+0x1000 Access(READ)"]);
 
         let mut v = vm(vec![call(hypercall::PROTECT, 0x10_0000, 0x1000, 8)]);
-        v.step(10, &mut |_| {});
+        v.step(10, 1000, &mut |_| {});
         assert_eq!(
             v.vcpu.reg(Reg::Rax) as i64,
             HypercallStatus::InvalidArgument as i64
@@ -473,23 +495,23 @@ mod tests {
         assert!(v.memory.log.is_empty());
 
         let mut v = vm(vec![call(hypercall::PROTECT, 0x10_0001, 0x1000, 1)]);
-        v.step(10, &mut |_| {});
+        v.step(10, 1000, &mut |_| {});
         assert_eq!(
             v.vcpu.reg(Reg::Rax) as i64,
             HypercallStatus::InvalidArgument as i64
         );
 
         let mut v = vm(vec![call(hypercall::UNMAP, 0x10_0000, 0x2000, 0)]);
-        v.step(10, &mut |_| {});
+        v.step(10, 1000, &mut |_| {});
         assert_eq!(v.memory.log, ["unmap 0x100000+0x2000"]);
 
         let mut v = vm(vec![call(hypercall::HOST_READ, 0x5000, 0, 0)]);
         v.memory.write(0x5000, &0xfeed_u64.to_le_bytes()).unwrap();
-        v.step(10, &mut |_| {});
+        v.step(10, 1000, &mut |_| {});
         assert_eq!(v.vcpu.reg(Reg::Rax), 0xfeed);
 
         let mut v = vm(vec![call(hypercall::HOST_READ, 0x300_0000, 0, 0)]);
-        v.step(10, &mut |_| {});
+        v.step(10, 1000, &mut |_| {});
         assert_eq!(
             v.vcpu.reg(Reg::Rax) as i64,
             HypercallStatus::NotMapped as i64
@@ -503,13 +525,16 @@ mod tests {
             call(hypercall::CLONE, 0, 0, 0),
             call(hypercall::EXIT, 5, 0, 0),
         ]);
-        assert_eq!(v.step(10, &mut |_| {}), Step::Yield);
-        assert_eq!(v.step(10, &mut |_| {}), Step::Clone);
-        assert_eq!(v.step(10, &mut |_| {}), Step::Ended(GuestEnd::Exited(5)));
+        assert_eq!(v.step(10, 1000, &mut |_| {}), Step::Yield);
+        assert_eq!(v.step(10, 1000, &mut |_| {}), Step::Clone);
+        assert_eq!(
+            v.step(10, 1000, &mut |_| {}),
+            Step::Ended(GuestEnd::Exited(5))
+        );
         assert_eq!(v.vcpu.skipped, 3);
         let mut v = vm(vec![call(77, 0, 0, 0)]);
         assert!(matches!(
-            v.step(10, &mut |_| {}),
+            v.step(10, 1000, &mut |_| {}),
             Step::Ended(GuestEnd::Fault {
                 kind: FaultKind::Hypercall,
                 ..
@@ -523,10 +548,10 @@ mod tests {
             (vec![], s2_fault(0x20_0000, Access::WRITE)),
             (vec![], s2_fault(0x100_0000, Access::WRITE)),
         ]);
-        assert_eq!(v.step(10, &mut |_| {}), Step::Continue);
+        assert_eq!(v.step(10, 1000, &mut |_| {}), Step::Continue);
         assert_eq!(v.memory.faults, 1);
         assert_eq!(
-            v.step(10, &mut |_| {}),
+            v.step(10, 1000, &mut |_| {}),
             Step::Ended(GuestEnd::Fault {
                 kind: FaultKind::Write,
                 gpa: Some(0x100_0000),
@@ -535,7 +560,7 @@ mod tests {
         );
         let mut v = vm(vec![(vec![], s2_fault(0x9000_0000, Access::READ))]);
         assert!(matches!(
-            v.step(10, &mut |_| {}),
+            v.step(10, 1000, &mut |_| {}),
             Step::Ended(GuestEnd::Fault {
                 kind: FaultKind::Unmapped,
                 gpa: Some(0x9000_0000),
@@ -555,16 +580,16 @@ mod tests {
             (vec![(Reg::Rax, 0), (Reg::Rcx, 0)], VmExit::Cpuid),
             (vec![], VmExit::Shutdown),
         ]);
-        assert_eq!(v.step(10, &mut |_| {}), Step::Continue);
+        assert_eq!(v.step(10, 1000, &mut |_| {}), Step::Continue);
         assert_eq!((v.vcpu.reg(Reg::Rax), v.vcpu.reg(Reg::Rdx)), (0, 0));
-        assert_eq!(v.step(10, &mut |_| {}), Step::Continue);
-        assert_eq!(v.step(10, &mut |_| {}), Step::Continue);
+        assert_eq!(v.step(10, 1000, &mut |_| {}), Step::Continue);
+        assert_eq!(v.step(10, 1000, &mut |_| {}), Step::Continue);
         assert!(
             v.vcpu.reg(Reg::Rax) >= 1,
             "CPUID leaf 0 reports the highest leaf"
         );
         assert!(matches!(
-            v.step(10, &mut |_| {}),
+            v.step(10, 1000, &mut |_| {}),
             Step::Ended(GuestEnd::Fault {
                 kind: FaultKind::Shutdown,
                 ..
@@ -574,14 +599,14 @@ mod tests {
             VmExit::Forbidden { what: "VMRUN" },
             VmExit::InvalidState { code: u64::MAX },
             VmExit::Unknown {
-                code: 0x60,
+                code: 0x65,
                 info1: 0,
                 info2: 0,
             },
         ] {
             let mut v = vm(vec![(vec![], exit)]);
             assert!(matches!(
-                v.step(10, &mut |_| {}),
+                v.step(10, 1000, &mut |_| {}),
                 Step::Ended(GuestEnd::Fault {
                     kind: FaultKind::Instruction,
                     ..
@@ -591,12 +616,31 @@ mod tests {
     }
 
     #[test]
+    fn timer_ticks_preempt_and_then_end_a_spinning_guest() {
+        let mut v = vm(vec![(vec![], VmExit::Interrupt); 5]);
+        assert_eq!(v.step(10, 3, &mut |_| {}), Step::Preempted);
+        assert_eq!(v.step(10, 3, &mut |_| {}), Step::Preempted);
+        assert!(matches!(
+            v.step(10, 3, &mut |_| {}),
+            Step::Ended(GuestEnd::Fault {
+                kind: FaultKind::Timeout,
+                ..
+            })
+        ));
+        assert_eq!(v.ticks(), 3);
+        assert_eq!(v.vcpu.skipped, 0, "an interrupt exit skips no instruction");
+    }
+
+    #[test]
     fn runaway_guests_are_stopped() {
         let mut v = vm(vec![out(b'a'); 10]);
         for _ in 0..3 {
-            assert_eq!(v.step(3, &mut |_| {}), Step::Continue);
+            assert_eq!(v.step(3, 1000, &mut |_| {}), Step::Continue);
         }
-        assert_eq!(v.step(3, &mut |_| {}), Step::Ended(GuestEnd::ExitLimit(3)));
+        assert_eq!(
+            v.step(3, 1000, &mut |_| {}),
+            Step::Ended(GuestEnd::ExitLimit(3))
+        );
     }
 
     #[test]

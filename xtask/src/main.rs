@@ -5,7 +5,9 @@
 //! cargo xtask run [GUEST [ARGS]]...      boot guests in QEMU (default: the demo set)
 //! cargo xtask boot-test [TEST]...        every boot test (or the named ones)
 //! cargo xtask test                       host tests, then boot tests
+//! cargo xtask bench [--quick] [W1..W5]    benchmarks against the anchor crates
 //! options: --emulator qemu|kvm|bochs|all|auto   --log LEVEL   --timeout SECS
+//!          --jobs N (boot tests in parallel, default 2)
 //!          --gdb (run: wait for gdb on :1234)
 //! ```
 //! A guest argument of `run` is one word (`hello`) or a quoted spec with settings
@@ -29,6 +31,7 @@ struct Options {
     log: String,
     timeout: Duration,
     gdb: bool,
+    jobs: usize,
     rest: Vec<String>,
 }
 
@@ -38,6 +41,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
         log: "info".into(),
         timeout: Duration::from_secs(60),
         gdb: false,
+        jobs: 2,
         rest: Vec::new(),
     };
     let mut it = args.iter();
@@ -61,6 +65,10 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
                 o.timeout = Duration::from_secs(secs);
             }
             "--gdb" => o.gdb = true,
+            "--jobs" => {
+                let v = value()?;
+                o.jobs = v.parse().map_err(|_| format!("bad --jobs `{v}`"))?;
+            }
             _ if key.starts_with("--") => return Err(format!("unknown option {key}")),
             _ => o.rest.push(arg.clone()),
         }
@@ -74,6 +82,16 @@ fn main() -> ExitCode {
         eprintln!("{}", usage());
         return ExitCode::from(2);
     };
+    if command == "bench" {
+        // The benchmark binary parses its own arguments (`--quick`, workload names).
+        return match bench(&Paths::new(), rest) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xtask: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let options = match parse_options(rest) {
         Ok(o) => o,
         Err(e) => {
@@ -101,8 +119,25 @@ fn main() -> ExitCode {
 }
 
 fn usage() -> &'static str {
-    "usage: cargo xtask <build|run|boot-test|test> [--emulator qemu|kvm|bochs|all|auto] \
-     [--log LEVEL] [--timeout SECS] [--gdb] [GUESTS or TESTS...]"
+    "usage: cargo xtask <build|run|boot-test|test|bench> [--emulator qemu|kvm|bochs|all|auto] \
+     [--log LEVEL] [--timeout SECS] [--jobs N] [--gdb] [GUESTS or TESTS...]"
+}
+
+/// Runs the benchmarks (release build) side by side with the anchor crates; `args`
+/// (`--quick`, workload names such as `W1`) go to the benchmark binary.
+fn bench(paths: &Paths, args: &[String]) -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .current_dir(&paths.root)
+        .args(["run", "--release", "--package", "bench", "--"])
+        .args(args)
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("benchmarks failed ({status})"))
+    }
 }
 
 /// Runs every host test of the workspace: the host crates with their doc tests, then
@@ -193,6 +228,53 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// Boots one test and decides: `Ok((passed, report line(s)))`.
+fn boot_test(
+    paths: &Paths,
+    emulator: Emulator,
+    test: &scenarios::BootTest,
+    timeout: Duration,
+) -> Result<(bool, String), String> {
+    let modules = test
+        .guests
+        .iter()
+        .map(|g| guest_module(paths, g))
+        .collect::<Result<Vec<_>, _>>()?;
+    let boot = Boot {
+        cmdline: test.cmdline.to_string(),
+        modules,
+    };
+    let logs = paths.root.join("target/boot-tests");
+    std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
+    let log = logs.join(format!("{}-{}.log", emulator.name(), test.name));
+    let _ = std::fs::remove_file(&log);
+    let start = Instant::now();
+    let end = emulator::run(emulator, paths, &boot, Serial::File(&log), timeout, &[])?;
+    let elapsed = start.elapsed();
+    let output = std::fs::read_to_string(&log).unwrap_or_default();
+    let want = test.status.qemu_exit_status();
+    let status_ok = end == RunEnd::Exited(want);
+    let marker_ok = output.lines().any(|l| l.trim_end() == test.marker);
+    let label = format!("[{}] {}", emulator.name(), test.name);
+    Ok(if status_ok && marker_ok {
+        (
+            true,
+            format!("boot-test {label}: PASS ({:.2}s)", elapsed.as_secs_f64()),
+        )
+    } else {
+        let report = format!(
+            "boot-test {label}: FAIL (ended {end:?}, wanted status {want}; marker `{}` {})\n\
+             --- last lines of {} ---\n{}\n---",
+            test.marker,
+            if marker_ok { "found" } else { "missing" },
+            log.display(),
+            tail(&output, 25)
+        );
+        (false, report)
+    })
+}
+
+/// Runs the selected boot tests on every selected emulator, `--jobs` at a time.
 fn boot_tests(paths: &Paths, o: &Options) -> Result<(), String> {
     let tests: Vec<&scenarios::BootTest> = if o.rest.is_empty() {
         scenarios::BOOT_TESTS.iter().collect()
@@ -207,10 +289,7 @@ fn boot_tests(paths: &Paths, o: &Options) -> Result<(), String> {
             })
             .collect::<Result<_, _>>()?
     };
-    let logs = paths.root.join("target/boot-tests");
-    std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
-    let mut failed = Vec::new();
-    let mut passed = 0;
+    let mut jobs = Vec::new();
     for &emulator in &o.emulators {
         if let Err(reason) = emulator.available() {
             if o.emulators.len() > 1 || emulator == Emulator::Kvm {
@@ -219,44 +298,43 @@ fn boot_tests(paths: &Paths, o: &Options) -> Result<(), String> {
             }
             return Err(reason);
         }
-        for test in &tests {
-            let modules = test
-                .guests
-                .iter()
-                .map(|g| guest_module(paths, g))
-                .collect::<Result<Vec<_>, _>>()?;
-            let boot = Boot {
-                cmdline: test.cmdline.to_string(),
-                modules,
-            };
-            let log = logs.join(format!("{}-{}.log", emulator.name(), test.name));
-            let _ = std::fs::remove_file(&log);
-            let start = Instant::now();
-            let end = emulator::run(emulator, paths, &boot, Serial::File(&log), o.timeout, &[])?;
-            let elapsed = start.elapsed();
-            let output = std::fs::read_to_string(&log).unwrap_or_default();
-            let want = test.status.qemu_exit_status();
-            let status_ok = end == RunEnd::Exited(want);
-            let marker_ok = output.lines().any(|l| l.trim_end() == test.marker);
-            let label = format!("[{}] {}", emulator.name(), test.name);
-            if status_ok && marker_ok {
-                passed += 1;
-                println!("boot-test {label}: PASS ({:.2}s)", elapsed.as_secs_f64());
-            } else {
-                println!(
-                    "boot-test {label}: FAIL (ended {end:?}, wanted status {want}; marker \
-                     `{}` {})\n--- last lines of {} ---\n{}\n---",
-                    test.marker,
-                    if marker_ok { "found" } else { "missing" },
-                    log.display(),
-                    tail(&output, 25)
-                );
-                failed.push(label);
-            }
-        }
+        jobs.extend(tests.iter().map(|t| (emulator, *t)));
     }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..o.jobs.max(1) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&(emulator, test)) = jobs.get(i) else {
+                        break;
+                    };
+                    let result = boot_test(paths, emulator, test, o.timeout);
+                    let label = format!("[{}] {}", emulator.name(), test.name);
+                    let outcome = match result {
+                        Ok((pass, report)) => {
+                            println!("{report}");
+                            (pass, label)
+                        }
+                        Err(e) => {
+                            println!("boot-test {label}: ERROR ({e})");
+                            (false, label)
+                        }
+                    };
+                    results.lock().expect("no worker panics").push(outcome);
+                }
+            });
+        }
+    });
+    let results = results.into_inner().expect("no worker panics");
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|r| !r.0)
+        .map(|r| r.1.clone())
+        .collect();
     if failed.is_empty() {
-        println!("boot-test: all {passed} passed");
+        println!("boot-test: all {} passed", results.len());
         Ok(())
     } else {
         Err(format!(

@@ -25,6 +25,10 @@ pub const GUEST_DEFAULTS: &[(&str, &str)] = &[
     ("badcall", "expect=fault:hypercall"),
     ("portio", "expect=fault:io"),
     ("triple", "expect=fault:shutdown"),
+    ("hostile", "area=0x1000000+64K:rw"),
+    ("registers", ""),
+    ("populated", "populate area=0x4000000+4M:rwp"),
+    ("spin", "expect=fault:timeout"),
 ];
 
 /// The default settings of guest `name` ("" for an unknown guest).
@@ -89,6 +93,24 @@ pub const BOOT_TESTS: &[BootTest] = &[
     single!("badcall"),
     single!("portio"),
     single!("triple"),
+    single!("hostile"),
+    single!("populated"),
+    // A guest that never exits is preempted by the timer (the others finish first) and
+    // stopped after its CPU budget (1 s here; the others need a few ms each).
+    BootTest {
+        name: "spin",
+        cmdline: "log=info cpu-budget=100",
+        guests: &["spin", "hello", "clone"],
+        status: RunStatus::AllPassed,
+        marker: "HV: ALL 4 GUESTS PASSED",
+    },
+    BootTest {
+        name: "registers",
+        cmdline: "log=info",
+        guests: &["registers"],
+        status: RunStatus::AllPassed,
+        marker: "HV: ALL 2 GUESTS PASSED",
+    },
     // Every scenario in one boot: each guest has its own address space and ASID, the
     // misbehaving ones end alone and the others go on.
     BootTest {

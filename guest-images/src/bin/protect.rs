@@ -1,7 +1,8 @@
 //! Scenario `protect`: writes to its RAM area, asks the hypervisor to make one page
 //! read-only, reads it (the old value), then writes it again: the write must fault at
 //! exactly that page (`expect=fault:write@0x1001000`). A hypervisor that forgets to
-//! flush the stale writable translation lets the write through.
+//! flush the stale writable translation lets the write through where TLBs are tagged
+//! by ASID (hardware, KVM; QEMU's TCG flushes on every world switch anyway).
 #![no_std]
 #![no_main]
 

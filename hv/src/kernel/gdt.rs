@@ -15,6 +15,8 @@ pub const IST_EXCEPTION: u16 = 1;
 pub const IST_DOUBLE_FAULT: u16 = 2;
 /// IST slot for NMI and machine checks.
 pub const IST_NMI: u16 = 3;
+/// IST slot for device interrupts (the scheduling timer).
+pub const IST_IRQ: u16 = 4;
 
 const IST_STACK_SIZE: usize = 32 * 1024;
 
@@ -22,7 +24,7 @@ const IST_STACK_SIZE: usize = 32 * 1024;
 #[repr(C, align(16))]
 struct IstStack([u8; IST_STACK_SIZE]);
 
-static mut IST_STACKS: [IstStack; 3] = [const { IstStack([0; IST_STACK_SIZE]) }; 3];
+static mut IST_STACKS: [IstStack; 4] = [const { IstStack([0; IST_STACK_SIZE]) }; 4];
 
 struct Tables {
     gdt: GlobalDescriptorTable,
@@ -44,7 +46,7 @@ pub fn init() {
     let tss = TSS.call_once(|| {
         let mut tss = TaskStateSegment::new();
         let stacks = &raw const IST_STACKS;
-        for (slot, stack_index) in [IST_EXCEPTION, IST_DOUBLE_FAULT, IST_NMI]
+        for (slot, stack_index) in [IST_EXCEPTION, IST_DOUBLE_FAULT, IST_NMI, IST_IRQ]
             .into_iter()
             .enumerate()
         {

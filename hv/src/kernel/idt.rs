@@ -1,5 +1,6 @@
-//! The host IDT: one entry stub per exception vector (0-31), each on an IST stack.
-//! The hypervisor runs with interrupts disabled, so any host exception is a bug: the
+//! The host IDT: one entry stub per exception vector (0-31), each on an IST stack,
+//! plus the device-interrupt stubs of [`super::timer`] (vectors 0x20-0x2F).
+//! Any host exception is a bug: the
 //! handler prints the vector, error code and every register, then ends the run with
 //! [`RunStatus::HostFault`].
 
@@ -129,10 +130,15 @@ pub fn init() {
         // SAFETY: `exception_stub_table` is a 32-entry table of addresses in read-only
         // data defined by the assembly above.
         let stubs = unsafe { exception_stub_table };
-        for (vector, &addr) in stubs.iter().enumerate() {
+        let irqs = super::timer::stubs()
+            .into_iter()
+            .enumerate()
+            .map(|(i, addr)| (usize::from(super::timer::IRQ_BASE) + i, addr));
+        for (vector, addr) in stubs.into_iter().enumerate().chain(irqs) {
             let ist = match vector {
                 2 | 18 => gdt::IST_NMI,
                 8 => gdt::IST_DOUBLE_FAULT,
+                32.. => gdt::IST_IRQ,
                 _ => gdt::IST_EXCEPTION,
             };
             idt.0[vector] = Gate {

@@ -7,6 +7,7 @@
 //! * [`heap`]: the global allocator.
 //! * [`multiboot`]: reading the boot information.
 //! * [`fatal`]: panic and end-of-run paths (isa-debug-exit).
+//! * [`timer`]: the PIC and the 100 Hz PIT that end guests' time slices.
 //! * [`start`]: the Rust entry point that ties them together.
 
 pub mod boot;
@@ -17,3 +18,4 @@ pub mod heap;
 pub mod idt;
 pub mod multiboot;
 pub mod start;
+pub mod timer;

@@ -5,10 +5,9 @@ use alloc::vec::Vec;
 use guest_images::abi::RunStatus;
 use hv::platform::{self, IDENTITY_LIMIT};
 use hv::settings::{self, LogLevel, SelfTest};
-use x86_64::instructions::port::Port;
 
 use super::multiboot::{BOOTLOADER_MAGIC, RawBootInfo};
-use super::{console, fatal, gdt, heap, idt};
+use super::{console, fatal, gdt, heap, idt, timer};
 use crate::kprintln;
 
 /// Size of the kernel heap.
@@ -30,22 +29,13 @@ fn level_filter(level: LogLevel) -> log::LevelFilter {
     }
 }
 
-/// Masks both legacy PICs: the hypervisor polls and never takes interrupts.
-fn mask_pics() {
-    for port in [0x21u16, 0xA1] {
-        let mut p = Port::<u8>::new(port);
-        // SAFETY: writing the PIC interrupt mask registers only masks IRQ lines.
-        unsafe { p.write(0xFF) };
-    }
-}
-
 /// Called by the boot trampoline with the multiboot magic and information address.
 #[unsafe(no_mangle)]
 extern "C" fn hv_main(magic: u32, info: u32) -> ! {
     console::init(log::LevelFilter::Info);
     gdt::init();
     idt::init();
-    mask_pics();
+    timer::init();
     log::info!("stage-2 hypervisor starting");
     if magic != BOOTLOADER_MAGIC {
         log::error!("not started by a multiboot loader (magic {magic:#x})");
@@ -124,5 +114,10 @@ extern "C" fn hv_main(magic: u32, info: u32) -> ! {
         .collect();
     let status = hv::hypervisor::start(&hv_settings, guests, &mut console::KernelConsole);
     log::debug!("heap in use at exit: {} KiB", heap::in_use() >> 10);
+    log::info!(
+        "{} timer ticks ({} Hz) during the run",
+        timer::ticks(),
+        timer::HZ
+    );
     fatal::exit(status)
 }

@@ -4,6 +4,8 @@ use crate::vcpu::VmExit;
 
 /// Exit codes (APM vol. 2, appendix C, table C-1).
 pub mod code {
+    /// A physical maskable interrupt (INTR).
+    pub const INTR: u64 = 0x60;
     /// CPUID.
     pub const CPUID: u64 = 0x72;
     /// HLT.
@@ -88,6 +90,7 @@ pub fn decode(exit_code: u64, info1: u64, info2: u64) -> VmExit {
             string: info1 & (ioio::STR | ioio::REP) != 0,
         },
         code::VMMCALL => VmExit::Hypercall,
+        code::INTR => VmExit::Interrupt,
         code::CPUID => VmExit::Cpuid,
         code::MSR => VmExit::Msr {
             write: info1 & 1 != 0,
@@ -146,6 +149,7 @@ mod tests {
         assert_eq!(decode(code::MSR, 1, 0), VmExit::Msr { write: true });
         assert_eq!(decode(code::MSR, 0, 0), VmExit::Msr { write: false });
         assert_eq!(decode(code::SHUTDOWN, 0, 0), VmExit::Shutdown);
+        assert_eq!(decode(code::INTR, 0, 0), VmExit::Interrupt);
         assert_eq!(
             decode(code::VMRUN, 0, 0),
             VmExit::Forbidden { what: "VMRUN" }
@@ -159,8 +163,8 @@ mod tests {
             VmExit::InvalidState { code: 0xFFFF_FFFF }
         );
         assert!(matches!(
-            decode(0x60, 1, 2),
-            VmExit::Unknown { code: 0x60, .. }
+            decode(0x65, 1, 2),
+            VmExit::Unknown { code: 0x65, .. }
         ));
         assert_eq!(fixed_length(code::VMMCALL), Some(3));
         assert_eq!(fixed_length(code::NPF), None);

@@ -13,7 +13,7 @@ use core::mem::offset_of;
 use x86_64::registers::model_specific::Msr;
 
 use super::exit::{self, code};
-use super::vmcb::{Vmcb, attr, control, intercept3, intercept4, save, tlb_control};
+use super::vmcb::{V_INTR_MASKING, Vmcb, attr, control, intercept3, intercept4, save, tlb_control};
 use super::{SvmCaps, SvmError};
 use crate::platform::virt_to_phys;
 use crate::vcpu::{FlushRequest, Reg, Vcpu, VmExit};
@@ -26,6 +26,8 @@ const MSR_VM_CR: u32 = 0xC001_0114;
 const VM_CR_SVMDIS: u64 = 1 << 4;
 /// VM_HSAVE_PA MSR (APM vol. 2, 15.30.4): where VMRUN saves host state.
 const MSR_VM_HSAVE_PA: u32 = 0xC001_0117;
+/// The PAT MSR (APM vol. 2, 7.8.1); nested page entries index the host's PAT.
+const MSR_PAT: u32 = 0x277;
 
 /// Guest EFER: LME (bit 8), LMA (bit 10), NXE (bit 11), SVME (bit 12; must be set in
 /// a guest, APM 15.5.1).
@@ -75,6 +77,9 @@ core::arch::global_asm!(
     "push rdi",
     "push rdx",
     "clgi",
+    // IF = 1 while GIF = 0: the timer interrupt waits for VMRUN, and then (with
+    // V_INTR_MASKING and the INTR intercept) ends the guest's slice with a #VMEXIT.
+    "sti",
     "fxsave [rdi + {host_fx}]",
     "fxrstor [rdi + {guest_fx}]",
     "mov rax, rdx",
@@ -119,7 +124,9 @@ core::arch::global_asm!(
     "vmload rax",
     "fxsave [rdi + {guest_fx}]",
     "fxrstor [rdi + {host_fx}]",
+    // A pending timer interrupt is taken here, by the host's handler, then IF = 0 again.
     "stgi",
+    "cli",
     "add rsp, 8",
     "pop r15", "pop r14", "pop r13", "pop r12", "pop rbx", "pop rbp",
     "ret",
@@ -178,6 +185,11 @@ impl SvmHost {
         let efer = unsafe { Msr::new(MSR_EFER).read() };
         // SAFETY: setting SVME only enables the SVM instructions.
         unsafe { Msr::new(MSR_EFER).write(efer | EFER_SVME) };
+        // Nested leaves select their memory type through the host PAT (APM 15.25.8):
+        // load the layout the NPT encoding assumes. Entries 0-3 keep their power-on
+        // values, which are the only ones the host's own page tables use.
+        // SAFETY: only PAT entries 4 and 5 change, and no host mapping uses them.
+        unsafe { Msr::new(MSR_PAT).write(ept::format::NPT_HOST_PAT) };
         let hsave = Box::new(Vmcb::default());
         // SAFETY: the page is 4 KiB aligned, owned by this struct for as long as SVM
         // runs guests (the host is never torn down), and identity-mapped.
@@ -226,7 +238,8 @@ impl SvmHost {
         v.write_u32(control::INTERCEPT_EXCEPTIONS, 0);
         v.write_u32(
             control::INTERCEPT_VEC3,
-            intercept3::CPUID
+            intercept3::INTR
+                | intercept3::CPUID
                 | intercept3::HLT
                 | intercept3::INVD
                 | intercept3::IOIO_PROT
@@ -248,6 +261,7 @@ impl SvmHost {
         v.write_u64(control::MSRPM_BASE_PA, virt_to_phys(&*self.msrpm));
         v.write_u32(control::GUEST_ASID, asid);
         v.write_u64(control::NP_ENABLE, 1);
+        v.write_u64(control::V_INTR, V_INTR_MASKING);
         v.write_u64(control::N_CR3, ncr3);
         v.set_segment(save::CS, 0x08, attr::CODE64, 0xFFFF_FFFF, 0);
         for seg in [save::DS, save::ES, save::SS, save::FS, save::GS] {

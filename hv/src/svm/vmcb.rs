@@ -20,6 +20,9 @@ pub mod control {
     pub const GUEST_ASID: usize = 0x058;
     /// TLB control (u8), see [`super::tlb_control`].
     pub const TLB_CONTROL: usize = 0x05C;
+    /// Virtual interrupt control (u64); bit 24 = V_INTR_MASKING (APM 15.21.1): the
+    /// host's RFLAGS.IF, not the guest's, masks physical interrupts while the guest runs.
+    pub const V_INTR: usize = 0x060;
     /// Exit code (u64).
     pub const EXIT_CODE: usize = 0x070;
     /// EXITINFO1 (u64).
@@ -92,6 +95,8 @@ pub mod save {
 
 /// Intercept vector 3 bits (APM vol. 2, table B-1, offset 0x00C).
 pub mod intercept3 {
+    /// Physical maskable interrupts (INTR).
+    pub const INTR: u32 = 1 << 0;
     /// INVD.
     pub const INVD: u32 = 1 << 22;
     /// CPUID.
@@ -125,6 +130,9 @@ pub mod intercept4 {
     /// XSETBV (XCR0 is host state we do not switch).
     pub const XSETBV: u32 = 1 << 13;
 }
+
+/// V_INTR_MASKING in [`control::V_INTR`] (APM vol. 2, 15.21.1).
+pub const V_INTR_MASKING: u64 = 1 << 24;
 
 /// TLB_CONTROL values (APM vol. 2, 15.16.1).
 pub mod tlb_control {
