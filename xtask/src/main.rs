@@ -5,6 +5,7 @@
 //! cargo xtask run [GUEST [ARGS]]...      boot guests in QEMU (default: the demo set)
 //! cargo xtask boot-test [TEST]...        every boot test (or the named ones)
 //! cargo xtask test                       host tests, then boot tests
+//! cargo xtask bench [--quick] [W1..W5]    benchmarks against the anchor crates
 //! options: --emulator qemu|kvm|bochs|all|auto   --log LEVEL   --timeout SECS
 //!          --jobs N (boot tests in parallel, default 2)
 //!          --gdb (run: wait for gdb on :1234)
@@ -81,6 +82,16 @@ fn main() -> ExitCode {
         eprintln!("{}", usage());
         return ExitCode::from(2);
     };
+    if command == "bench" {
+        // The benchmark binary parses its own arguments (`--quick`, workload names).
+        return match bench(&Paths::new(), rest) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xtask: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let options = match parse_options(rest) {
         Ok(o) => o,
         Err(e) => {
@@ -108,8 +119,25 @@ fn main() -> ExitCode {
 }
 
 fn usage() -> &'static str {
-    "usage: cargo xtask <build|run|boot-test|test> [--emulator qemu|kvm|bochs|all|auto] \
+    "usage: cargo xtask <build|run|boot-test|test|bench> [--emulator qemu|kvm|bochs|all|auto] \
      [--log LEVEL] [--timeout SECS] [--jobs N] [--gdb] [GUESTS or TESTS...]"
+}
+
+/// Runs the benchmarks (release build) side by side with the anchor crates; `args`
+/// (`--quick`, workload names such as `W1`) go to the benchmark binary.
+fn bench(paths: &Paths, args: &[String]) -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .current_dir(&paths.root)
+        .args(["run", "--release", "--package", "bench", "--"])
+        .args(args)
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("benchmarks failed ({status})"))
+    }
 }
 
 /// Runs every host test of the workspace: the host crates with their doc tests, then
