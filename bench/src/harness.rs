@@ -1,10 +1,101 @@
-//! Timing and aggregation: every measurement is a wall-clock sample of one phase of one
-//! contender in one round, normalised to nanoseconds per unit (page or operation).
+//! Timing and aggregation: every measurement is one sample of one phase of one contender
+//! in one round, normalised to nanoseconds per unit (page or operation). Samples are the
+//! thread's CPU time by default (Linux `CLOCK_THREAD_CPUTIME_ID`), so time the thread
+//! spends descheduled on this shared machine does not count; `--wall` uses wall-clock time.
+//! The clock's own cost (calibrated at start) is subtracted.
 //! Contenders of a workload run interleaved inside each round, so machine noise (the host
 //! is shared) hits them alike; the report keeps the median of the rounds and their spread.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
+
+/// Which clock samples are taken with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Clock {
+    /// CPU time of this thread (Linux); falls back to wall time elsewhere.
+    ThreadCpu,
+    /// Wall-clock time.
+    Wall,
+}
+
+#[cfg(target_os = "linux")]
+mod cpu {
+    /// `struct timespec` on x86_64 / aarch64 Linux.
+    #[repr(C)]
+    struct Timespec {
+        tv_sec: i64,
+        tv_nsec: i64,
+    }
+
+    /// Linux `CLOCK_THREAD_CPUTIME_ID`.
+    const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
+
+    unsafe extern "C" {
+        /// POSIX `clock_gettime` from the C library std already links.
+        fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
+    }
+
+    /// CPU time of the calling thread in nanoseconds, if the clock answers.
+    pub fn thread_ns() -> Option<u64> {
+        let mut ts = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `clock_gettime` writes one `struct timespec` (layout matched by the
+        // `repr(C)` type) through the valid pointer it is given and keeps no reference.
+        let r = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        (r == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod cpu {
+    pub fn thread_ns() -> Option<u64> {
+        None
+    }
+}
+
+impl Clock {
+    /// The clock actually used: thread CPU time only where it works.
+    pub fn resolve(self) -> Clock {
+        match self {
+            Clock::ThreadCpu if cpu::thread_ns().is_some() => Clock::ThreadCpu,
+            _ => Clock::Wall,
+        }
+    }
+
+    /// A short name for the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Clock::ThreadCpu => "thread CPU time",
+            Clock::Wall => "wall-clock time",
+        }
+    }
+
+    /// Runs `f` and returns its result and the nanoseconds it took on this clock.
+    pub fn measure<T>(self, f: impl FnOnce() -> T) -> (T, u64) {
+        match self {
+            Clock::ThreadCpu => {
+                let start = cpu::thread_ns().unwrap_or(0);
+                let out = std::hint::black_box(f());
+                let end = cpu::thread_ns().unwrap_or(start);
+                (out, end.saturating_sub(start))
+            }
+            Clock::Wall => {
+                let start = Instant::now();
+                let out = std::hint::black_box(f());
+                (out, start.elapsed().as_nanos() as u64)
+            }
+        }
+    }
+
+    /// The median cost of measuring nothing, to subtract from every sample.
+    pub fn overhead(self) -> u64 {
+        let mut v: Vec<u64> = (0..101).map(|_| self.measure(|| ()).1).collect();
+        v.sort_unstable();
+        v[v.len() / 2]
+    }
+}
 
 /// Who a sample belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -17,11 +108,15 @@ pub enum Who {
     Floor,
 }
 
-/// Median, minimum and maximum of one contender's samples, in ns per unit.
+/// Median, quartiles, minimum and maximum of one contender's samples, in ns per unit.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Stat {
     /// Median over the rounds.
     pub median: f64,
+    /// First quartile (nearest rank).
+    pub q1: f64,
+    /// Third quartile (nearest rank).
+    pub q3: f64,
     /// Fastest round.
     pub min: f64,
     /// Slowest round.
@@ -42,18 +137,23 @@ impl Stat {
         } else {
             (s[n / 2 - 1] + s[n / 2]) / 2.0
         };
+        let rank = |q: f64| s[((q * n as f64).ceil() as usize).clamp(1, n) - 1];
         Stat {
             median,
+            q1: rank(0.25),
+            q3: rank(0.75),
             min: s[0],
             max: s[n - 1],
             rounds: n,
         }
     }
 
-    /// Spread of the rounds, `(max - min) / median`, in percent.
+    /// Spread of the rounds: the interquartile range over the median, in percent (robust
+    /// against the odd round in which another process took the CPU; `min`/`max` keep
+    /// the extremes).
     pub fn spread_pct(&self) -> f64 {
         if self.median > 0.0 {
-            (self.max - self.min) / self.median * 100.0
+            (self.q3 - self.q1) / self.median * 100.0
         } else {
             0.0
         }
@@ -69,6 +169,7 @@ pub struct Recorder {
     pub recording: bool,
     /// Run only this contender (for profiling): `ours`, `floor` or an anchor's name.
     pub only: Option<String>,
+    clock: Option<(Clock, u64)>,
 }
 
 impl Recorder {
@@ -78,6 +179,17 @@ impl Recorder {
             recording: true,
             ..Self::default()
         }
+    }
+
+    /// Takes samples with `clock` (resolved, with its overhead calibrated).
+    pub fn use_clock(&mut self, clock: Clock) {
+        let clock = clock.resolve();
+        self.clock = Some((clock, clock.overhead()));
+    }
+
+    /// The clock in use and its calibrated overhead in ns.
+    pub fn clock(&self) -> (Clock, u64) {
+        self.clock.unwrap_or((Clock::Wall, 0))
     }
 
     /// Whether `who` should run at all.
@@ -104,10 +216,9 @@ impl Recorder {
 
     /// Runs `f` once, timed, and records it as `units` units of `id` by `who`.
     pub fn time<T>(&mut self, id: &str, who: Who, units: usize, f: impl FnOnce() -> T) -> T {
-        let start = Instant::now();
-        let out = std::hint::black_box(f());
-        let ns = start.elapsed().as_nanos() as f64;
-        self.record(id, who, ns, units);
+        let (clock, overhead) = self.clock();
+        let (out, ns) = clock.measure(f);
+        self.record(id, who, ns.saturating_sub(overhead) as f64, units);
         out
     }
 
@@ -144,8 +255,40 @@ mod tests {
     fn median_min_max_and_spread() {
         let s = Stat::of(&[5.0, 1.0, 3.0]);
         assert_eq!((s.median, s.min, s.max, s.rounds), (3.0, 1.0, 5.0, 3));
+        assert_eq!((s.q1, s.q3), (1.0, 5.0));
         assert!((s.spread_pct() - 400.0 / 3.0).abs() < 1e-9);
         assert_eq!(Stat::of(&[4.0, 2.0]).median, 3.0);
+        let outlier = Stat::of(&[10.0, 10.0, 11.0, 10.0, 9.0, 10.0, 1000.0, 10.0]);
+        assert_eq!((outlier.q1, outlier.median, outlier.q3), (10.0, 10.0, 10.0));
+        assert_eq!(
+            outlier.spread_pct(),
+            0.0,
+            "one slow round does not blow the spread"
+        );
+        assert_eq!(outlier.max, 1000.0);
+    }
+
+    #[test]
+    fn both_clocks_see_work_and_cpu_time_skips_sleep() {
+        let spin = || {
+            let t = Instant::now();
+            while t.elapsed().as_millis() < 20 {
+                std::hint::spin_loop();
+            }
+        };
+        for clock in [Clock::ThreadCpu.resolve(), Clock::Wall] {
+            let (_, ns) = clock.measure(spin);
+            assert!(
+                ns >= 10_000_000,
+                "{clock:?} saw only {ns} ns of a 20 ms spin"
+            );
+            assert!(clock.overhead() < 1_000_000);
+        }
+        if Clock::ThreadCpu.resolve() == Clock::ThreadCpu {
+            let (_, ns) = Clock::ThreadCpu
+                .measure(|| std::thread::sleep(std::time::Duration::from_millis(50)));
+            assert!(ns < 25_000_000, "a 50 ms sleep cost {ns} ns of CPU time");
+        }
     }
 
     #[test]

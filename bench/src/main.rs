@@ -1,10 +1,13 @@
+#![doc = include_str!("../README.md")]
+//!
 //! Benchmarks of the stage-2 manager side by side with the anchor crates (issue 7), run by
 //! `cargo xtask bench [--quick]` (= `cargo run --release -p bench -- [--quick]`).
 //!
 //! Every workload runs all contenders (ours, the anchors, the floor) interleaved inside
 //! each round; one warm-up round is dropped; the table gives the median over the rounds,
-//! the spread (max - min over median) and the ratios; then one `BENCH` line per
-//! measurement. Arguments: `--quick` (fewer rounds, well under a minute), `--rounds N`,
+//! the spread (interquartile range over median) and the ratios; then one `BENCH` line per
+//! measurement. Arguments: `--quick` (fewer rounds, well under a minute), `--wall`
+//! (wall-clock instead of thread CPU time), `--rounds N`,
 //! `--only ours|floor|<anchor name>` (run one contender, for profiling) and workload names (`W1` .. `W5`) to run only those.
 
 mod anchors;
@@ -29,6 +32,7 @@ struct Options {
     large_searches: usize,
     only: Vec<String>,
     only_contender: Option<String>,
+    clock: harness::Clock,
 }
 
 impl Options {
@@ -37,10 +41,12 @@ impl Options {
         let mut rounds = None;
         let mut only = Vec::new();
         let mut only_contender = None;
+        let mut clock = harness::Clock::ThreadCpu;
         let mut args = args.peekable();
         while let Some(a) = args.next() {
             match a.as_str() {
                 "--quick" => quick = true,
+                "--wall" => clock = harness::Clock::Wall,
                 "--only" => only_contender = Some(args.next().ok_or("--only needs a name")?),
                 "--rounds" => {
                     let n = args.next().ok_or("--rounds needs a number")?;
@@ -51,10 +57,11 @@ impl Options {
             }
         }
         Ok(Options {
-            rounds: rounds.unwrap_or(if quick { 3 } else { 7 }).max(1),
+            rounds: rounds.unwrap_or(if quick { 5 } else { 9 }).max(1),
             large_searches: if quick { 200 } else { 1000 },
             only,
             only_contender,
+            clock,
         })
     }
 
@@ -76,7 +83,7 @@ fn main() -> ExitCode {
         Ok(o) => o,
         Err(e) => {
             eprintln!(
-                "bench: {e}\nusage: bench [--quick] [--rounds N] [--only ours|floor|<anchor>] [W1 .. W5]"
+                "bench: {e}\nusage: bench [--quick] [--wall] [--rounds N] [--only ours|floor|<anchor>] [W1 .. W5]"
             );
             return ExitCode::from(2);
         }
@@ -90,6 +97,7 @@ fn main() -> ExitCode {
     let fault_order = rng::permutation(w1::PAGES, 0xfa17);
     let mut rec = Recorder::new();
     rec.only = opts.only_contender.clone();
+    rec.use_clock(opts.clock);
     for round in 0..=opts.rounds {
         rec.recording = round > 0;
         if opts.runs("W1") {
@@ -111,9 +119,13 @@ fn main() -> ExitCode {
             }
         }
     }
+    let (clock, overhead) = rec.clock();
     println!(
-        "bench: {} rounds (+1 warm-up dropped), ns per unit, median ±spread; {:.1} s",
+        "bench: {} rounds (+1 warm-up dropped), {} (clock cost {} ns subtracted), ns per \
+         unit, median ±IQR/median; {:.1} s",
         opts.rounds,
+        clock.name(),
+        overhead,
         started.elapsed().as_secs_f64()
     );
     let missed = report::print(&rec, &unit);
@@ -151,5 +163,7 @@ mod tests {
         assert!(parse(&["--rounds"]).is_err());
         assert!(parse(&["--rounds", "x"]).is_err());
         assert!(parse(&["--fast"]).is_err());
+        assert_eq!(parse(&["--wall"]).unwrap().clock, harness::Clock::Wall);
+        assert_eq!(parse(&[]).unwrap().clock, harness::Clock::ThreadCpu);
     }
 }

@@ -80,15 +80,6 @@ impl Emulator {
             Self::Kvm => None,
         }
     }
-
-    /// How many boots of this emulator may run at once (Bochs is slow and
-    /// single-threaded: one per core of this 2-core machine).
-    pub fn parallel_runs(self) -> usize {
-        match self {
-            Self::Bochs(_) => 2,
-            _ => 1,
-        }
-    }
 }
 
 /// One boot: the hypervisor command line and its guests.

@@ -5,8 +5,10 @@
 //! cargo xtask run [GUEST [ARGS]]...      boot guests (default: QEMU, the demo set)
 //! cargo xtask boot-test [TEST]...        every boot test (or the named ones)
 //! cargo xtask test                       host tests, then boot tests
+//! cargo xtask bench [--quick] [W1..W5]    benchmarks against the anchor crates
 //! options: --emulator qemu|kvm|bochs|bochs-skylake|bochs-sandybridge|all|auto
-//!          --log LEVEL   --timeout SECS   --gdb (run, QEMU: wait for gdb on :1234)
+//!          --log LEVEL   --timeout SECS   --jobs N (boot tests in parallel, default 2)
+//!          --gdb (run, QEMU: wait for gdb on :1234)
 //! ```
 //! `boot-test` and `test` use every emulator unless told otherwise: QEMU (SVM with
 //! nested paging), Bochs on two CPU models (VMX with EPT; `bochs` means both), and
@@ -20,7 +22,6 @@ mod deps;
 mod emulator;
 mod iso;
 mod kvm;
-mod parallel;
 mod scenarios;
 
 use std::process::{Command, ExitCode};
@@ -36,6 +37,7 @@ struct Options {
     log: String,
     timeout: Duration,
     gdb: bool,
+    jobs: usize,
     rest: Vec<String>,
 }
 
@@ -45,6 +47,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
         log: "info".into(),
         timeout: Duration::from_secs(60),
         gdb: false,
+        jobs: 2,
         rest: Vec::new(),
     };
     let mut it = args.iter();
@@ -68,6 +71,10 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
                 o.timeout = Duration::from_secs(secs);
             }
             "--gdb" => o.gdb = true,
+            "--jobs" => {
+                let v = value()?;
+                o.jobs = v.parse().map_err(|_| format!("bad --jobs `{v}`"))?;
+            }
             _ if key.starts_with("--") => return Err(format!("unknown option {key}")),
             _ => o.rest.push(arg.clone()),
         }
@@ -81,6 +88,16 @@ fn main() -> ExitCode {
         eprintln!("{}", usage());
         return ExitCode::from(2);
     };
+    if command == "bench" {
+        // The benchmark binary parses its own arguments (`--quick`, workload names).
+        return match bench(&Paths::new(), rest) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xtask: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let mut options = match parse_options(rest) {
         Ok(o) => o,
         Err(e) => {
@@ -115,9 +132,26 @@ fn main() -> ExitCode {
 }
 
 fn usage() -> &'static str {
-    "usage: cargo xtask <build|run|boot-test|test> \
+    "usage: cargo xtask <build|run|boot-test|test|bench> \
      [--emulator qemu|kvm|bochs|bochs-skylake|bochs-sandybridge|all|auto] \
-     [--log LEVEL] [--timeout SECS] [--gdb] [GUESTS or TESTS...]"
+     [--log LEVEL] [--timeout SECS] [--jobs N] [--gdb] [GUESTS or TESTS...]"
+}
+
+/// Runs the benchmarks (release build) side by side with the anchor crates; `args`
+/// (`--quick`, workload names such as `W1`) go to the benchmark binary.
+fn bench(paths: &Paths, args: &[String]) -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .current_dir(&paths.root)
+        .args(["run", "--release", "--package", "bench", "--"])
+        .args(args)
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("benchmarks failed ({status})"))
+    }
 }
 
 /// Runs every host test of the workspace: the host crates with their doc tests, then
@@ -208,15 +242,13 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// Runs one boot test: `Ok(Ok(()))` when it passed, `Ok(Err(label))` when it failed,
-/// `Err` when it could not run.
+/// Boots one test and decides: `Ok((passed, report line(s)))`.
 fn boot_test(
     paths: &Paths,
-    o: &Options,
     emulator: Emulator,
     test: &scenarios::BootTest,
-    logs: &std::path::Path,
-) -> Result<Result<(), String>, String> {
+    timeout: Duration,
+) -> Result<(bool, String), String> {
     let modules = test
         .guests
         .iter()
@@ -226,17 +258,20 @@ fn boot_test(
         cmdline: test.cmdline.to_string(),
         modules,
     };
+    let logs = paths.root.join("target/boot-tests");
+    std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
     let log = logs.join(format!("{}-{}.log", emulator.name(), test.name));
     let _ = std::fs::remove_file(&log);
     let start = Instant::now();
-    let end = emulator::run(emulator, paths, &boot, Serial::File(&log), o.timeout, &[])?;
+    let end = emulator::run(emulator, paths, &boot, Serial::File(&log), timeout, &[])?;
     let elapsed = start.elapsed();
     let output = std::fs::read_to_string(&log).unwrap_or_default();
     let want = test.status.qemu_exit_status();
     let status_ok = end == RunEnd::Exited(want);
     let marker_ok = output.lines().any(|l| l.trim_end() == test.marker);
-    // A refused configuration or a host fault self-test ends before a back-end is
-    // chosen.
+    // The back-end line proves which virtualization (and, under Bochs, which EPT
+    // capabilities) ran the guests; a refused configuration or a host-fault self-test
+    // ends before a back-end is chosen.
     let backend = emulator.backend_line().filter(|_| {
         matches!(
             test.status,
@@ -245,13 +280,15 @@ fn boot_test(
     });
     let backend_ok = backend.is_none_or(|b| output.lines().any(|l| l.starts_with(b)));
     let label = format!("[{}] {}", emulator.name(), test.name);
-    if status_ok && marker_ok && backend_ok {
-        println!("boot-test {label}: PASS ({:.2}s)", elapsed.as_secs_f64());
-        Ok(Ok(()))
+    Ok(if status_ok && marker_ok && backend_ok {
+        (
+            true,
+            format!("boot-test {label}: PASS ({:.2}s)", elapsed.as_secs_f64()),
+        )
     } else {
-        println!(
-            "boot-test {label}: FAIL (ended {end:?}, wanted status {want}; marker \
-             `{}` {}{})\n--- last lines of {} ---\n{}\n---",
+        let report = format!(
+            "boot-test {label}: FAIL (ended {end:?}, wanted status {want}; marker `{}` {}{})\n\
+             --- last lines of {} ---\n{}\n---",
             test.marker,
             if marker_ok { "found" } else { "missing" },
             match backend {
@@ -261,10 +298,11 @@ fn boot_test(
             log.display(),
             tail(&output, 25)
         );
-        Ok(Err(label))
-    }
+        (false, report)
+    })
 }
 
+/// Runs the selected boot tests on every selected emulator, `--jobs` at a time.
 fn boot_tests(paths: &Paths, o: &Options) -> Result<(), String> {
     let tests: Vec<&scenarios::BootTest> = if o.rest.is_empty() {
         scenarios::BOOT_TESTS.iter().collect()
@@ -279,10 +317,7 @@ fn boot_tests(paths: &Paths, o: &Options) -> Result<(), String> {
             })
             .collect::<Result<_, _>>()?
     };
-    let logs = paths.root.join("target/boot-tests");
-    std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
-    let mut failed = Vec::new();
-    let mut passed = 0;
+    let mut jobs = Vec::new();
     for &emulator in &o.emulators {
         if let Err(reason) = emulator.available() {
             // KVM needs hardware this machine may lack: that is a skip, with the
@@ -293,18 +328,43 @@ fn boot_tests(paths: &Paths, o: &Options) -> Result<(), String> {
             }
             return Err(reason);
         }
-        let results = parallel::map(&tests, emulator.parallel_runs(), |test| {
-            boot_test(paths, o, emulator, test, &logs)
-        });
-        for result in results {
-            match result? {
-                Ok(()) => passed += 1,
-                Err(label) => failed.push(label),
-            }
-        }
+        jobs.extend(tests.iter().map(|t| (emulator, *t)));
     }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..o.jobs.max(1) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&(emulator, test)) = jobs.get(i) else {
+                        break;
+                    };
+                    let result = boot_test(paths, emulator, test, o.timeout);
+                    let label = format!("[{}] {}", emulator.name(), test.name);
+                    let outcome = match result {
+                        Ok((pass, report)) => {
+                            println!("{report}");
+                            (pass, label)
+                        }
+                        Err(e) => {
+                            println!("boot-test {label}: ERROR ({e})");
+                            (false, label)
+                        }
+                    };
+                    results.lock().expect("no worker panics").push(outcome);
+                }
+            });
+        }
+    });
+    let results = results.into_inner().expect("no worker panics");
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|r| !r.0)
+        .map(|r| r.1.clone())
+        .collect();
     if failed.is_empty() {
-        println!("boot-test: all {passed} passed");
+        println!("boot-test: all {} passed", results.len());
         Ok(())
     } else {
         Err(format!(

@@ -62,7 +62,19 @@ where
                 allowed: flags.attr.access,
             });
         }
-        let outcome = inner.st.serve_fault(area, flags.attr, kind, gpa, access)?;
+        // The common case: a RAM page that is not mapped yet. Populate it straight
+        // away (one table walk); if that fails for any reason (the page is mapped
+        // after all, no frame, ...) it changed nothing, and the general path below
+        // looks at the table and decides.
+        let fast = if fault.kind == FaultKind::NotPresent && kind.is_ram() {
+            inner.st.populate_fast(gpa, flags.attr, area)
+        } else {
+            None
+        };
+        let outcome = match fast {
+            Some(size) => FaultOutcome::Populated { size },
+            None => inner.st.serve_fault(area, flags.attr, kind, gpa, access)?,
+        };
         inner.st.counters.faults_handled += 1;
         if outcome == FaultOutcome::Spurious {
             inner.st.counters.spurious += 1;

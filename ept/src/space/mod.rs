@@ -241,7 +241,12 @@ where
         let root = st.table.root();
         let root_pointer = st.table.root_pointer();
         Self {
-            inner: Arc::new(SpinLock::new(Inner { set, st, window })),
+            inner: Arc::new(SpinLock::new(Inner {
+                set,
+                st,
+                window,
+                last_area: core::cell::Cell::new(None),
+            })),
             window,
             root,
             root_pointer,

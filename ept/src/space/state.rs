@@ -2,6 +2,7 @@
 //! frames and areas in step.
 
 use alloc::vec::Vec;
+use core::cell::Cell;
 use core::mem::ManuallyDrop;
 
 use memory_set::{
@@ -48,11 +49,19 @@ pub(crate) struct State<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invali
     pub(crate) last_owner: u64,
 }
 
+/// An area as [`Inner::area_at`] reports it: its range, flags and backend.
+pub(crate) type AreaInfo = (AddrRange<GuestPhysAddr>, AreaFlags, BackendKind);
+
 /// The state behind an address space's lock.
 pub(crate) struct Inner<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> {
+    /// The areas. Every change to it must go through a `&mut self` method of
+    /// `Inner` that clears `last_area` (`map_area`, `unmap_range`, `relabel`).
     pub(crate) set: MemorySet<Backend<F, M, A, I>>,
     pub(crate) st: State<F, M, A, I>,
     pub(crate) window: AddrRange<GuestPhysAddr>,
+    /// The area [`Inner::area_at`] found last: faults cluster in one area, and this
+    /// spares them the B-tree search. Cleared whenever `set` changes.
+    pub(crate) last_area: Cell<Option<AreaInfo>>,
 }
 
 /// Converts a table error, naming the allocation refusal when frames ran out.
@@ -267,6 +276,70 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
             if let Ok(flush) = table.unmap_range(&mut meter, gpa, size.size()) {
                 self.finish(flush, true);
             }
+        }
+    }
+
+    /// The fast path of a not-present fault on RAM at `gpa` (inside the RAM area
+    /// `area`, rights `attr`): allocate, zero and map a frame with one table walk, no
+    /// reserve and no translation first. `None` when that did not work (the page is
+    /// mapped after all, no frame, ...): then nothing changed and the general path
+    /// decides. Where a 2 MiB leaf may fit, this is [`State::populate_one`].
+    #[inline]
+    pub(crate) fn populate_fast(
+        &mut self,
+        gpa: GuestPhysAddr,
+        attr: LeafAttr,
+        area: AddrRange<GuestPhysAddr>,
+    ) -> Option<LeafSize> {
+        let block = gpa.align_down(PAGE_SIZE_2M);
+        let huge_may_fit = self.caps.leaf_2m
+            && AddrRange::from_start_size(block, PAGE_SIZE_2M)
+                .is_some_and(|b| area.contains_range(&b));
+        if huge_may_fit || !self.reserve.is_empty() {
+            return self
+                .populate_one(gpa, attr, area)
+                .ok()
+                .map(|(_, size)| size);
+        }
+        // Quota: the same rule as `Meter` (one more frame must fit).
+        let used = self.used();
+        if used >= self.quota {
+            return None;
+        }
+        let page = gpa.align_down(PAGE_SIZE_4K);
+        let hpa = self.alloc.alloc_frame()?;
+        let mapped = zero_frame(self.table.mapper(), hpa).is_ok()
+            && match self.table.map_page_in_place::<Size4K>(page, hpa, attr) {
+                Ok(true) => true,
+                Ok(false) => self.map_new_tables_for(page, hpa, attr, used + 1),
+                Err(_) => false,
+            };
+        if !mapped {
+            self.alloc.dealloc_frame(hpa);
+            return None;
+        }
+        self.book.add_4k();
+        Some(LeafSize::Size4K)
+    }
+
+    /// Maps the 4 KiB page `page` to the frame `hpa` (already taken, counted in
+    /// `used`) where tables are missing, taking them within the quota. Whether it
+    /// worked (on failure nothing changed).
+    #[inline(never)]
+    fn map_new_tables_for(
+        &mut self,
+        page: GuestPhysAddr,
+        hpa: HostPhysAddr,
+        attr: LeafAttr,
+        used: usize,
+    ) -> bool {
+        let mut meter = Meter::new(&mut self.alloc, &mut self.reserve, self.quota, used);
+        match self.table.map_page::<Size4K>(&mut meter, page, hpa, attr) {
+            Ok(flush) => {
+                self.finish(flush, false);
+                true
+            }
+            Err(_) => false,
         }
     }
 
@@ -641,6 +714,7 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
         let (start, size) = (range.start(), range.size());
         let area = MemoryArea::new(start, size, flags, Backend::new(kind))
             .map_err(|e| set_err(e, start, size))?;
+        self.last_area.set(None);
         self.set
             .map(area, &mut self.st, false)
             .map_err(|e| set_err(e, start, size))
@@ -749,6 +823,7 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
         range: AddrRange<GuestPhysAddr>,
     ) -> Result<(), SpaceError> {
         self.reserve_splits(range)?;
+        self.last_area.set(None);
         let r = self
             .set
             .unmap(range.start(), range.size(), &mut self.st)
@@ -777,6 +852,7 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
         update: impl Fn(AreaFlags) -> AreaFlags,
     ) -> Result<(), SpaceError> {
         self.reserve_splits(range)?;
+        self.last_area.set(None);
         let r = self
             .set
             .protect(
@@ -820,11 +896,24 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
             .map_err(|e| set_err(e, hint, size))
     }
 
-    /// Serves a stage-2 fault (see `fault.rs`).
-    pub(crate) fn area_at(
-        &self,
-        gpa: GuestPhysAddr,
-    ) -> Option<(AddrRange<GuestPhysAddr>, AreaFlags, BackendKind)> {
+    /// The area containing `gpa`, if any (remembered for the next call).
+    #[inline]
+    pub(crate) fn area_at(&self, gpa: GuestPhysAddr) -> Option<AreaInfo> {
+        if let Some(hit) = self.last_area.get()
+            && hit.0.contains(gpa)
+        {
+            debug_assert_eq!(self.find_area(gpa), Some(hit), "stale area hint");
+            return Some(hit);
+        }
+        let found = self.find_area(gpa);
+        if found.is_some() {
+            self.last_area.set(found);
+        }
+        found
+    }
+
+    /// The area containing `gpa`, searched in the set.
+    fn find_area(&self, gpa: GuestPhysAddr) -> Option<AreaInfo> {
         self.set
             .find(gpa)
             .map(|a| (a.va_range(), a.flags(), a.backend().kind))

@@ -48,34 +48,88 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
         Self::check_aligned(hpa.as_usize(), S::SIZE)?;
         self.check_gpa(gpa, S::SIZE)?;
         self.check_hpa(hpa, S::SIZE)?;
-        F::leaf_bits(attr, S::LEVEL, &self.caps)?;
+        let bits = F::leaf_bits(attr, S::LEVEL, &self.caps)?;
+        match self.write_leaf_in_place::<S>(gpa, bits | hpa.as_u64())? {
+            None => Ok(Flush::none()),
+            Some(absent_level) => {
+                self.map_page_new_tables::<S>(alloc, gpa, hpa, attr, absent_level)
+            }
+        }
+    }
 
-        // Plan: walk down to the leaf level, counting the tables to create.
+    /// Maps one page of size `S` like [`Stage2Table::map_page`], but only if every
+    /// table on the path exists already (so no frame is needed): `Ok(true)` when the
+    /// leaf was written, `Ok(false)` when a table is missing (nothing changed).
+    pub(crate) fn map_page_in_place<S: MapSize>(
+        &mut self,
+        gpa: GuestPhysAddr,
+        hpa: HostPhysAddr,
+        attr: LeafAttr,
+    ) -> Result<bool, TableError> {
+        if !self.caps.allows(S::LEAF_SIZE) {
+            return Err(TableError::UnsupportedLeaf { size: S::LEAF_SIZE });
+        }
+        Self::check_aligned(gpa.as_usize(), S::SIZE)?;
+        Self::check_aligned(hpa.as_usize(), S::SIZE)?;
+        self.check_gpa(gpa, S::SIZE)?;
+        self.check_hpa(hpa, S::SIZE)?;
+        let bits = F::leaf_bits(attr, S::LEVEL, &self.caps)?;
+        Ok(self
+            .write_leaf_in_place::<S>(gpa, bits | hpa.as_u64())?
+            .is_none())
+    }
+
+    /// One walk down to `gpa`'s entry at the leaf level of `S`, writing the (checked)
+    /// leaf `entry` there when every table on the path exists: `Ok(None)`. When the
+    /// walk meets an absent entry above the leaf level, nothing is written and its
+    /// level is returned.
+    #[inline]
+    fn write_leaf_in_place<S: MapSize>(
+        &mut self,
+        gpa: GuestPhysAddr,
+        entry: u64,
+    ) -> Result<Option<u8>, TableError> {
         let g = gpa.as_usize();
         let mut frame = self.root;
         let mut level = 4u8;
-        let mut counts = [0usize; 4];
         while level > S::LEVEL {
             match F::decode(self.tbl(frame).load(index(g, level)), level) {
-                EntryKind::Absent => {
-                    for l in S::LEVEL..level {
-                        counts[l as usize] = 1;
-                    }
-                    break;
-                }
-                EntryKind::Leaf(_) => return Err(self.already_mapped(g, S::SIZE)),
                 EntryKind::Table(t) => {
                     frame = t;
                     level -= 1;
                 }
+                EntryKind::Leaf(_) => return Err(self.already_mapped(g, S::SIZE)),
+                EntryKind::Absent => return Ok(Some(level)),
             }
         }
         // At the leaf level, a present entry (a leaf, or a table: tables below the
         // root are never empty) means something is mapped.
-        if level == S::LEVEL && F::is_present(self.tbl(frame).load(index(g, level))) {
+        let t = self.tbl(frame);
+        let i = index(g, S::LEVEL);
+        if F::is_present(t.load(i)) {
             return Err(self.already_mapped(g, S::SIZE));
         }
+        t.store(i, entry);
+        self.leaves[S::LEVEL as usize - 1] += 1;
+        Ok(None)
+    }
 
+    /// [`Stage2Table::map_page`] when the walk met an absent entry at `absent_level`
+    /// (above the leaf level): reserve one table per level below it, then build the
+    /// chain and write the leaf. The arguments are already checked.
+    #[inline(never)]
+    fn map_page_new_tables<S: MapSize>(
+        &mut self,
+        alloc: &mut (impl FrameAlloc + ?Sized),
+        gpa: GuestPhysAddr,
+        hpa: HostPhysAddr,
+        attr: LeafAttr,
+        absent_level: u8,
+    ) -> Result<Flush, TableError> {
+        let mut counts = [0usize; 4];
+        for l in S::LEVEL..absent_level {
+            counts[l as usize] = 1;
+        }
         let mut reserve = Reserve::fill(alloc, &self.mapper, counts)?;
         let result = S::build_chain(self, &mut reserve, gpa)
             .and_then(|lt| S::set_leaf(self, &lt, gpa, hpa, attr));

@@ -25,7 +25,7 @@ use core::marker::PhantomData;
 use memory_set::{GuestPhysAddr, HostPhysAddr, MemoryAddr};
 
 use crate::caps::Stage2Caps;
-use crate::format::{EntryKind, level_size};
+use crate::format::{ADDR_MASK, EntryKind, level_size};
 use crate::format::{LeafAttr, Stage2Format};
 use crate::frame::{FrameAlloc, PhysMapper};
 use crate::size::{LeafSize, LeafTable, MapSize};
@@ -339,32 +339,60 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
     }
 
     /// Where `gpa` translates to, if mapped.
+    ///
+    /// The walk is unrolled (each level's decoding is known at compile time) and the
+    /// leaf's attributes are decoded once, at the end.
+    #[inline]
     pub fn translate(&self, gpa: GuestPhysAddr) -> Option<Translation> {
         let g = gpa.as_usize();
         if g >> self.gpa_bits() != 0 {
             return None;
         }
-        let mut frame = self.root;
-        let mut level = 4u8;
-        loop {
-            let e = self.tbl(frame).load(index(g, level));
-            match F::decode(e, level) {
-                EntryKind::Absent => return None,
-                EntryKind::Table(t) => {
-                    frame = t;
-                    level -= 1;
-                }
-                EntryKind::Leaf(h) => {
-                    let sz = lsize(level);
-                    return Some(Translation {
-                        hpa: HostPhysAddr::new(h.as_usize() + (g & (sz - 1))),
-                        attr: F::leaf_attr(e, level),
-                        size: LeafSize::from_level(level)?,
-                        leaf_gpa: GuestPhysAddr::new(g & !(sz - 1)),
-                    });
-                }
-            }
+        // Level 4 (PML4) entries are never leaves.
+        let e4 = self.tbl(self.root).load(index(g, 4));
+        if !F::is_present(e4) {
+            return None;
         }
+        let e3 = self.next_entry(e4, g, 3);
+        if !F::is_present(e3) {
+            return None;
+        }
+        if e3 & F::HUGE_BIT != 0 {
+            return Self::leaf_translation(e3, 3, g);
+        }
+        let e2 = self.next_entry(e3, g, 2);
+        if !F::is_present(e2) {
+            return None;
+        }
+        if e2 & F::HUGE_BIT != 0 {
+            return Self::leaf_translation(e2, 2, g);
+        }
+        let e1 = self.next_entry(e2, g, 1);
+        if !F::is_present(e1) {
+            return None;
+        }
+        Self::leaf_translation(e1, 1, g)
+    }
+
+    /// The entry for `g` at `level` in the table that the present non-leaf entry `e`
+    /// (one level up) points at.
+    #[inline(always)]
+    fn next_entry(&self, e: u64, g: usize, level: u8) -> u64 {
+        self.tbl(HostPhysAddr::new((e & ADDR_MASK) as usize))
+            .load(index(g, level))
+    }
+
+    /// The translation of `g` through the present leaf `e` at `level`.
+    #[inline(always)]
+    fn leaf_translation(e: u64, level: u8, g: usize) -> Option<Translation> {
+        let sz = lsize(level);
+        let base = (e & ADDR_MASK) as usize & !(sz - 1);
+        Some(Translation {
+            hpa: HostPhysAddr::new(base + (g & (sz - 1))),
+            attr: F::leaf_attr(e, level),
+            size: LeafSize::from_level(level)?,
+            leaf_gpa: GuestPhysAddr::new(g & !(sz - 1)),
+        })
     }
 
     /// Checks the table the way the hardware would, plus this type's invariants

@@ -7,7 +7,7 @@ use super::raw::Tbl;
 use super::reserve::Reserve;
 use super::{Stage2Table, TableError, index, lsize};
 use crate::flush::Flush;
-use crate::format::{EntryKind, LeafAttr, Stage2Format};
+use crate::format::{ADDR_MASK, EntryKind, LeafAttr, Stage2Format};
 use crate::frame::{FrameAlloc, PhysMapper};
 use crate::size::{LeafSize, PageSize, Size4K};
 
@@ -17,6 +17,60 @@ enum Op {
     Unmap,
     /// New leaf bits per level (index 1..=3), without address or A/D.
     Protect([u64; 4]),
+}
+
+/// Leaves of one size unmapped back to back (contiguous in GPA and HPA), not yet
+/// recorded in the flush, and how many leaves were removed since the last
+/// [`Run::emit`].
+#[derive(Default)]
+struct Run {
+    gpa: usize,
+    hpa: u64,
+    count: usize,
+    removed: usize,
+}
+
+impl Run {
+    /// Adds the removed leaf `gpa -> hpa` of `sz` bytes, recording the pending run
+    /// first when the leaf does not continue it.
+    #[inline]
+    fn add(&mut self, gpa: usize, hpa: u64, sz: usize, flush: &mut Flush, size: LeafSize) {
+        self.removed += 1;
+        let bytes = self.count * sz;
+        if self.count != 0
+            && self.gpa.wrapping_add(bytes) == gpa
+            && self.hpa.wrapping_add(bytes as u64) == hpa
+        {
+            self.count += 1;
+            return;
+        }
+        if self.count != 0 {
+            flush.add_unmapped(
+                GuestPhysAddr::new(self.gpa),
+                HostPhysAddr::new(self.hpa as usize),
+                size,
+                self.count,
+            );
+        }
+        self.gpa = gpa;
+        self.hpa = hpa;
+        self.count = 1;
+    }
+
+    /// Records the pending run (if any) in `flush` and restarts the removal count.
+    #[inline]
+    fn emit(&mut self, flush: &mut Flush, size: LeafSize) {
+        if self.count != 0 {
+            flush.add_unmapped(
+                GuestPhysAddr::new(self.gpa),
+                HostPhysAddr::new(self.hpa as usize),
+                size,
+                self.count,
+            );
+        }
+        self.count = 0;
+        self.removed = 0;
+    }
 }
 
 impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
@@ -154,19 +208,45 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
             return Ok(());
         }
         let sz = lsize(level);
+        let size = LeafSize::from_level(level).unwrap_or(LeafSize::Size4K);
+        // Whole leaves unmapped at this level, coalesced locally; recorded (and
+        // counted) before any recursion, so the flush lists leaves in GPA order.
+        let mut run = Run::default();
+        let mut touched = false;
         let mut base = start & !(sz - 1);
         while base < end {
             let i = index(base, level);
             let e = t.load(i);
+            let next = base + sz;
+            if !F::is_present(e) {
+                base = next;
+                continue;
+            }
+            // Level 4 entries are never leaves (see `Stage2Format::decode`).
+            let is_leaf = level < 4 && e & F::HUGE_BIT != 0;
+            let full = base >= start && next <= end;
+            if is_leaf && full {
+                let h = e & ADDR_MASK & !(sz as u64 - 1);
+                match op {
+                    Op::Unmap => {
+                        t.store(i, 0);
+                        run.add(base, h, sz, flush, size);
+                    }
+                    Op::Protect(bits) => {
+                        let keep = e & (F::ACCESSED | F::DIRTY);
+                        t.store(i, bits[level as usize] | keep | h);
+                    }
+                }
+                touched = true;
+                base = next;
+                continue;
+            }
+            self.uncount(level, run.removed);
+            run.emit(flush, size);
             let s = base.max(start);
-            let en = end.min(base + sz);
-            let full = s == base && en == base + sz;
+            let en = end.min(next);
             match F::decode(e, level) {
                 EntryKind::Absent => {}
-                EntryKind::Leaf(h) if full => {
-                    self.apply_leaf(t, i, level, base, e, h, op, flush);
-                    *changed = true;
-                }
                 EntryKind::Leaf(h) => {
                     let c = self.split_leaf(reserve, t, i, level, e, h)?;
                     let ct = self.tbl(c);
@@ -184,37 +264,14 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
                     }
                 }
             }
-            base += sz;
+            base = next;
         }
+        if touched {
+            *changed = true;
+        }
+        self.uncount(level, run.removed);
+        run.emit(flush, size);
         Ok(())
-    }
-
-    /// Unmaps or re-protects one whole leaf.
-    #[allow(clippy::too_many_arguments)]
-    #[inline]
-    fn apply_leaf(
-        &mut self,
-        t: Tbl,
-        i: usize,
-        level: u8,
-        base: usize,
-        e: u64,
-        h: HostPhysAddr,
-        op: Op,
-        flush: &mut Flush,
-    ) {
-        match op {
-            Op::Unmap => {
-                t.store(i, 0);
-                self.leaves[level as usize - 1] -= 1;
-                let size = LeafSize::from_level(level).unwrap_or(LeafSize::Size4K);
-                flush.add_unmapped(GuestPhysAddr::new(base), h, size, 1);
-            }
-            Op::Protect(bits) => {
-                let keep = e & (F::ACCESSED | F::DIRTY);
-                t.store(i, bits[level as usize] | keep | h.as_u64());
-            }
-        }
     }
 
     /// The level-1 part of a range walk: a tight loop over one page table.
@@ -233,48 +290,23 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
         match op {
             Op::Unmap => {
                 // Coalesce contiguous leaves locally before recording them.
-                let mut run: Option<(usize, u64, usize)> = None;
+                let mut run = Run::default();
                 for k in 0..n {
                     let e = t.load(i0 + k);
                     if !F::is_present(e) {
                         continue;
                     }
                     t.store(i0 + k, 0);
-                    count += 1;
                     let g = start + k * Size4K::SIZE;
-                    let h = e & crate::format::ADDR_MASK;
-                    match &mut run {
-                        Some((rg, rh, rn))
-                            if *rg + *rn * Size4K::SIZE == g
-                                && *rh + (*rn * Size4K::SIZE) as u64 == h =>
-                        {
-                            *rn += 1
-                        }
-                        _ => {
-                            if let Some((rg, rh, rn)) = run.take() {
-                                flush.add_unmapped(
-                                    GuestPhysAddr::new(rg),
-                                    HostPhysAddr::new(rh as usize),
-                                    LeafSize::Size4K,
-                                    rn,
-                                );
-                            }
-                            run = Some((g, h, 1));
-                        }
-                    }
+                    let h = e & ADDR_MASK;
+                    run.add(g, h, Size4K::SIZE, flush, LeafSize::Size4K);
                 }
-                if let Some((rg, rh, rn)) = run {
-                    flush.add_unmapped(
-                        GuestPhysAddr::new(rg),
-                        HostPhysAddr::new(rh as usize),
-                        LeafSize::Size4K,
-                        rn,
-                    );
-                }
+                count = run.removed;
                 self.leaves[0] -= count;
+                run.emit(flush, LeafSize::Size4K);
             }
             Op::Protect(bits) => {
-                let keep_mask = F::ACCESSED | F::DIRTY | crate::format::ADDR_MASK;
+                let keep_mask = F::ACCESSED | F::DIRTY | ADDR_MASK;
                 for k in 0..n {
                     let e = t.load(i0 + k);
                     if F::is_present(e) {
@@ -286,6 +318,14 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
         }
         if count > 0 {
             *changed = true;
+        }
+    }
+
+    /// Takes `n` removed leaves at `level` off the counters (level 4 holds none).
+    #[inline]
+    fn uncount(&mut self, level: u8, n: usize) {
+        if let Some(c) = self.leaves.get_mut((level as usize).wrapping_sub(1)) {
+            *c -= n;
         }
     }
 
