@@ -1,14 +1,21 @@
 //! Tiny test guests and the library they share.
 //!
 //! * [`abi`]: the contract between the hypervisor, the guests and the build tool (image
-//!   header, hypercall numbers, run statuses); plain data, used on the host too.
-//! * [`rt`]: the guest side (serial output, hypercalls, raw memory access, entry point).
-//! * [`baremetal`]: the runtime symbols every bare-metal binary of the project needs.
+//!   header, hypercall numbers, run statuses); plain data, used on the host too. It is
+//!   defined in [`hv::abi`] (the hypervisor reads it, and the guests link `hv`).
+//! * [`rt`]: the guest side (serial output, hypercalls, raw memory access, entry point),
+//!   built on the safe hardware primitives of [`hv::guest_rt`].
+//!
+//! The C runtime symbols a bare-metal binary needs (`memcpy` and family) come with the
+//! `hv` library, from [`hv::baremetal`], shared with the hypervisor kernel.
 //!
 //! Each binary in `src/bin/` is one scenario; `cargo xtask build` links them at their
 //! load address with `guest.ld`, flattens them with `objcopy` and seals their header.
+//!
+//! The crate has no `unsafe` code (`forbid(unsafe_code)`, here and in every binary):
+//! what needs it lives in `hv`.
 #![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
 
-pub mod abi;
-pub mod baremetal;
+pub use hv::abi;
 pub mod rt;

@@ -7,9 +7,9 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use crate::abi::{HypercallStatus, ImageHeader, RunStatus};
 use ept::caps::Stage2Caps;
 use ept::format::Npt;
-use guest_images::abi::{HypercallStatus, ImageHeader, RunStatus};
 
 use crate::layout::{MIN_LOAD_GPA, PML4_GPA, STACK_TOP, guest_page_tables};
 use crate::memory::{GuestMemory, MemoryError};
@@ -386,7 +386,7 @@ mod tests {
     use alloc::string::ToString;
     use alloc::vec;
 
-    use guest_images::abi::{HEADER_SIZE, IMAGE_MAGIC, IMAGE_VERSION, hypercall, seal};
+    use crate::abi::{HEADER_SIZE, IMAGE_MAGIC, IMAGE_VERSION, hypercall, seal};
 
     use super::*;
     use crate::testing::{FakeHost, FakeMemory, RecordingConsole, ScriptStep};

@@ -26,7 +26,9 @@
 
 use alloc::vec::Vec;
 
-pub use guest_images::rt::STACK_TOP;
+/// Where the hypervisor points a guest's RSP at entry (the stack grows down from here;
+/// the image starts here).
+pub const STACK_TOP: u64 = 0x10_0000;
 
 /// First GPA of guest RAM.
 pub const LOW_RAM_START: u64 = 0x1000;

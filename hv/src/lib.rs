@@ -2,11 +2,17 @@
 #![cfg_attr(not(test), no_std)]
 //!
 //! Modules: [`settings`], [`outcome`], [`frames`], [`platform`], [`layout`], [`vcpu`],
-//! [`svm`], [`memory`], [`space_memory`], [`vm`], [`hypervisor`].
+//! [`svm`], [`memory`], [`space_memory`], [`vm`], [`hypervisor`]; shared with the guest
+//! images: [`abi`] (the image format and hypercalls), [`baremetal`] (the C runtime
+//! symbols of every bare-metal binary) and [`guest_rt`] (the guest-side hardware
+//! primitives, so that guest images are free of `unsafe`).
 
 extern crate alloc;
 
+pub mod abi;
+pub mod baremetal;
 pub mod frames;
+pub mod guest_rt;
 pub mod hypervisor;
 pub mod layout;
 pub mod memory;

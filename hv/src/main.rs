@@ -18,9 +18,6 @@ extern crate alloc;
 mod kernel;
 
 #[cfg(hv_kernel)]
-guest_images::bare_metal_runtime!();
-
-#[cfg(hv_kernel)]
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     kernel::fatal::panic(info)

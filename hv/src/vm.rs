@@ -3,8 +3,8 @@
 use alloc::format;
 use alloc::string::String;
 
+use crate::abi::{HypercallStatus, access, hypercall};
 use ept::format::Access;
-use guest_images::abi::{HypercallStatus, access, hypercall};
 
 use crate::memory::{GuestMemory, MemoryError};
 use crate::outcome::{Expectation, FaultKind, GuestEnd};

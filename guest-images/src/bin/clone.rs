@@ -1,8 +1,9 @@
 //! Scenario `clone`: writes a value, asks the hypervisor to clone the guest
 //! copy-on-write, then parent and child each write their own value to the same
 //! address, yield to each other, and check that each still sees only its own.
-#![no_std]
-#![no_main]
+#![forbid(unsafe_code)]
+#![cfg_attr(hv_kernel, no_std)]
+#![cfg_attr(hv_kernel, no_main)]
 
 use guest_images::rt::{clone_guest, host_read, read_u64, write_u64, yield_now};
 use guest_images::{check, println};
@@ -10,7 +11,7 @@ use guest_images::{check, println};
 const SHARED: u64 = 0x100_0000;
 const UNTOUCHED: u64 = 0x100_1000;
 
-fn main() {
+fn scenario() {
     write_u64(SHARED, 0xAAAA);
     write_u64(UNTOUCHED, 0x5555);
     let id = clone_guest();
@@ -37,4 +38,4 @@ fn main() {
     println!("{who}: sees its own write only");
 }
 
-guest_images::guest_main!(main);
+guest_images::guest_main!(scenario);

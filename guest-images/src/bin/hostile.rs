@@ -1,8 +1,9 @@
 //! Scenario `hostile`: feeds the hypervisor malformed hypercall arguments (overflowing,
 //! unaligned, empty, beyond the address space, unknown rights) and checks that each is
 //! refused with an error while the guest keeps running; the hypervisor must not crash.
-#![no_std]
-#![no_main]
+#![forbid(unsafe_code)]
+#![cfg_attr(hv_kernel, no_std)]
+#![cfg_attr(hv_kernel, no_main)]
 
 use guest_images::abi::access;
 use guest_images::rt::{host_read, leaf_size, protect, read_u64, unmap, write_u64};
@@ -10,7 +11,7 @@ use guest_images::{check, println};
 
 const AREA: u64 = 0x100_0000;
 
-fn main() {
+fn scenario() {
     write_u64(AREA, 0x1111);
     let cases: [(&str, i64); 10] = [
         (
@@ -47,4 +48,4 @@ fn main() {
     println!("every malformed hypercall was refused");
 }
 
-guest_images::guest_main!(main);
+guest_images::guest_main!(scenario);

@@ -1,7 +1,8 @@
 //! Scenario `huge`: touches a 2 MiB-aligned, 4 MiB area (settings `area=...:rw`) and
 //! asks the hypervisor which leaf size maps it: both halves must be 2 MiB leaves.
-#![no_std]
-#![no_main]
+#![forbid(unsafe_code)]
+#![cfg_attr(hv_kernel, no_std)]
+#![cfg_attr(hv_kernel, no_main)]
 
 use guest_images::rt::{leaf_size, read_u64, write_u64};
 use guest_images::{check, println};
@@ -9,7 +10,7 @@ use guest_images::{check, println};
 const AREA: u64 = 64 << 20;
 const TWO_MIB: u64 = 2 << 20;
 
-fn main() {
+fn scenario() {
     for half in 0..2 {
         let base = AREA + half * TWO_MIB;
         write_u64(base + 0x1234 * 8, base);
@@ -34,4 +35,4 @@ fn main() {
     println!("4 MiB area mapped with two 2 MiB leaves");
 }
 
-guest_images::guest_main!(main);
+guest_images::guest_main!(scenario);

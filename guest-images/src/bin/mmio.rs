@@ -1,8 +1,9 @@
 //! Scenario `mmio`: reads a linear window onto a host buffer (settings
 //! `mmio=0x2000000+64K`) that the hypervisor filled with a known pattern, writes into
 //! it, and asks the hypervisor to read the value back from its side.
-#![no_std]
-#![no_main]
+#![forbid(unsafe_code)]
+#![cfg_attr(hv_kernel, no_std)]
+#![cfg_attr(hv_kernel, no_main)]
 
 use guest_images::rt::{host_read, read_u64, write_u64};
 use guest_images::{check, println};
@@ -15,7 +16,7 @@ fn pattern(offset: u64) -> u64 {
     0x4D4D_494F_0000_0000 | (offset & 0xFFFF_FFFF)
 }
 
-fn main() {
+fn scenario() {
     let mut offset = 0;
     while offset < SIZE {
         check!(
@@ -36,4 +37,4 @@ fn main() {
     println!("linear window: host pattern seen, guest write seen by the host");
 }
 
-guest_images::guest_main!(main);
+guest_images::guest_main!(scenario);

@@ -3,8 +3,9 @@
 //! 48 MiB of RAM (2 MiB-aligned: served with 2 MiB leaves) and an 8 MiB area that
 //! starts 4 KiB past a 2 MiB boundary (settings `area=0x8001000+8M:rw`: served page by
 //! page with 4 KiB leaves).
-#![no_std]
-#![no_main]
+#![forbid(unsafe_code)]
+#![cfg_attr(hv_kernel, no_std)]
+#![cfg_attr(hv_kernel, no_main)]
 
 use guest_images::rt::{read_u64, write_u64};
 use guest_images::{check, println};
@@ -15,7 +16,7 @@ fn pattern(gpa: u64) -> u64 {
     gpa.rotate_left(17) ^ 0x5EED_0000_C0DE_0001
 }
 
-fn main() {
+fn scenario() {
     for (start, end) in RANGES {
         let mut page = start;
         while page < end {
@@ -45,4 +46,4 @@ fn main() {
     println!("56 MiB touched on demand (2 MiB and 4 KiB leaves) and verified");
 }
 
-guest_images::guest_main!(main);
+guest_images::guest_main!(scenario);

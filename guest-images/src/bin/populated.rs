@@ -1,15 +1,16 @@
 //! Scenario `populated`: its RAM and a 2 MiB-aligned area are backed up front
 //! (settings `populate area=0x4000000+4M:rwp`), so stage 2 maps them before the guest
 //! touches anything: leaves exist already and read as zeros.
-#![no_std]
-#![no_main]
+#![forbid(unsafe_code)]
+#![cfg_attr(hv_kernel, no_std)]
+#![cfg_attr(hv_kernel, no_main)]
 
 use guest_images::rt::{leaf_size, read_u64, write_u64};
 use guest_images::{check, println};
 
 const AREA: u64 = 64 << 20;
 
-fn main() {
+fn scenario() {
     check!(
         leaf_size(AREA) == 2 << 20,
         "area not populated with a 2 MiB leaf"
@@ -32,4 +33,4 @@ fn main() {
     println!("RAM and area were mapped before the first touch");
 }
 
-guest_images::guest_main!(main);
+guest_images::guest_main!(scenario);

@@ -3,8 +3,9 @@
 //! exactly that page (`expect=fault:write@0x1001000`). A hypervisor that forgets to
 //! flush the stale writable translation lets the write through where TLBs are tagged
 //! by ASID (hardware, KVM; QEMU's TCG flushes on every world switch anyway).
-#![no_std]
-#![no_main]
+#![forbid(unsafe_code)]
+#![cfg_attr(hv_kernel, no_std)]
+#![cfg_attr(hv_kernel, no_main)]
 
 use guest_images::abi::access;
 use guest_images::rt::{protect, read_u64, write_u64};
@@ -12,7 +13,7 @@ use guest_images::{check, println};
 
 const AREA: u64 = 0x100_0000;
 
-fn main() {
+fn scenario() {
     write_u64(AREA, 1);
     write_u64(AREA + 0x1000, 2);
     check!(read_u64(AREA + 0x1000) == 2, "write lost");
@@ -34,4 +35,4 @@ fn main() {
     );
 }
 
-guest_images::guest_main!(main);
+guest_images::guest_main!(scenario);

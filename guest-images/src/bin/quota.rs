@@ -1,13 +1,14 @@
 //! Scenario `quota`: touches ever more memory of a large on-demand RAM while its frame
 //! quota is small (settings `mem=64M quota=1M`): the hypervisor must end it with a
 //! quota fault (`expect=fault:quota`), and the other guests go on.
-#![no_std]
-#![no_main]
+#![forbid(unsafe_code)]
+#![cfg_attr(hv_kernel, no_std)]
+#![cfg_attr(hv_kernel, no_main)]
 
 use guest_images::rt::write_u64;
 use guest_images::{check, println};
 
-fn main() {
+fn scenario() {
     println!("touching 60 MiB with a 1 MiB quota");
     let mut page = 4 << 20;
     while page < 64 << 20 {
@@ -17,4 +18,4 @@ fn main() {
     check!(false, "60 MiB touched within a 1 MiB quota");
 }
 
-guest_images::guest_main!(main);
+guest_images::guest_main!(scenario);

@@ -2,13 +2,14 @@
 //! general-purpose and XMM register with their own values and yield to the other
 //! several times: each must find its registers intact (the world switch saves and
 //! restores the whole register state, SSE included).
-#![no_std]
-#![no_main]
+#![forbid(unsafe_code)]
+#![cfg_attr(hv_kernel, no_std)]
+#![cfg_attr(hv_kernel, no_main)]
 
 use guest_images::rt::{clone_guest, yield_keeps_registers, yield_now};
 use guest_images::{check, println};
 
-fn main() {
+fn scenario() {
     let id = clone_guest();
     check!(id >= 0, "clone failed: {id}");
     let (seed, who) = if id == 0 {
@@ -27,4 +28,4 @@ fn main() {
     println!("{who}: every register survived 4 switches");
 }
 
-guest_images::guest_main!(main);
+guest_images::guest_main!(scenario);

@@ -1,13 +1,14 @@
 //! Scenario `triple`: executes `ud2` without an IDT, which escalates to a triple fault
 //! (shutdown): the hypervisor must end only this guest (`expect=fault:shutdown`).
-#![no_std]
-#![no_main]
+#![forbid(unsafe_code)]
+#![cfg_attr(hv_kernel, no_std)]
+#![cfg_attr(hv_kernel, no_main)]
 
 use guest_images::println;
 
-fn main() {
+fn scenario() {
     println!("executing ud2 without an IDT");
     guest_images::rt::invalid_opcode();
 }
 
-guest_images::guest_main!(main);
+guest_images::guest_main!(scenario);

@@ -1,6 +1,6 @@
 //! Ending the run: the isa-debug-exit port, panics, and the final halt.
 
-use guest_images::abi::RunStatus;
+use hv::abi::RunStatus;
 use x86_64::instructions::port::Port;
 
 use super::console;

@@ -4,7 +4,7 @@
 //! handler prints the vector, error code and every register, then ends the run with
 //! [`RunStatus::HostFault`].
 
-use guest_images::abi::RunStatus;
+use hv::abi::RunStatus;
 use spin::Once;
 
 use super::{console, fatal, gdt};

@@ -2,7 +2,7 @@
 
 use alloc::vec::Vec;
 
-use guest_images::abi::RunStatus;
+use hv::abi::RunStatus;
 use hv::platform::{self, IDENTITY_LIMIT};
 use hv::settings::{self, LogLevel, SelfTest};
 
