@@ -280,10 +280,11 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
     }
 
     /// The fast path of a not-present fault on RAM at `gpa` (inside the RAM area
-    /// `area`, rights `attr`): allocate, zero and map a frame with one table walk, no
-    /// reserve and no translation first. `None` when that did not work (the page is
-    /// mapped after all, no frame, ...): then nothing changed and the general path
-    /// decides. Where a 2 MiB leaf may fit, this is [`State::populate_one`].
+    /// `area`, rights `attr`): one read-only walk to the 4 KiB entry, then allocate,
+    /// zero and fill it; no meter, no reserve, no translation. `None` when
+    /// that does not apply (a table is missing, the page is mapped after all, no
+    /// frame, ...): then nothing changed and the general path decides. Where a 2 MiB
+    /// leaf may fit, this is [`State::populate_one`].
     #[inline]
     pub(crate) fn populate_fast(
         &mut self,
@@ -302,45 +303,25 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
                 .map(|(_, size)| size);
         }
         // Quota: the same rule as `Meter` (one more frame must fit).
-        let used = self.used();
-        if used >= self.quota {
+        if self.used() >= self.quota {
             return None;
         }
         let page = gpa.align_down(PAGE_SIZE_4K);
+        // Find the entry first: the cache miss on it overlaps the allocation and
+        // zeroing.
+        let slot = self.table.leaf_slot::<Size4K>(page)?;
         let hpa = self.alloc.alloc_frame()?;
         let mapped = zero_frame(self.table.mapper(), hpa).is_ok()
-            && match self.table.map_page_in_place::<Size4K>(page, hpa, attr) {
-                Ok(true) => true,
-                Ok(false) => self.map_new_tables_for(page, hpa, attr, used + 1),
-                Err(_) => false,
-            };
+            && self
+                .table
+                .fill_leaf_slot::<Size4K>(&slot, hpa, attr)
+                .is_ok();
         if !mapped {
             self.alloc.dealloc_frame(hpa);
             return None;
         }
         self.book.add_4k();
         Some(LeafSize::Size4K)
-    }
-
-    /// Maps the 4 KiB page `page` to the frame `hpa` (already taken, counted in
-    /// `used`) where tables are missing, taking them within the quota. Whether it
-    /// worked (on failure nothing changed).
-    #[inline(never)]
-    fn map_new_tables_for(
-        &mut self,
-        page: GuestPhysAddr,
-        hpa: HostPhysAddr,
-        attr: LeafAttr,
-        used: usize,
-    ) -> bool {
-        let mut meter = Meter::new(&mut self.alloc, &mut self.reserve, self.quota, used);
-        match self.table.map_page::<Size4K>(&mut meter, page, hpa, attr) {
-            Ok(flush) => {
-                self.finish(flush, false);
-                true
-            }
-            Err(_) => false,
-        }
     }
 
     /// Allocates, zeroes and maps the frame for the absent page at `gpa`: a 2 MiB

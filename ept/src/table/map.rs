@@ -13,6 +13,17 @@ use crate::format::{EntryKind, LeafAttr, Stage2Format};
 use crate::frame::{FrameAlloc, PhysMapper};
 use crate::size::{LeafSize, MapSize, PageSize, Size1G, Size2M, Size4K};
 
+/// The leaf entry for one address, found by [`Stage2Table::leaf_slot`]: valid
+/// until a table frame of the table is freed (the generation changes).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LeafSlot {
+    frame: HostPhysAddr,
+    index: usize,
+    generation: u64,
+    level: u8,
+    gpa: GuestPhysAddr,
+}
+
 /// Parameters of one `map_range` plan.
 struct RangePlan {
     /// `hpa - gpa`, wrapping.
@@ -57,26 +68,67 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
         }
     }
 
-    /// Maps one page of size `S` like [`Stage2Table::map_page`], but only if every
-    /// table on the path exists already (so no frame is needed): `Ok(true)` when the
-    /// leaf was written, `Ok(false)` when a table is missing (nothing changed).
-    pub(crate) fn map_page_in_place<S: MapSize>(
+    /// The entry that would hold a leaf of size `S` at `gpa`, if `gpa` is a valid,
+    /// aligned address and every table on its path exists (read-only). The entry
+    /// itself is only prefetched, not read: this is for callers that prepare the page
+    /// (allocate, zero) before filling it with [`Stage2Table::fill_leaf_slot`], and
+    /// so overlap the cache miss on the leaf table with that work.
+    #[inline]
+    pub(crate) fn leaf_slot<S: MapSize>(&self, gpa: GuestPhysAddr) -> Option<LeafSlot> {
+        let g = gpa.as_usize();
+        if g & (S::SIZE - 1) != 0 || self.check_gpa(gpa, S::SIZE).is_err() {
+            return None;
+        }
+        let mut frame = self.root;
+        let mut level = 4u8;
+        while level > S::LEVEL {
+            match F::decode(self.tbl(frame).load(index(g, level)), level) {
+                EntryKind::Table(t) => {
+                    frame = t;
+                    level -= 1;
+                }
+                EntryKind::Leaf(_) | EntryKind::Absent => return None,
+            }
+        }
+        let i = index(g, S::LEVEL);
+        self.tbl(frame).prefetch(i);
+        Some(LeafSlot {
+            frame,
+            index: i,
+            generation: self.generation,
+            level: S::LEVEL,
+            gpa,
+        })
+    }
+
+    /// Writes the leaf `hpa` with `attr` into `slot` (from
+    /// [`Stage2Table::leaf_slot`] for size `S`). Refuses a stale slot (a table was
+    /// freed since: [`TableError::StaleLeafTable`]), a present entry
+    /// ([`TableError::AlreadyMapped`]), and what [`Stage2Table::map_page`] refuses
+    /// for `hpa` and `attr`. On error nothing changed.
+    #[inline]
+    pub(crate) fn fill_leaf_slot<S: MapSize>(
         &mut self,
-        gpa: GuestPhysAddr,
+        slot: &LeafSlot,
         hpa: HostPhysAddr,
         attr: LeafAttr,
-    ) -> Result<bool, TableError> {
+    ) -> Result<(), TableError> {
+        if slot.generation != self.generation || slot.level != S::LEVEL {
+            return Err(TableError::StaleLeafTable);
+        }
         if !self.caps.allows(S::LEAF_SIZE) {
             return Err(TableError::UnsupportedLeaf { size: S::LEAF_SIZE });
         }
-        Self::check_aligned(gpa.as_usize(), S::SIZE)?;
         Self::check_aligned(hpa.as_usize(), S::SIZE)?;
-        self.check_gpa(gpa, S::SIZE)?;
         self.check_hpa(hpa, S::SIZE)?;
         let bits = F::leaf_bits(attr, S::LEVEL, &self.caps)?;
-        Ok(self
-            .write_leaf_in_place::<S>(gpa, bits | hpa.as_u64())?
-            .is_none())
+        let t = self.tbl(slot.frame);
+        if F::is_present(t.load(slot.index)) {
+            return Err(TableError::AlreadyMapped { gpa: slot.gpa });
+        }
+        t.store(slot.index, bits | hpa.as_u64());
+        self.leaves[S::LEVEL as usize - 1] += 1;
+        Ok(())
     }
 
     /// One walk down to `gpa`'s entry at the leaf level of `S`, writing the (checked)

@@ -43,6 +43,22 @@ impl Tbl {
         self.at(i).load(Ordering::Relaxed)
     }
 
+    /// Hints the CPU to bring entry `i` into the cache (no architectural effect):
+    /// for callers that will read it after other long work.
+    #[inline]
+    pub(crate) fn prefetch(&self, i: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let p = self.at(i) as *const AtomicU64 as *const i8;
+            // SAFETY: PREFETCHT0 only loads a cache line as a hint: it never faults
+            // and has no architectural effect (SDM Vol. 2B "PREFETCHh"); SSE, which
+            // the intrinsic requires, is part of the x86_64 baseline.
+            unsafe { core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p) };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = i;
+    }
+
     /// Writes entry `i`.
     #[inline]
     pub(crate) fn store(&self, i: usize, v: u64) {

@@ -673,6 +673,63 @@ fn validator_catches<F: Stage2Format>(caps: Stage2Caps, bad_leaf: u64) {
     assert_eq!(t.validate().unwrap_err().problem, Problem::CountMismatch);
 }
 
+/// `leaf_slot` + `fill_leaf_slot` (the fault fast path) refuse what `map_page`
+/// refuses and stale slots, and change nothing when they refuse.
+fn leaf_slots<F: Stage2Format>(caps: Stage2Caps) {
+    let (mut a, mut t) = setup::<F>(caps);
+    // No tables yet, unaligned or out of range: no slot.
+    assert!(t.leaf_slot::<Size4K>(g(K4)).is_none());
+    t.map_page::<Size4K>(&mut a, g(0), h(T), RAM).mapped();
+    assert!(t.leaf_slot::<Size4K>(g(K4 + 8)).is_none());
+    assert!(t.leaf_slot::<Size4K>(g(1 << t.gpa_bits())).is_none());
+    // A 2 MiB leaf in the way: no 4 KiB slot under it.
+    t.map_page::<Size2M>(&mut a, g(M2), h(T), RAM).mapped();
+    assert!(t.leaf_slot::<Size4K>(g(M2 + K4)).is_none());
+    let before = (t.table_frames(), t.leaf_count(LeafSize::Size4K));
+    // A present entry: AlreadyMapped, nothing written.
+    let slot = t.leaf_slot::<Size4K>(g(0)).unwrap();
+    assert_eq!(
+        t.fill_leaf_slot::<Size4K>(&slot, h(T + K4), RAM),
+        Err(TableError::AlreadyMapped { gpa: g(0) })
+    );
+    assert_eq!(t.translate(g(0)).unwrap().hpa, h(T));
+    // Bad host address and attributes are refused like map_page does.
+    let slot = t.leaf_slot::<Size4K>(g(K4)).unwrap();
+    assert!(matches!(
+        t.fill_leaf_slot::<Size4K>(&slot, h(T + 8), RAM),
+        Err(TableError::Unaligned { .. })
+    ));
+    assert!(matches!(
+        t.fill_leaf_slot::<Size4K>(&slot, h(1 << 52), RAM),
+        Err(TableError::HostOutOfRange { .. })
+    ));
+    assert!(matches!(
+        t.fill_leaf_slot::<Size4K>(&slot, h(T), LeafAttr::ram(Access::empty())),
+        Err(TableError::BadAttr(_))
+    ));
+    assert_eq!((t.table_frames(), t.leaf_count(LeafSize::Size4K)), before);
+    assert!(t.translate(g(K4)).is_none());
+    // A good fill maps exactly that page.
+    t.fill_leaf_slot::<Size4K>(&slot, h(T + 5 * K4), RAM)
+        .unwrap();
+    let tr = t.translate(g(K4 + 0x123)).unwrap();
+    assert_eq!(
+        (tr.hpa, tr.size, tr.attr),
+        (h(T + 5 * K4 + 0x123), LeafSize::Size4K, RAM)
+    );
+    assert_eq!(t.leaf_count(LeafSize::Size4K), before.1 + 1);
+    // A slot whose table was freed since is stale.
+    let slot = t.leaf_slot::<Size4K>(g(2 * K4)).unwrap();
+    done(t.unmap_range(&mut a, g(0), M2).unwrap(), &mut a);
+    t.map_page::<Size4K>(&mut a, g(0), h(T), RAM).mapped();
+    assert_eq!(
+        t.fill_leaf_slot::<Size4K>(&slot, h(T), RAM),
+        Err(TableError::StaleLeafTable)
+    );
+    assert!(t.translate(g(2 * K4)).is_none());
+    t.validate().unwrap();
+}
+
 macro_rules! both_formats {
     ($($name:ident),* $(,)?) => {
         mod ept_tests {
@@ -699,6 +756,7 @@ both_formats!(
     collapse_tables,
     ensure_chain_splits,
     destroy_returns_everything,
+    leaf_slots,
 );
 
 #[test]
