@@ -263,10 +263,20 @@ impl<F: Stage2Format, H: HostMemory> GuestMemory for SpaceMemory<F, H> {
 
     fn handle_fault(&mut self, fault: Stage2Fault) -> Result<(), MemoryError> {
         let at = usize::from(fault.gpa) as u64;
-        self.space
-            .handle_fault(fault)
-            .map(|_| ())
-            .map_err(|e| memory_error(e, Some(at)))
+        self.space.handle_fault(fault).map(|_| ()).map_err(|e| {
+            let mut error = memory_error(e, Some(at));
+            if fault.kind == ept::fault::FaultKind::Misconfig {
+                // The hardware rejected an entry: say which, as the validator sees it.
+                let why = self.space.explain_misconfig(fault.gpa);
+                error.detail = format!(
+                    "{}: {}",
+                    error.detail,
+                    why.as_deref()
+                        .unwrap_or("the table validator finds no bad entry")
+                );
+            }
+            error
+        })
     }
 
     fn write(&mut self, at: u64, bytes: &[u8]) -> Result<(), MemoryError> {
@@ -529,5 +539,43 @@ mod tests {
         assert!(flush.take(), "protect must ask for an invalidation");
         m.unmap(0x5000, 0x1000).unwrap();
         assert!(flush.take(), "unmap must ask for an invalidation");
+    }
+
+    #[test]
+    fn ept_misconfigurations_end_with_the_validators_explanation() {
+        use ept::format::{ADDR_MASK, Ept};
+        use ept::frame::PhysMapper;
+        let settings = parse_guest_cmdline("t.bin").unwrap();
+        let mut m = SpaceMemory::<Ept, ArenaMemory>::create(
+            &settings,
+            Stage2Caps::all(),
+            FlushRequest::new(),
+        )
+        .unwrap();
+        m.write(0x5000, &[1]).unwrap();
+        let misconfig = Stage2Fault::from_ept_misconfig(0x5000);
+        // A sound table: the hardware saw something stale, the validator says so.
+        let e = m.handle_fault(misconfig).unwrap_err();
+        assert_eq!(e.kind, FaultKind::Instruction);
+        assert!(e.detail.ends_with("finds no bad entry"), "{}", e.detail);
+        // Corrupt the root's first entry into write-without-read (SDM vol. 3C
+        // 29.3.3.1): the walk of the GPA stops there, and the end says so.
+        let root = HostPhysAddr::from((m.root_pointer() & ADDR_MASK) as usize);
+        let entry = ArenaMemory::mapper().phys_to_virt(root).cast::<u64>();
+        // SAFETY: `entry` is the first slot of this space's root table, an 8-byte
+        // aligned word of a live arena frame that nothing else accesses right now.
+        let original = unsafe { entry.read() };
+        // SAFETY: as above.
+        unsafe { entry.write(original & !Ept::READ) };
+        let e = m.handle_fault(misconfig).unwrap_err();
+        assert!(
+            e.detail.contains("level-4 entry on the walk of") && e.detail.contains("write"),
+            "{}",
+            e.detail
+        );
+        // SAFETY: as above; the table is whole again before it is dropped.
+        unsafe { entry.write(original) };
+        drop(m);
+        assert_eq!(in_use(), 0);
     }
 }

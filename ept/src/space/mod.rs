@@ -421,6 +421,22 @@ where
         self.inner.lock().st.caps
     }
 
+    /// Why the hardware rejected the walk of `gpa` (an EPT misconfiguration or an NPT
+    /// reserved-bit fault), in words: the entry the software walk stops at, or else the
+    /// first problem the table validator finds; `None` when the table is sound (the
+    /// hardware then saw a stale translation).
+    pub fn explain_misconfig(&self, gpa: GuestPhysAddr) -> Option<alloc::string::String> {
+        use alloc::string::ToString;
+        let inner = self.inner.lock();
+        let table = &inner.st.table;
+        match crate::validate::walk(table, gpa) {
+            Err(crate::validate::WalkError::Misconfig { level, problem }) => Some(alloc::format!(
+                "level-{level} entry on the walk of {gpa:#x}: {problem}"
+            )),
+            _ => table.validate().err().map(|e| e.to_string()),
+        }
+    }
+
     /// Runs the table validator (what the hardware would reject, plus the table's own
     /// invariants) and the space's invariants (no leaf outside an area, no writable
     /// leaf over a shared frame or in a read-only area).
