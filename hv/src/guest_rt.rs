@@ -33,18 +33,52 @@ pub fn port_write(port: u16, value: u8) {
     };
 }
 
+/// CPUID leaf 0 EBX of an Intel CPU: "Genu" of "GenuineIntel" (Intel SDM vol. 2A,
+/// CPUID, leaf 0).
+const CPUID_VENDOR_INTEL_EBX: u32 = 0x756E_6547;
+
+/// The CPU vendor, once asked: 0 unknown, 1 AMD, [`VENDOR_INTEL`] Intel.
+static VENDOR: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+/// [`VENDOR`] on Intel (also compared against in assembly).
+const VENDOR_INTEL: u8 = 2;
+
+/// Whether the hypervisor runs on Intel VMX, whose hypercall instruction is `VMCALL`
+/// (AMD SVM: `VMMCALL`; each raises #UD under the other vendor's virtualization).
+/// Asked once (CPUID exits to the hypervisor, which passes the vendor through).
+fn on_intel() -> bool {
+    use core::sync::atomic::Ordering;
+    match VENDOR.load(Ordering::Relaxed) {
+        0 => {
+            let intel = core::arch::x86_64::__cpuid(0).ebx == CPUID_VENDOR_INTEL_EBX;
+            VENDOR.store(if intel { VENDOR_INTEL } else { 1 }, Ordering::Relaxed);
+            intel
+        }
+        v => v == VENDOR_INTEL,
+    }
+}
+
 /// Issues hypercall `number` with up to three arguments (RDI, RSI, RDX); returns RAX.
 ///
-/// The instruction is `VMMCALL` (AMD APM vol. 3, "VMMCALL"; intercepted per vol. 2,
-/// §15.9), the hypercall convention of [`crate::abi`].
+/// The instruction is `VMMCALL` on AMD (AMD APM vol. 3, "VMMCALL"; intercepted per
+/// vol. 2, §15.9) and `VMCALL` on Intel (SDM vol. 2B, "VMCALL"; an unconditional VM
+/// exit, vol. 3C 26.1.2), the hypercall convention of [`crate::abi`].
 pub fn hypercall(number: u64, a0: u64, a1: u64, a2: u64) -> i64 {
     let ret: u64;
-    // SAFETY: `vmmcall` traps to the hypervisor, which only changes RAX (the result)
-    // and may read or write guest memory through its own mappings (hence no `nomem`).
-    unsafe {
-        core::arch::asm!("vmmcall", inlateout("rax") number => ret,
-            in("rdi") a0, in("rsi") a1, in("rdx") a2, options(nostack))
-    };
+    if on_intel() {
+        // SAFETY: `vmcall` exits to the hypervisor, which only changes RAX (the
+        // result) and may read or write guest memory (hence no `nomem`).
+        unsafe {
+            core::arch::asm!("vmcall", inlateout("rax") number => ret,
+                in("rdi") a0, in("rsi") a1, in("rdx") a2, options(nostack))
+        };
+    } else {
+        // SAFETY: `vmmcall` traps to the hypervisor, which only changes RAX (the
+        // result) and may read or write guest memory through its own mappings.
+        unsafe {
+            core::arch::asm!("vmmcall", inlateout("rax") number => ret,
+                in("rdi") a0, in("rsi") a1, in("rdx") a2, options(nostack))
+        };
+    }
     ret as i64
 }
 
@@ -92,9 +126,10 @@ pub fn call_at(gpa: u64) {
 /// afterwards: 0 when the hypervisor saves and restores the whole register state.
 pub fn yield_keeps_registers(seed: u64) -> u64 {
     let errors: u64;
+    on_intel();
     // SAFETY: the block saves and restores RBX and RBP itself, declares every other
-    // register it changes as clobbered, and leaves RSP as it found it; `vmmcall` with
-    // RAX = YIELD only lets other guests run.
+    // register it changes as clobbered, and leaves RSP as it found it; the hypercall
+    // with RAX = YIELD only lets other guests run.
     unsafe {
         core::arch::asm!(
             "push rbx",
@@ -132,7 +167,14 @@ pub fn yield_keeps_registers(seed: u64) -> u64 {
             "movq xmm14, r8", "punpcklqdq xmm14, xmm14",
             "movq xmm15, r9", "punpcklqdq xmm15, xmm15",
             "mov eax, {yield_nr}",
+            // VMCALL on Intel, VMMCALL on AMD (`on_intel` has set VENDOR).
+            "cmp byte ptr [rip + {vendor}], {intel}",
+            "je 3f",
             "vmmcall",
+            "jmp 4f",
+            "3:",
+            "vmcall",
+            "4:",
             "mov rax, [rsp + 8]", "xor rax, 0x3", "cmp rbx, rax", "je 2f", "inc qword ptr [rsp]", "2:",
             "mov rax, [rsp + 8]", "xor rax, 0x5", "cmp rbp, rax", "je 2f", "inc qword ptr [rsp]", "2:",
             "mov rax, [rsp + 8]", "xor rax, 0x1", "cmp rcx, rax", "je 2f", "inc qword ptr [rsp]", "2:",
@@ -168,6 +210,8 @@ pub fn yield_keeps_registers(seed: u64) -> u64 {
             "pop rbp",
             "pop rbx",
             yield_nr = const hypercall_nr::YIELD,
+            vendor = sym VENDOR,
+            intel = const VENDOR_INTEL,
             inout("rax") seed => errors,
             out("rcx") _, out("rdx") _, out("rsi") _, out("rdi") _,
             out("r8") _, out("r9") _, out("r10") _, out("r11") _,

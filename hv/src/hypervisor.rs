@@ -154,6 +154,18 @@ pub fn start(
         console.write_fmt_line(format_args!("HV: CONFIGURATION REFUSED"));
         return RunStatus::BadConfig;
     }
+    if crate::vmx::cpu_has_vmx() {
+        return match crate::vmx::VmxHost::enable() {
+            Ok(mut host) => run_all::<crate::vmx::VmxHost, SpaceMemory<ept::format::Ept>>(
+                &mut host, settings, prepared, console,
+            ),
+            Err(e) => {
+                console.write_fmt_line(format_args!("[hv] VMX unavailable: {e}"));
+                console.write_fmt_line(format_args!("HV: UNSUPPORTED CPU"));
+                RunStatus::Unsupported
+            }
+        };
+    }
     match SvmHost::enable() {
         Ok(mut host) => {
             run_all::<SvmHost, SpaceMemory<Npt>>(&mut host, settings, prepared, console)

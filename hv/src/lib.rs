@@ -2,7 +2,7 @@
 #![cfg_attr(not(test), no_std)]
 //!
 //! Modules: [`settings`], [`outcome`], [`frames`], [`platform`], [`layout`], [`vcpu`],
-//! [`svm`], [`memory`], [`space_memory`], [`vm`], [`hypervisor`]; shared with the guest
+//! [`svm`], [`vmx`], [`memory`], [`space_memory`], [`vm`], [`hypervisor`]; shared with the guest
 //! images: [`abi`] (the image format and hypercalls), [`baremetal`] (the C runtime
 //! symbols of every bare-metal binary) and [`guest_rt`] (the guest-side hardware
 //! primitives, so that guest images are free of `unsafe`).
@@ -25,3 +25,4 @@ pub mod svm;
 pub(crate) mod testing;
 pub mod vcpu;
 pub mod vm;
+pub mod vmx;

@@ -23,7 +23,12 @@ pub const QEMU_TOOLS: &[Tool] = &[Tool {
     package: "qemu-system-x86",
 }];
 
+/// Whether `program` is on the PATH (or, given as an absolute path, exists: a file
+/// that stands for its package).
 fn found(program: &str) -> bool {
+    if program.starts_with('/') {
+        return std::path::Path::new(program).exists();
+    }
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }

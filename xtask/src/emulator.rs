@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::bochs::BochsModel;
 use crate::build::Paths;
 
 /// Which machine runs the hypervisor.
@@ -13,37 +14,37 @@ pub enum Emulator {
     Qemu,
     /// QEMU with KVM, where the host really offers VMX or SVM to guests.
     Kvm,
-    /// Bochs: Intel VMX with EPT.
-    Bochs,
+    /// Bochs: Intel VMX with EPT, on one CPU model.
+    Bochs(BochsModel),
 }
 
 impl Emulator {
-    /// Parses `qemu|kvm|bochs|all` into the emulators to use.
+    /// Parses `qemu|kvm|bochs|bochs-skylake|bochs-sandybridge|all|auto` into the
+    /// emulators to use (`bochs` is both Bochs CPU models, `auto` KVM where usable).
     pub fn parse_list(s: &str) -> Result<Vec<Emulator>, String> {
+        let bochs = BochsModel::ALL.map(Self::Bochs);
         match s {
             "qemu" => Ok(vec![Self::Qemu]),
             "kvm" => Ok(vec![Self::Kvm]),
-            "bochs" => Ok(vec![Self::Bochs]),
-            "all" => Ok(vec![Self::Qemu, Self::Bochs, Self::Kvm]),
+            "bochs" => Ok(bochs.to_vec()),
+            "bochs-skylake" => Ok(vec![Self::Bochs(BochsModel::Skylake)]),
+            "bochs-sandybridge" => Ok(vec![Self::Bochs(BochsModel::SandyBridge)]),
+            "all" => Ok([&[Self::Qemu][..], &bochs, &[Self::Kvm]].concat()),
             "auto" => Ok(vec![Self::auto()]),
-            _ => Err(format!("unknown emulator `{s}` (qemu|kvm|bochs|all|auto)")),
+            _ => Err(format!(
+                "unknown emulator `{s}` \
+                 (qemu|kvm|bochs|bochs-skylake|bochs-sandybridge|all|auto)"
+            )),
         }
     }
 
-    /// KVM when the host really offers a virtualization extension the hypervisor
-    /// drives (today SVM: `kvm_usable` and an `svm` CPU flag), QEMU's TCG otherwise.
+    /// KVM when the host really offers VMX or SVM to a guest hypervisor (the
+    /// hypervisor drives both), QEMU's TCG otherwise.
     pub fn auto() -> Self {
-        let svm = std::fs::read_to_string("/proc/cpuinfo")
-            .unwrap_or_default()
-            .lines()
-            .any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "svm"));
-        match kvm_usable() {
-            Ok(()) if svm => Self::Kvm,
-            Ok(()) => {
-                eprintln!(
-                    "xtask: KVM offers VMX, which the hypervisor does not drive yet: using TCG"
-                );
-                Self::Qemu
+        match crate::kvm::usable(&crate::kvm::HostFacts::read()) {
+            Ok(what) => {
+                eprintln!("xtask: using KVM ({what})");
+                Self::Kvm
             }
             Err(reason) => {
                 eprintln!("xtask: not using KVM ({reason}): using QEMU's TCG");
@@ -57,7 +58,7 @@ impl Emulator {
         match self {
             Self::Qemu => "qemu",
             Self::Kvm => "kvm",
-            Self::Bochs => "bochs",
+            Self::Bochs(model) => model.short_name(),
         }
     }
 
@@ -65,32 +66,20 @@ impl Emulator {
     pub fn available(self) -> Result<(), String> {
         match self {
             Self::Qemu => crate::deps::ensure(crate::deps::QEMU_TOOLS),
-            Self::Kvm => kvm_usable(),
-            Self::Bochs => Err("the Bochs (VMX/EPT) path is not built yet".into()),
+            Self::Kvm => crate::kvm::check(),
+            Self::Bochs(_) => crate::bochs::available(),
         }
     }
-}
 
-/// Whether `/dev/kvm` offers real hardware virtualization to a guest hypervisor:
-/// the host CPU must show `vmx` or `svm`, `/dev/kvm` must exist, and it must not be
-/// the paravirtual `kvm_pvm` (which cannot run SSE or VMX guests).
-pub fn kvm_usable() -> Result<(), String> {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let flags = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("flags"))
-        .unwrap_or("");
-    if !flags.split_whitespace().any(|f| f == "vmx" || f == "svm") {
-        return Err("the host CPU offers neither vmx nor svm".into());
+    /// The start of the line the hypervisor prints about the back-end it chose, when
+    /// this emulator determines it (boot tests that reach the guests check it).
+    pub fn backend_line(self) -> Option<&'static str> {
+        match self {
+            Self::Qemu => Some("[hv] AMD SVM with nested paging"),
+            Self::Bochs(model) => Some(model.backend_line()),
+            Self::Kvm => None,
+        }
     }
-    if !Path::new("/dev/kvm").exists() {
-        return Err("/dev/kvm does not exist".into());
-    }
-    let modules = std::fs::read_to_string("/proc/modules").unwrap_or_default();
-    if Path::new("/sys/module/kvm_pvm").exists() || modules.contains("kvm_pvm") {
-        return Err("/dev/kvm is backed by kvm_pvm (paravirtual, no nested VMX/SVM)".into());
-    }
-    Ok(())
 }
 
 /// One boot: the hypervisor command line and its guests.
@@ -159,8 +148,11 @@ pub fn run(
     timeout: Duration,
     extra_args: &[String],
 ) -> Result<RunEnd, String> {
-    if emulator == Emulator::Bochs {
-        return Err("Bochs runs are not supported yet".into());
+    if let Emulator::Bochs(model) = emulator {
+        if !extra_args.is_empty() {
+            return Err("extra emulator arguments (--gdb) are for QEMU only".into());
+        }
+        return crate::bochs::run(model, paths, boot, serial, timeout);
     }
     let mut cmd = qemu_command(emulator, paths, boot, &serial);
     cmd.args(extra_args);

@@ -1,0 +1,26 @@
+//! Intel VMX with EPT (Intel SDM vol. 3C, chapters 24-30), beside [`crate::svm`].
+//!
+//! * [`fields`]: VMCS field encodings and control bits.
+//! * [`caps`]: what the CPU offers ([`VmxCaps`], read from the VMX capability MSRs)
+//!   and how the VM-execution controls are computed from them.
+//! * [`exit`]: decoding exit reasons into [`crate::vcpu::VmExit`].
+//! * [`instr`]: the VMX instructions (VMXON, VMPTRLD, VMREAD, INVEPT, ...).
+//! * [`vcpu`]: [`VmxVcpu`], the world switch, and [`VmxHost`] (VMXON region, VPIDs,
+//!   INVEPT type), which implements [`crate::hypervisor::VcpuHost`].
+
+pub mod caps;
+pub mod exit;
+pub mod fields;
+pub mod instr;
+pub mod vcpu;
+
+pub use caps::{VmxCaps, VmxError};
+pub use vcpu::{VmxHost, VmxVcpu};
+
+/// CPUID.01H:ECX bit 5: VMX (SDM vol. 2A, CPUID, table 3-10).
+pub const CPUID_1_ECX_VMX: u32 = 1 << 5;
+
+/// Whether CPUID reports VMX (the hypervisor then uses this back-end, SVM otherwise).
+pub fn cpu_has_vmx() -> bool {
+    core::arch::x86_64::__cpuid(1).ecx & CPUID_1_ECX_VMX != 0
+}

@@ -1,0 +1,1001 @@
+//! The VMX vCPU: VMXON, VMCS set-up, the world switch, and exit collection.
+//!
+//! VM entry and exit switch RSP, RIP, RFLAGS, the control registers, segments and
+//! (with the EFER controls) EFER through the VMCS (SDM vol. 3C, chapters 27-28); every
+//! other general-purpose register and the x87/SSE state are saved and restored by the
+//! world switch below (host and guests use no AVX; XSETBV always exits, so XCR0 stays
+//! the host's).
+//!
+//! Guests run one after another on one CPU, so each entry makes its vCPU's VMCS
+//! current with VMPTRLD; RIP, RSP and RFLAGS are cached in the vCPU so that
+//! [`Vcpu::reg`] works whichever VMCS is current.
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::arch::asm;
+use core::mem::offset_of;
+
+use ept::caps::Stage2Caps;
+use x86_64::registers::model_specific::Msr;
+
+use super::caps::{self, CR4_VMXE, InveptType, VmxCaps, VmxError, VmxMsrs, apply_fixed, msr};
+use super::exit::{self, VMFAIL, reason};
+use super::fields::{
+    INTERRUPTIBILITY_STI_MOVSS, ar, field16, field32, field64, natural, proc, proc2,
+};
+use super::instr::{self, VmFail};
+use crate::hypervisor::VcpuHost;
+use crate::platform::virt_to_phys;
+use crate::vcpu::{FlushRequest, Reg, Vcpu, VmExit};
+
+/// IA32_EFER (SDM vol. 4, table 2-2).
+const MSR_EFER: u32 = 0xC000_0080;
+/// IA32_FS_BASE.
+const MSR_FS_BASE: u32 = 0xC000_0100;
+/// IA32_GS_BASE.
+const MSR_GS_BASE: u32 = 0xC000_0101;
+/// IA32_SYSENTER_CS.
+const MSR_SYSENTER_CS: u32 = 0x174;
+/// IA32_SYSENTER_ESP.
+const MSR_SYSENTER_ESP: u32 = 0x175;
+/// IA32_SYSENTER_EIP.
+const MSR_SYSENTER_EIP: u32 = 0x176;
+
+/// Guest EFER: LME (bit 8), LMA (bit 10), NXE (bit 11) (SDM vol. 3A 2.2.1).
+const GUEST_EFER: u64 = (1 << 8) | (1 << 10) | (1 << 11);
+/// Guest CR0: PE (0), MP (1), ET (4), NE (5), WP (16), PG (31) (SDM vol. 3A 2.5).
+const GUEST_CR0: u64 = (1 << 0) | (1 << 1) | (1 << 4) | (1 << 5) | (1 << 16) | (1 << 31);
+/// Guest CR4: PAE (5), OSFXSR (9), OSXMMEXCPT (10) (SDM vol. 3A 2.5).
+const GUEST_CR4: u64 = (1 << 5) | (1 << 9) | (1 << 10);
+/// DR7 at reset (SDM vol. 3B 18.2.4).
+const DR7_RESET: u64 = 0x400;
+/// Guest RFLAGS at start: the always-one bit 1 and IF (bit 9) (SDM vol. 1 3.4.3).
+///
+/// With external-interrupt exiting, IF does not mask external interrupts in the guest
+/// (SDM vol. 3C 26.3): every one exits to the host, so no interrupt ever reaches a
+/// guest whatever its IF. IF = 1 is needed by Bochs 2.7, which computes interrupt
+/// masking while loading the guest's RFLAGS before it counts as in VMX non-root
+/// operation, and so would keep the timer masked in a guest entered with IF = 0.
+const RFLAGS_RESET: u64 = 0x202;
+/// Most VPIDs handed out at once (VPID 0 is the host's).
+const MAX_VPIDS: usize = 256;
+
+/// A 4 KiB page for the VMXON region and VMCSs.
+#[repr(C, align(4096))]
+struct Page([u8; 4096]);
+
+impl Page {
+    /// A zeroed region starting with the VMCS revision identifier (bit 31 clear)
+    /// (SDM vol. 3C 25.2, 24.11.5).
+    fn region(revision: u32) -> Box<Self> {
+        let mut page = Box::new(Self([0; 4096]));
+        page.0[..4].copy_from_slice(&(revision & 0x7FFF_FFFF).to_le_bytes());
+        page
+    }
+}
+
+/// A 512-byte FXSAVE area.
+#[derive(Clone, Copy)]
+#[repr(C, align(16))]
+struct FxArea([u8; 512]);
+
+impl FxArea {
+    /// The x87/SSE state after FNINIT with MXCSR at its reset value: FCW = 0x037F
+    /// (offset 0), MXCSR = 0x1F80 (offset 24) (SDM vol. 1 10.5.1).
+    fn initial() -> Self {
+        let mut a = [0u8; 512];
+        a[0..2].copy_from_slice(&0x037Fu16.to_le_bytes());
+        a[24..28].copy_from_slice(&0x1F80u32.to_le_bytes());
+        Self(a)
+    }
+}
+
+/// Everything the world switch saves besides the VMCS.
+#[repr(C, align(16))]
+struct SwitchState {
+    /// Guest GPRs by [`Reg`] number; the RSP slot is unused (VMCS).
+    gprs: [u64; 16],
+    guest_fx: FxArea,
+    host_fx: FxArea,
+}
+
+const GPRS: usize = offset_of!(SwitchState, gprs);
+const GUEST_FX: usize = offset_of!(SwitchState, guest_fx);
+const HOST_FX: usize = offset_of!(SwitchState, host_fx);
+
+core::arch::global_asm!(
+    ".section .text.vmx_world_switch, \"ax\"",
+    ".global vmx_world_switch",
+    // rdi = &mut SwitchState, rsi = launched (0: VMLAUNCH, else VMRESUME).
+    // Returns 0 after a VM exit, 1 when the entry instruction failed (VMfail).
+    "vmx_world_switch:",
+    "push rbp", "push rbx", "push r12", "push r13", "push r14", "push r15",
+    "push rdi",
+    "fxsave [rdi + {host_fx}]",
+    "fxrstor [rdi + {guest_fx}]",
+    "mov rax, {host_rsp}",
+    "vmwrite rax, rsp",
+    "test rsi, rsi",
+    // MOV leaves the flags of TEST intact.
+    "mov rax, [rdi + {gprs} + 0*8]",
+    "mov rcx, [rdi + {gprs} + 1*8]",
+    "mov rdx, [rdi + {gprs} + 2*8]",
+    "mov rbx, [rdi + {gprs} + 3*8]",
+    "mov rbp, [rdi + {gprs} + 5*8]",
+    "mov rsi, [rdi + {gprs} + 6*8]",
+    "mov r8,  [rdi + {gprs} + 8*8]",
+    "mov r9,  [rdi + {gprs} + 9*8]",
+    "mov r10, [rdi + {gprs} + 10*8]",
+    "mov r11, [rdi + {gprs} + 11*8]",
+    "mov r12, [rdi + {gprs} + 12*8]",
+    "mov r13, [rdi + {gprs} + 13*8]",
+    "mov r14, [rdi + {gprs} + 14*8]",
+    "mov r15, [rdi + {gprs} + 15*8]",
+    "mov rdi, [rdi + {gprs} + 7*8]",
+    "jnz 2f",
+    "vmlaunch",
+    "jmp 3f",
+    "2:",
+    "vmresume",
+    // Only reached when the entry failed: RSP is still the host's.
+    "3:",
+    "pop rdi",
+    "fxrstor [rdi + {host_fx}]",
+    "mov eax, 1",
+    "pop r15", "pop r14", "pop r13", "pop r12", "pop rbx", "pop rbp",
+    "ret",
+    // VM exit (HOST_RIP): RSP is the host RSP written above, pointing at the saved rdi.
+    ".global vmx_vm_exit",
+    "vmx_vm_exit:",
+    "push rdi",
+    "mov rdi, [rsp + 8]",
+    "mov [rdi + {gprs} + 0*8], rax",
+    "mov [rdi + {gprs} + 1*8], rcx",
+    "mov [rdi + {gprs} + 2*8], rdx",
+    "mov [rdi + {gprs} + 3*8], rbx",
+    "mov [rdi + {gprs} + 5*8], rbp",
+    "mov [rdi + {gprs} + 6*8], rsi",
+    "mov [rdi + {gprs} + 8*8], r8",
+    "mov [rdi + {gprs} + 9*8], r9",
+    "mov [rdi + {gprs} + 10*8], r10",
+    "mov [rdi + {gprs} + 11*8], r11",
+    "mov [rdi + {gprs} + 12*8], r12",
+    "mov [rdi + {gprs} + 13*8], r13",
+    "mov [rdi + {gprs} + 14*8], r14",
+    "mov [rdi + {gprs} + 15*8], r15",
+    "pop rax",
+    "mov [rdi + {gprs} + 7*8], rax",
+    "fxsave [rdi + {guest_fx}]",
+    "fxrstor [rdi + {host_fx}]",
+    // A VM exit clears RFLAGS.IF. A timer interrupt that ended the guest's slice (an
+    // external-interrupt exit, not acknowledged) is still pending: open a window of
+    // one instruction (STI's shadow covers the NOP) for the host's handler.
+    "sti",
+    "nop",
+    "cli",
+    "add rsp, 8",
+    "xor eax, eax",
+    "pop r15", "pop r14", "pop r13", "pop r12", "pop rbx", "pop rbp",
+    "ret",
+    gprs = const GPRS,
+    guest_fx = const GUEST_FX,
+    host_fx = const HOST_FX,
+    host_rsp = const natural::HOST_RSP,
+);
+
+unsafe extern "C" {
+    /// Enters the guest of the current VMCS and returns at its next VM exit (0) or when
+    /// the entry instruction fails (1).
+    fn vmx_world_switch(state: *mut SwitchState, launched: u64) -> u64;
+    /// The VM-exit entry point (HOST_RIP); never called directly.
+    fn vmx_vm_exit();
+}
+
+/// Reads an MSR.
+fn rdmsr(number: u32) -> u64 {
+    // SAFETY: only architectural MSRs that exist on every VMX-capable CPU are read
+    // (the VMX capability MSRs only after CPUID reported VMX).
+    unsafe { Msr::new(number).read() }
+}
+
+/// Reads the VMX capability MSRs, preferring the TRUE_* controls (SDM vol. 3D A.1-A.5).
+fn read_msrs() -> VmxMsrs {
+    let basic = rdmsr(msr::VMX_BASIC);
+    let true_ctls = basic & caps::BASIC_TRUE_CONTROLS != 0;
+    let pick = |plain, truer| rdmsr(if true_ctls { truer } else { plain });
+    let proc_ctls = pick(msr::PROCBASED_CTLS, msr::TRUE_PROCBASED_CTLS);
+    let has_proc2 = proc_ctls >> 32 & u64::from(proc::SECONDARY_CONTROLS) != 0;
+    let proc2_ctls = if has_proc2 {
+        rdmsr(msr::PROCBASED_CTLS2)
+    } else {
+        0
+    };
+    let ept_or_vpid = u64::from(proc2::ENABLE_EPT | proc2::ENABLE_VPID) << 32;
+    VmxMsrs {
+        feature_control: rdmsr(msr::FEATURE_CONTROL),
+        basic,
+        pin: pick(msr::PINBASED_CTLS, msr::TRUE_PINBASED_CTLS),
+        proc: proc_ctls,
+        proc2: proc2_ctls,
+        exit: pick(msr::EXIT_CTLS, msr::TRUE_EXIT_CTLS),
+        entry: pick(msr::ENTRY_CTLS, msr::TRUE_ENTRY_CTLS),
+        cr0_fixed0: rdmsr(msr::CR0_FIXED0),
+        cr0_fixed1: rdmsr(msr::CR0_FIXED1),
+        cr4_fixed0: rdmsr(msr::CR4_FIXED0),
+        cr4_fixed1: rdmsr(msr::CR4_FIXED1),
+        ept_vpid_cap: if proc2_ctls & ept_or_vpid != 0 {
+            rdmsr(msr::EPT_VPID_CAP)
+        } else {
+            0
+        },
+    }
+}
+
+/// CPUID.80000008H:EAX bits 7:0, the physical-address width (36 if the leaf is missing).
+fn host_phys_bits() -> u8 {
+    if core::arch::x86_64::__cpuid(0x8000_0000).eax >= 0x8000_0008 {
+        core::arch::x86_64::__cpuid(0x8000_0008).eax as u8
+    } else {
+        36
+    }
+}
+
+fn read_cr0() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR0 has no side effects.
+    unsafe { asm!("mov {}, cr0", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+fn read_cr3() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR3 has no side effects.
+    unsafe { asm!("mov {}, cr3", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+fn read_cr4() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR4 has no side effects.
+    unsafe { asm!("mov {}, cr4", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+/// The host state a VM exit returns to: segment selectors, descriptor tables, TR.
+#[derive(Debug, Clone, Copy)]
+struct HostSegments {
+    cs: u16,
+    ss: u16,
+    ds: u16,
+    es: u16,
+    fs: u16,
+    gs: u16,
+    tr: u16,
+    gdt_base: u64,
+    idt_base: u64,
+    tr_base: u64,
+}
+
+/// The base address in a 16-byte system-segment descriptor (SDM vol. 3A 7.2.3,
+/// figure 7-4): bits 15:0 in bytes 2-3, 23:16 in byte 4, 31:24 in byte 7, 63:32 in
+/// bytes 8-11.
+fn system_descriptor_base(low: u64, high: u64) -> u64 {
+    ((low >> 16) & 0xFF_FFFF) | (((low >> 56) & 0xFF) << 24) | ((high & 0xFFFF_FFFF) << 32)
+}
+
+fn host_segments() -> HostSegments {
+    let (cs, ss, ds, es, fs, gs, tr): (u16, u16, u16, u16, u16, u16, u16);
+    let mut gdtr = [0u8; 10];
+    let mut idtr = [0u8; 10];
+    // SAFETY: reading segment registers and descriptor-table registers has no side
+    // effects; SGDT/SIDT store 10 bytes into the buffers.
+    unsafe {
+        asm!(
+            "mov {0:x}, cs", "mov {1:x}, ss", "mov {2:x}, ds", "mov {3:x}, es",
+            "mov {4:x}, fs", "mov {5:x}, gs", "str {6:x}",
+            "sgdt [{7}]", "sidt [{8}]",
+            out(reg) cs, out(reg) ss, out(reg) ds, out(reg) es, out(reg) fs, out(reg) gs,
+            out(reg) tr, in(reg) gdtr.as_mut_ptr(), in(reg) idtr.as_mut_ptr(),
+            options(nostack, preserves_flags)
+        )
+    };
+    let base = |t: &[u8; 10]| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&t[2..10]);
+        u64::from_le_bytes(b)
+    };
+    let gdt_base = base(&gdtr);
+    let index = u64::from(tr & !7);
+    let descriptor = (gdt_base + index) as *const [u64; 2];
+    // SAFETY: the GDT is identity-mapped kernel memory and TR indexes its 16-byte TSS
+    // descriptor (loaded by the kernel's GDT set-up).
+    let [low, high] = unsafe { descriptor.read_unaligned() };
+    HostSegments {
+        cs,
+        ss,
+        ds,
+        es,
+        fs,
+        gs,
+        tr,
+        gdt_base,
+        idt_base: base(&idtr),
+        tr_base: system_descriptor_base(low, high),
+    }
+}
+
+/// VMREAD from the current VMCS. Only used by this module once VMXON succeeded and a
+/// vCPU's VMCS was made current (a VMREAD without a current VMCS fails and gives 0).
+fn read_current(field: u32) -> u64 {
+    // SAFETY: VMX is on (a `VmxVcpu` exists only after `VmxHost::enable`), and VMREAD
+    // only reads the current VMCS.
+    unsafe { instr::vmread(field) }
+}
+
+/// Collects VMWRITEs and remembers the first failure.
+struct Writer {
+    failed: Option<(u32, VmFail)>,
+}
+
+impl Writer {
+    fn w(&mut self, field: u32, value: u64) {
+        if self.failed.is_some() {
+            return;
+        }
+        // SAFETY: callers hold a current VMCS (made current by `VmxHost`) and write
+        // the guest, host and control state this module computes.
+        if let Err(e) = unsafe { instr::vmwrite(field, value) } {
+            self.failed = Some((field, e));
+        }
+    }
+
+    fn finish(self) -> Result<(), VmxError> {
+        match self.failed {
+            None => Ok(()),
+            Some((field, e)) => {
+                log::error!("VMWRITE of field {field:#06x} failed: {e:?}");
+                Err(VmxError::InstructionFailed {
+                    what: "VMWRITE",
+                    error: e.error(),
+                })
+            }
+        }
+    }
+}
+
+/// Guest-state fields copied from a parent when a guest is cloned (everything the
+/// guest can change besides RIP, RSP, RFLAGS and the general-purpose registers).
+const CLONED_GUEST_FIELDS: &[u32] = &[
+    natural::GUEST_CR0,
+    natural::GUEST_CR3,
+    natural::GUEST_CR4,
+    natural::CR0_READ_SHADOW,
+    natural::CR4_READ_SHADOW,
+    natural::GUEST_DR7,
+    field64::GUEST_EFER,
+    field16::GUEST_ES_SELECTOR,
+    field16::GUEST_CS_SELECTOR,
+    field16::GUEST_SS_SELECTOR,
+    field16::GUEST_DS_SELECTOR,
+    field16::GUEST_FS_SELECTOR,
+    field16::GUEST_GS_SELECTOR,
+    field16::GUEST_LDTR_SELECTOR,
+    field16::GUEST_TR_SELECTOR,
+    field32::GUEST_ES_LIMIT,
+    field32::GUEST_CS_LIMIT,
+    field32::GUEST_SS_LIMIT,
+    field32::GUEST_DS_LIMIT,
+    field32::GUEST_FS_LIMIT,
+    field32::GUEST_GS_LIMIT,
+    field32::GUEST_LDTR_LIMIT,
+    field32::GUEST_TR_LIMIT,
+    field32::GUEST_GDTR_LIMIT,
+    field32::GUEST_IDTR_LIMIT,
+    field32::GUEST_ES_AR,
+    field32::GUEST_CS_AR,
+    field32::GUEST_SS_AR,
+    field32::GUEST_DS_AR,
+    field32::GUEST_FS_AR,
+    field32::GUEST_GS_AR,
+    field32::GUEST_LDTR_AR,
+    field32::GUEST_TR_AR,
+    field32::GUEST_INTERRUPTIBILITY,
+    field32::GUEST_SYSENTER_CS,
+    natural::GUEST_ES_BASE,
+    natural::GUEST_CS_BASE,
+    natural::GUEST_SS_BASE,
+    natural::GUEST_DS_BASE,
+    natural::GUEST_FS_BASE,
+    natural::GUEST_GS_BASE,
+    natural::GUEST_LDTR_BASE,
+    natural::GUEST_TR_BASE,
+    natural::GUEST_GDTR_BASE,
+    natural::GUEST_IDTR_BASE,
+    natural::GUEST_SYSENTER_ESP,
+    natural::GUEST_SYSENTER_EIP,
+];
+
+/// The per-CPU VMX state: the VMXON region, the chosen controls, the VPIDs.
+pub struct VmxHost {
+    caps: VmxCaps,
+    msrs: VmxMsrs,
+    _vmxon: Box<Page>,
+    vpid_used: Vec<bool>,
+    /// vCPUs alive.
+    live: usize,
+}
+
+impl VmxHost {
+    /// Checks CPUID and the capability MSRs, sets the fixed CR0/CR4 bits (CR4.VMXE
+    /// included), enables VMX in IA32_FEATURE_CONTROL if firmware left it unlocked, and
+    /// executes VMXON (SDM vol. 3C 24.7-24.8).
+    pub fn enable() -> Result<Self, VmxError> {
+        if !super::cpu_has_vmx() {
+            return Err(VmxError::NoVmx);
+        }
+        let msrs = read_msrs();
+        log::debug!("VMX capability MSRs: {msrs:#x?}");
+        let caps = VmxCaps::from_msrs(&msrs, host_phys_bits())?;
+        if msrs.feature_control & caps::FEATURE_CONTROL_LOCK == 0 {
+            let value = msrs.feature_control
+                | caps::FEATURE_CONTROL_LOCK
+                | caps::FEATURE_CONTROL_VMX_OUTSIDE_SMX;
+            // SAFETY: the MSR is unlocked; locking it with VMX allowed outside SMX only
+            // permits VMXON (SDM vol. 3C 24.7).
+            unsafe { Msr::new(msr::FEATURE_CONTROL).write(value) };
+        }
+        let cr0 = apply_fixed(read_cr0(), caps.cr0_fixed.0, caps.cr0_fixed.1);
+        let cr4 = apply_fixed(read_cr4() | CR4_VMXE, caps.cr4_fixed.0, caps.cr4_fixed.1);
+        // SAFETY: the fixed bits only force on what VMX operation requires (PE, NE, PG
+        // and VMXE, all already compatible with the kernel's long mode) and clear bits
+        // the CPU does not support.
+        unsafe {
+            asm!("mov cr0, {}", "mov cr4, {}", in(reg) cr0, in(reg) cr4,
+                options(nostack, preserves_flags))
+        };
+        let vmxon = Page::region(caps.revision);
+        // SAFETY: CR4.VMXE and the fixed bits are set; the region is a zeroed page with
+        // the revision identifier, identity-mapped and owned by the host for good.
+        unsafe { instr::vmxon(virt_to_phys(&*vmxon)) }.map_err(|_| VmxError::VmxonFailed)?;
+        let mut vpid_used = alloc::vec![false; MAX_VPIDS];
+        vpid_used[0] = true; // the host's
+        Ok(Self {
+            caps,
+            msrs,
+            _vmxon: vmxon,
+            vpid_used,
+            live: 0,
+        })
+    }
+
+    /// The chosen controls and capabilities.
+    pub fn caps(&self) -> &VmxCaps {
+        &self.caps
+    }
+
+    /// The raw capability MSRs.
+    pub fn msrs(&self) -> &VmxMsrs {
+        &self.msrs
+    }
+
+    /// vCPUs that can still be created: free VPIDs (without VPIDs, the same number
+    /// of slots bounds the live vCPUs).
+    pub fn free_vpids(&self) -> usize {
+        MAX_VPIDS - 1 - self.live
+    }
+
+    fn alloc_vpid(&mut self) -> Option<u16> {
+        if self.live >= MAX_VPIDS - 1 {
+            return None;
+        }
+        let vpid = if self.caps.vpid {
+            let vpid = self.vpid_used.iter().position(|u| !*u)?;
+            self.vpid_used[vpid] = true;
+            vpid as u16
+        } else {
+            0
+        };
+        self.live += 1;
+        Some(vpid)
+    }
+
+    fn free_vpid(&mut self, vpid: u16) {
+        self.live = self.live.saturating_sub(1);
+        if vpid != 0
+            && let Some(used) = self.vpid_used.get_mut(usize::from(vpid))
+        {
+            *used = false;
+        }
+    }
+
+    /// Makes `vmcs` clear and current.
+    fn load_new(vmcs: &Page) -> Result<(), VmxError> {
+        let pa = virt_to_phys(vmcs);
+        let fail = |what| {
+            move |e: VmFail| VmxError::InstructionFailed {
+                what,
+                error: e.error(),
+            }
+        };
+        // SAFETY: VMX is on (VMXON succeeded in `enable`) and `vmcs` is a page-aligned
+        // VMCS region with the revision identifier, owned by the vCPU being built.
+        unsafe { instr::vmclear(pa) }.map_err(fail("VMCLEAR"))?;
+        // SAFETY: as above.
+        unsafe { instr::vmptrld(pa) }.map_err(fail("VMPTRLD"))
+    }
+
+    /// Writes the control and host state into the current VMCS.
+    fn write_controls_and_host(&self, w: &mut Writer, vpid: u16, eptp: u64) {
+        let c = &self.caps;
+        w.w(field32::PIN_CONTROLS, u64::from(c.pin));
+        w.w(field32::PROC_CONTROLS, u64::from(c.proc));
+        w.w(field32::PROC_CONTROLS2, u64::from(c.proc2));
+        w.w(field32::EXIT_CONTROLS, u64::from(c.exit));
+        w.w(field32::ENTRY_CONTROLS, u64::from(c.entry));
+        w.w(field32::EXCEPTION_BITMAP, 0);
+        w.w(field32::CR3_TARGET_COUNT, 0);
+        w.w(field32::EXIT_MSR_STORE_COUNT, 0);
+        w.w(field32::EXIT_MSR_LOAD_COUNT, 0);
+        w.w(field32::ENTRY_MSR_LOAD_COUNT, 0);
+        w.w(field32::ENTRY_INTERRUPTION_INFO, 0);
+        // The guest owns CR0; CR4.VMXE is the host's, hidden behind the read shadow.
+        w.w(natural::CR0_MASK, 0);
+        w.w(natural::CR4_MASK, CR4_VMXE);
+        if c.vpid {
+            w.w(field16::VPID, u64::from(vpid));
+        }
+        w.w(field64::EPT_POINTER, eptp);
+        w.w(field64::VMCS_LINK_POINTER, u64::MAX);
+
+        let s = host_segments();
+        w.w(field16::HOST_CS_SELECTOR, u64::from(s.cs & !7));
+        w.w(field16::HOST_SS_SELECTOR, u64::from(s.ss & !7));
+        w.w(field16::HOST_DS_SELECTOR, u64::from(s.ds & !7));
+        w.w(field16::HOST_ES_SELECTOR, u64::from(s.es & !7));
+        w.w(field16::HOST_FS_SELECTOR, u64::from(s.fs & !7));
+        w.w(field16::HOST_GS_SELECTOR, u64::from(s.gs & !7));
+        w.w(field16::HOST_TR_SELECTOR, u64::from(s.tr & !7));
+        w.w(natural::HOST_CR0, read_cr0());
+        w.w(natural::HOST_CR3, read_cr3());
+        w.w(natural::HOST_CR4, read_cr4());
+        w.w(natural::HOST_FS_BASE, rdmsr(MSR_FS_BASE));
+        w.w(natural::HOST_GS_BASE, rdmsr(MSR_GS_BASE));
+        w.w(natural::HOST_TR_BASE, s.tr_base);
+        w.w(natural::HOST_GDTR_BASE, s.gdt_base);
+        w.w(natural::HOST_IDTR_BASE, s.idt_base);
+        w.w(field32::HOST_SYSENTER_CS, rdmsr(MSR_SYSENTER_CS));
+        w.w(natural::HOST_SYSENTER_ESP, rdmsr(MSR_SYSENTER_ESP));
+        w.w(natural::HOST_SYSENTER_EIP, rdmsr(MSR_SYSENTER_EIP));
+        if c.switches_efer() {
+            w.w(field64::HOST_EFER, rdmsr(MSR_EFER));
+        }
+        w.w(natural::HOST_RIP, vmx_vm_exit as *const () as u64);
+    }
+
+    /// Writes a 64-bit guest at `entry` with stack `rsp` and page tables at `cr3` into
+    /// the current VMCS (SDM vol. 3C 27.3.1 lists the checks this state passes).
+    fn write_guest(&self, w: &mut Writer, entry: u64, rsp: u64, cr3: u64) {
+        let c = &self.caps;
+        let cr0 = apply_fixed(GUEST_CR0, c.cr0_fixed.0, c.cr0_fixed.1);
+        let cr4 = apply_fixed(GUEST_CR4, c.cr4_fixed.0, c.cr4_fixed.1);
+        w.w(natural::GUEST_CR0, cr0);
+        w.w(natural::CR0_READ_SHADOW, cr0);
+        w.w(natural::GUEST_CR3, cr3);
+        w.w(natural::GUEST_CR4, cr4);
+        w.w(natural::CR4_READ_SHADOW, cr4 & !CR4_VMXE);
+        if c.switches_efer() {
+            w.w(field64::GUEST_EFER, GUEST_EFER);
+        }
+        let segment = |w: &mut Writer, sel: u32, limit: u32, ar_field: u32, base: u32, s, a| {
+            w.w(sel, s);
+            w.w(limit, 0xFFFF_FFFF);
+            w.w(ar_field, a);
+            w.w(base, 0);
+        };
+        segment(
+            w,
+            field16::GUEST_CS_SELECTOR,
+            field32::GUEST_CS_LIMIT,
+            field32::GUEST_CS_AR,
+            natural::GUEST_CS_BASE,
+            0x08,
+            u64::from(ar::CODE64),
+        );
+        for (sel, limit, ar_field, base) in [
+            (
+                field16::GUEST_SS_SELECTOR,
+                field32::GUEST_SS_LIMIT,
+                field32::GUEST_SS_AR,
+                natural::GUEST_SS_BASE,
+            ),
+            (
+                field16::GUEST_DS_SELECTOR,
+                field32::GUEST_DS_LIMIT,
+                field32::GUEST_DS_AR,
+                natural::GUEST_DS_BASE,
+            ),
+            (
+                field16::GUEST_ES_SELECTOR,
+                field32::GUEST_ES_LIMIT,
+                field32::GUEST_ES_AR,
+                natural::GUEST_ES_BASE,
+            ),
+            (
+                field16::GUEST_FS_SELECTOR,
+                field32::GUEST_FS_LIMIT,
+                field32::GUEST_FS_AR,
+                natural::GUEST_FS_BASE,
+            ),
+            (
+                field16::GUEST_GS_SELECTOR,
+                field32::GUEST_GS_LIMIT,
+                field32::GUEST_GS_AR,
+                natural::GUEST_GS_BASE,
+            ),
+        ] {
+            segment(w, sel, limit, ar_field, base, 0x10, u64::from(ar::DATA));
+        }
+        w.w(field16::GUEST_LDTR_SELECTOR, 0);
+        w.w(field32::GUEST_LDTR_LIMIT, 0);
+        w.w(field32::GUEST_LDTR_AR, u64::from(ar::UNUSABLE));
+        w.w(natural::GUEST_LDTR_BASE, 0);
+        w.w(field16::GUEST_TR_SELECTOR, 0);
+        w.w(field32::GUEST_TR_LIMIT, 0x67);
+        w.w(field32::GUEST_TR_AR, u64::from(ar::TSS_BUSY));
+        w.w(natural::GUEST_TR_BASE, 0);
+        w.w(field32::GUEST_GDTR_LIMIT, 0);
+        w.w(natural::GUEST_GDTR_BASE, 0);
+        w.w(field32::GUEST_IDTR_LIMIT, 0);
+        w.w(natural::GUEST_IDTR_BASE, 0);
+        w.w(natural::GUEST_DR7, DR7_RESET);
+        w.w(natural::GUEST_RSP, rsp);
+        w.w(natural::GUEST_RIP, entry);
+        w.w(natural::GUEST_RFLAGS, RFLAGS_RESET);
+        w.w(natural::GUEST_PENDING_DEBUG, 0);
+        w.w(field32::GUEST_INTERRUPTIBILITY, 0);
+        w.w(field32::GUEST_ACTIVITY, 0);
+        w.w(field32::GUEST_SYSENTER_CS, 0);
+        w.w(natural::GUEST_SYSENTER_ESP, 0);
+        w.w(natural::GUEST_SYSENTER_EIP, 0);
+        w.w(field64::GUEST_DEBUGCTL, 0);
+    }
+
+    /// Builds a vCPU whose VMCS is current afterwards; `None` (logged) on failure.
+    fn build(
+        &mut self,
+        entry: u64,
+        rsp: u64,
+        cr3: u64,
+        eptp: u64,
+        flush: FlushRequest,
+    ) -> Option<VmxVcpu> {
+        let vpid = self.alloc_vpid()?;
+        let vmcs = Page::region(self.caps.revision);
+        let mut w = Writer { failed: None };
+        let result = Self::load_new(&vmcs).and_then(|()| {
+            self.write_controls_and_host(&mut w, vpid, eptp);
+            self.write_guest(&mut w, entry, rsp, cr3);
+            w.finish()
+        });
+        if let Err(e) = result {
+            log::error!("VMX vCPU set-up failed: {e}");
+            self.free_vpid(vpid);
+            return None;
+        }
+        Some(VmxVcpu {
+            vmcs,
+            state: Box::new(SwitchState {
+                gprs: [0; 16],
+                guest_fx: FxArea::initial(),
+                host_fx: FxArea([0; 512]),
+            }),
+            launched: false,
+            fresh: true,
+            vpid,
+            eptp,
+            invept: self.caps.invept,
+            invvpid: self.caps.vpid && self.caps.invvpid_single,
+            flush,
+            rip: entry,
+            rsp,
+            rflags: RFLAGS_RESET,
+            next_len: None,
+            clear_blocking: false,
+            last_exit: (0, 0, 0),
+        })
+    }
+
+    /// Creates a vCPU in 64-bit mode at `entry` with stack `rsp` and guest page tables
+    /// at `cr3`, on the EPT whose pointer is `eptp`. `None` when no VPID is free or the
+    /// VMCS cannot be set up.
+    pub fn create_vcpu(
+        &mut self,
+        entry: u64,
+        rsp: u64,
+        cr3: u64,
+        eptp: u64,
+        flush: FlushRequest,
+    ) -> Option<VmxVcpu> {
+        self.build(entry, rsp, cr3, eptp, flush)
+    }
+
+    /// A copy of `parent` (registers, FPU state, guest control and segment state) with
+    /// its own VPID and VMCS on the EPT `eptp`. `None` when no VPID is free.
+    pub fn fork_vcpu(
+        &mut self,
+        parent: &VmxVcpu,
+        eptp: u64,
+        flush: FlushRequest,
+    ) -> Option<VmxVcpu> {
+        // SAFETY: VMX is on and the parent's VMCS is a region of a live vCPU (it was
+        // set up by `build`), so it may be made current to read its guest state.
+        if let Err(e) = unsafe { instr::vmptrld(virt_to_phys(&*parent.vmcs)) } {
+            log::error!("VMPTRLD of the parent VMCS failed: {e:?}");
+            return None;
+        }
+        let saved: Vec<(u32, u64)> = CLONED_GUEST_FIELDS
+            .iter()
+            // SAFETY: the parent's VMCS is current and every field exists.
+            .map(|&f| (f, unsafe { instr::vmread(f) }))
+            .collect();
+        let mut child = self.build(parent.rip, parent.rsp, 0, eptp, flush)?;
+        let mut w = Writer { failed: None };
+        for (field, value) in saved {
+            w.w(field, value);
+        }
+        if w.finish().is_err() {
+            self.destroy_vcpu(child);
+            return None;
+        }
+        child.rflags = parent.rflags;
+        child.state.gprs = parent.state.gprs;
+        child.state.guest_fx = parent.state.guest_fx;
+        child.next_len = parent.next_len;
+        child.clear_blocking = parent.clear_blocking;
+        Some(child)
+    }
+
+    /// Ends `vcpu`: clears its VMCS (so the CPU holds nothing of it) and frees its
+    /// VPID (the next user flushes it on its first entry).
+    pub fn destroy_vcpu(&mut self, vcpu: VmxVcpu) {
+        // SAFETY: VMX is on and the region is this vCPU's VMCS.
+        if let Err(e) = unsafe { instr::vmclear(virt_to_phys(&*vcpu.vmcs)) } {
+            log::error!("VMCLEAR at vCPU teardown failed: {e:?}");
+        }
+        self.free_vpid(vcpu.vpid);
+    }
+
+    /// One line describing VMX and the capabilities in use.
+    pub fn description(&self) -> String {
+        let c = &self.caps;
+        let s = &c.stage2;
+        format!(
+            "Intel VMX with EPT: VPID {}, unrestricted guest {}, EPT 1G leaves {}, \
+             EPT A/D {}, INVEPT {}, TRUE controls {}",
+            yes(c.vpid),
+            yes(c.unrestricted_guest),
+            yes(s.leaf_1g),
+            yes(s.accessed_dirty),
+            match c.invept {
+                InveptType::SingleContext => "single-context",
+                InveptType::AllContext => "all-context",
+            },
+            yes(c.true_controls),
+        )
+    }
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+/// One VMX virtual CPU.
+pub struct VmxVcpu {
+    vmcs: Box<Page>,
+    state: Box<SwitchState>,
+    launched: bool,
+    /// No entry yet: flush whatever the CPU may cache for this EPTP and VPID.
+    fresh: bool,
+    vpid: u16,
+    eptp: u64,
+    invept: InveptType,
+    invvpid: bool,
+    flush: FlushRequest,
+    rip: u64,
+    rsp: u64,
+    rflags: u64,
+    /// Length of the instruction that caused the last exit, when it may be skipped.
+    next_len: Option<u64>,
+    /// An instruction was skipped: clear blocking by STI/MOV SS before the next entry.
+    clear_blocking: bool,
+    last_exit: (u32, u64, u64),
+}
+
+impl VmxVcpu {
+    /// This vCPU's VPID (0 when VPIDs are not in use).
+    pub fn vpid(&self) -> u16 {
+        self.vpid
+    }
+
+    /// Raw exit reason, qualification and guest-physical address of the last exit.
+    pub fn last_exit_raw(&self) -> (u32, u64, u64) {
+        self.last_exit
+    }
+
+    /// Invalidates the EPT (and, for a new vCPU, VPID) mappings this vCPU may use.
+    fn invalidate(&self) -> Result<(), VmFail> {
+        // SAFETY: VMX is on; the type was chosen from IA32_VMX_EPT_VPID_CAP.
+        unsafe { instr::invept(self.invept as u64, self.eptp) }?;
+        if self.fresh && self.invvpid && self.vpid != 0 {
+            // SAFETY: single-context INVVPID is supported and the VPID is not 0.
+            unsafe { instr::invvpid_single(self.vpid) }?;
+        }
+        Ok(())
+    }
+
+    fn enter(&mut self) -> Result<(), VmFail> {
+        // SAFETY: VMX is on and the region is this vCPU's VMCS, set up by `build`.
+        unsafe { instr::vmptrld(virt_to_phys(&*self.vmcs)) }?;
+        if self.flush.take() || self.fresh {
+            self.invalidate()?;
+            self.fresh = false;
+        }
+        let mut w = Writer { failed: None };
+        w.w(natural::GUEST_RIP, self.rip);
+        w.w(natural::GUEST_RSP, self.rsp);
+        w.w(natural::GUEST_RFLAGS, self.rflags);
+        if core::mem::take(&mut self.clear_blocking) {
+            // SAFETY: this vCPU's VMCS is current.
+            let state = unsafe { instr::vmread(field32::GUEST_INTERRUPTIBILITY) };
+            w.w(
+                field32::GUEST_INTERRUPTIBILITY,
+                state & !u64::from(INTERRUPTIBILITY_STI_MOVSS),
+            );
+        }
+        if let Some((_, e)) = w.failed {
+            return Err(e);
+        }
+        let state: *mut SwitchState = &mut *self.state;
+        // SAFETY: the VMCS is current and holds valid host state whose HOST_RIP is
+        // `vmx_vm_exit`; `state` is exclusively borrowed for the call; the routine
+        // preserves the callee-saved registers and the host x87/SSE state, and returns
+        // at the next VM exit or when the entry instruction fails.
+        let failed = unsafe { vmx_world_switch(state, u64::from(self.launched)) };
+        if failed != 0 {
+            // SAFETY: the VMCS is still current after a VMfailValid.
+            let error = unsafe { instr::vmread(field32::VM_INSTRUCTION_ERROR) } as u32;
+            return Err(VmFail::Valid(error));
+        }
+        self.launched = true;
+        Ok(())
+    }
+}
+
+impl Vcpu for VmxVcpu {
+    fn run(&mut self) -> VmExit {
+        self.next_len = None;
+        if let Err(e) = self.enter() {
+            let error = e.error();
+            log::error!(
+                "VM entry failed: VM-instruction error {error} ({})",
+                exit::instruction_error_name(error)
+            );
+            return VmExit::InvalidState {
+                code: VMFAIL | u64::from(error),
+            };
+        }
+        // After a VM exit this vCPU's VMCS is current.
+        let exit_reason = read_current(field32::EXIT_REASON) as u32;
+        let qualification = read_current(natural::EXIT_QUALIFICATION);
+        let len = read_current(field32::EXIT_INSTRUCTION_LEN);
+        let basic = exit_reason as u16;
+        let gpa = if matches!(basic, reason::EPT_VIOLATION | reason::EPT_MISCONFIG) {
+            read_current(field64::GUEST_PHYSICAL_ADDRESS)
+        } else {
+            0
+        };
+        self.rip = read_current(natural::GUEST_RIP);
+        self.rsp = read_current(natural::GUEST_RSP);
+        self.rflags = read_current(natural::GUEST_RFLAGS);
+        self.last_exit = (exit_reason, qualification, gpa);
+        if exit_reason & exit::ENTRY_FAILURE == 0 && exit::has_instruction_length(basic) {
+            self.next_len = Some(len);
+        }
+        exit::decode(exit_reason, qualification, gpa)
+    }
+
+    fn reg(&self, reg: Reg) -> u64 {
+        match reg {
+            Reg::Rsp => self.rsp,
+            Reg::Rip => self.rip,
+            Reg::Rflags => self.rflags,
+            r => self.state.gprs[r as usize],
+        }
+    }
+
+    fn set_reg(&mut self, reg: Reg, value: u64) {
+        match reg {
+            Reg::Rsp => self.rsp = value,
+            Reg::Rip => self.rip = value,
+            Reg::Rflags => self.rflags = value,
+            r => self.state.gprs[r as usize] = value,
+        }
+    }
+
+    fn skip_instruction(&mut self) {
+        if let Some(len) = self.next_len.take() {
+            self.rip = self.rip.wrapping_add(len);
+            self.clear_blocking = true;
+        }
+    }
+}
+
+impl VcpuHost for VmxHost {
+    type Vcpu = VmxVcpu;
+
+    fn describe(&self) -> String {
+        self.description()
+    }
+
+    fn stage2_caps(&self) -> Stage2Caps {
+        self.caps.stage2
+    }
+
+    fn create(
+        &mut self,
+        entry: u64,
+        rsp: u64,
+        cr3: u64,
+        root: u64,
+        flush: FlushRequest,
+    ) -> Option<VmxVcpu> {
+        self.create_vcpu(entry, rsp, cr3, root, flush)
+    }
+
+    fn fork(&mut self, parent: &VmxVcpu, root: u64, flush: FlushRequest) -> Option<VmxVcpu> {
+        self.fork_vcpu(parent, root, flush)
+    }
+
+    fn destroy(&mut self, vcpu: VmxVcpu) {
+        self.destroy_vcpu(vcpu);
+    }
+
+    fn free_slots(&self) -> usize {
+        self.free_vpids()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tss_descriptor_base() {
+        // A 64-bit TSS descriptor for base 0xFFFF_8000_1234_5678, limit 0x67.
+        let base: u64 = 0xFFFF_8000_1234_5678;
+        let low = 0x67 | ((base & 0xFF_FFFF) << 16) | (0x89 << 40) | ((base >> 24 & 0xFF) << 56);
+        let high = base >> 32;
+        assert_eq!(system_descriptor_base(low, high), base);
+    }
+
+    #[test]
+    fn switch_state_layout_suits_fxsave() {
+        // FXSAVE/FXRSTOR need 16-byte aligned areas (SDM vol. 2A, FXSAVE).
+        assert_eq!(GUEST_FX % 16, 0);
+        assert_eq!(HOST_FX % 16, 0);
+        assert_eq!(core::mem::align_of::<SwitchState>(), 16);
+        assert_eq!(GPRS, 0);
+        assert_eq!(core::mem::align_of::<Page>(), 4096);
+    }
+
+    #[test]
+    fn guest_control_registers_meet_fixed_bits() {
+        let m = super::super::caps::tests::skylake();
+        let cr0 = apply_fixed(GUEST_CR0, m.cr0_fixed0, m.cr0_fixed1);
+        let cr4 = apply_fixed(GUEST_CR4, m.cr4_fixed0, m.cr4_fixed1);
+        assert_eq!(cr0, GUEST_CR0, "the guest CR0 already has PE, NE and PG");
+        assert_eq!(cr4, GUEST_CR4 | CR4_VMXE);
+    }
+}
