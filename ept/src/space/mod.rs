@@ -36,6 +36,16 @@
 //! frames needed to split huge leaves at their ends *before* changing anything;
 //! [`AddressSpace::try_clone`] builds the whole child before it touches the parent.
 //!
+//! # The fault path
+//! [`AddressSpace::handle_fault`] is the hot path of a running guest. The area comes
+//! from a one-entry hint (faults cluster in one area; every change to the areas clears
+//! it) before the B-tree. A not-present fault on RAM where no 2 MiB leaf can fit walks
+//! the table once to the 4 KiB entry (prefetching it, so the cache miss overlaps the
+//! allocation and zeroing), takes and zeroes a frame within the quota and fills the
+//! entry: no reserve, no translation first. Anything else (a missing table, a page
+//! mapped after all, no frame) falls back, having changed nothing, to the general path,
+//! which translates first and decides: populate, spurious, copy-on-write or restore.
+//!
 //! # Copy-on-write
 //! [`AddressSpace::try_clone`] gives a new space whose RAM leaves map the same frames,
 //! read-only in both spaces, with a reference count per frame (see `frames.rs`). A write

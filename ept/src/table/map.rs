@@ -270,12 +270,16 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
         end: usize,
         counts: &mut [usize; 4],
     ) -> Result<(), TableError> {
+        let Some(frame) = frame else {
+            Self::plan_absent(plan, level, start, end, counts);
+            return Ok(());
+        };
         let sz = lsize(level);
-        let t = frame.map(|f| self.tbl(f));
+        let t = self.tbl(frame);
         let mut base = start & !(sz - 1);
         while base < end {
             let i = index(base, level);
-            let e = t.map_or(0, |t| t.load(i));
+            let e = t.load(i);
             let s = base.max(start);
             let en = end.min(base + sz);
             let full = s == base && en == base + sz;
@@ -287,9 +291,7 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
                 match F::decode(e, level) {
                     EntryKind::Absent => {
                         counts[level as usize - 1] += 1;
-                        if level > 2 {
-                            self.plan_map(plan, level - 1, None, s, en, counts)?;
-                        }
+                        Self::plan_absent(plan, level - 1, s, en, counts);
                     }
                     EntryKind::Leaf(_) => return Err(self.already_mapped(s, en - s)),
                     EntryKind::Table(c) => {
@@ -300,6 +302,31 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
             base += sz;
         }
         Ok(())
+    }
+
+    /// [`Self::plan_map`] under a table at `level` that does not exist yet: nothing
+    /// there can conflict, only the tables to create are counted. Every whole slot of
+    /// a level becomes a leaf, or none does (the alignment of `base + delta` is the
+    /// same for all of them), so a run of leaf slots is skipped at once.
+    fn plan_absent(plan: &RangePlan, level: u8, start: usize, end: usize, counts: &mut [usize; 4]) {
+        if level == 1 || start >= end {
+            return;
+        }
+        let sz = lsize(level);
+        let whole_slots_are_leaves = plan.leaf_here(level, 0);
+        let mut base = start & !(sz - 1);
+        while base < end {
+            let s = base.max(start);
+            let en = end.min(base + sz);
+            if s == base && en == base + sz && whole_slots_are_leaves {
+                // Every whole slot up to the last one in the range: leaves.
+                base = (end & !(sz - 1)).max(base + sz);
+                continue;
+            }
+            counts[level as usize - 1] += 1;
+            Self::plan_absent(plan, level - 1, s, en, counts);
+            base += sz;
+        }
     }
 
     /// The error for a conflict in `[start, start + len)`: names the first mapped

@@ -5,7 +5,7 @@ use memory_set::{GuestPhysAddr, HostPhysAddr};
 
 use super::raw::Tbl;
 use super::reserve::Reserve;
-use super::{Stage2Table, TableError, index, lsize};
+use super::{ENTRIES, Stage2Table, TableError, index, lsize};
 use crate::flush::Flush;
 use crate::format::{ADDR_MASK, EntryKind, LeafAttr, Stage2Format};
 use crate::frame::{FrameAlloc, PhysMapper};
@@ -27,6 +27,9 @@ struct Run {
     gpa: usize,
     hpa: u64,
     count: usize,
+    /// The GPA and HPA just past the run (where a continuing leaf starts).
+    end_gpa: usize,
+    end_hpa: u64,
     removed: usize,
 }
 
@@ -36,30 +39,21 @@ impl Run {
     #[inline]
     fn add(&mut self, gpa: usize, hpa: u64, sz: usize, flush: &mut Flush, size: LeafSize) {
         self.removed += 1;
-        let bytes = self.count * sz;
-        if self.count != 0
-            && self.gpa.wrapping_add(bytes) == gpa
-            && self.hpa.wrapping_add(bytes as u64) == hpa
-        {
+        if self.count != 0 && gpa == self.end_gpa && hpa == self.end_hpa {
             self.count += 1;
-            return;
+        } else {
+            self.record(flush, size);
+            self.gpa = gpa;
+            self.hpa = hpa;
+            self.count = 1;
         }
-        if self.count != 0 {
-            flush.add_unmapped(
-                GuestPhysAddr::new(self.gpa),
-                HostPhysAddr::new(self.hpa as usize),
-                size,
-                self.count,
-            );
-        }
-        self.gpa = gpa;
-        self.hpa = hpa;
-        self.count = 1;
+        self.end_gpa = gpa.wrapping_add(sz);
+        self.end_hpa = hpa.wrapping_add(sz as u64);
     }
 
-    /// Records the pending run (if any) in `flush` and restarts the removal count.
+    /// Records the pending run (if any) in `flush`.
     #[inline]
-    fn emit(&mut self, flush: &mut Flush, size: LeafSize) {
+    fn record(&mut self, flush: &mut Flush, size: LeafSize) {
         if self.count != 0 {
             flush.add_unmapped(
                 GuestPhysAddr::new(self.gpa),
@@ -67,8 +61,14 @@ impl Run {
                 size,
                 self.count,
             );
+            self.count = 0;
         }
-        self.count = 0;
+    }
+
+    /// Records the pending run (if any) and restarts the removal count.
+    #[inline]
+    fn emit(&mut self, flush: &mut Flush, size: LeafSize) {
+        self.record(flush, size);
         self.removed = 0;
     }
 }
@@ -227,17 +227,32 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
             let full = base >= start && next <= end;
             if is_leaf && full {
                 let h = e & ADDR_MASK & !(sz as u64 - 1);
+                touched = true;
                 match op {
                     Op::Unmap => {
-                        t.store(i, 0);
-                        run.add(base, h, sz, flush, size);
+                        // A run of whole leaves (the common case): a tight loop.
+                        let (mut i, mut h) = (i, h);
+                        loop {
+                            t.store(i, 0);
+                            run.add(base, h, sz, flush, size);
+                            base += sz;
+                            i += 1;
+                            if base + sz > end || i == ENTRIES {
+                                break;
+                            }
+                            let e = t.load(i);
+                            if !F::is_present(e) || e & F::HUGE_BIT == 0 {
+                                break;
+                            }
+                            h = e & ADDR_MASK & !(sz as u64 - 1);
+                        }
+                        continue;
                     }
                     Op::Protect(bits) => {
                         let keep = e & (F::ACCESSED | F::DIRTY);
                         t.store(i, bits[level as usize] | keep | h);
                     }
                 }
-                touched = true;
                 base = next;
                 continue;
             }
