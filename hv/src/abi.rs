@@ -21,6 +21,38 @@ pub const HEADER_SIZE: usize = 64;
 pub const CHECKSUM_OFFSET: usize = 40;
 /// Largest image the hypervisor accepts (16 MiB).
 pub const MAX_IMAGE_SIZE: u64 = 16 << 20;
+/// Header flag: the guest starts in 16-bit real mode (CR0.PE = 0, CR0.PG = 0) instead
+/// of 64-bit long mode (Intel SDM vol. 3A 9.1.1 "Processor State After Reset" for the
+/// real-mode state; AMD APM vol. 2 15.5 for VMRUN into a real-mode guest).
+pub const IMAGE_FLAG_REAL_MODE: u32 = 1 << 0;
+/// Every header flag this code knows.
+pub const IMAGE_FLAGS_KNOWN: u32 = IMAGE_FLAG_REAL_MODE;
+/// End of the memory a real-mode image may occupy: the 640 KiB of conventional memory
+/// (real mode reaches 1 MiB + 64 KiB at most, SDM vol. 3A 21.1.1; the range above
+/// 640 KiB is traditionally the legacy video and BIOS area).
+pub const REAL_MODE_IMAGE_END: u64 = 0xA_0000;
+/// Largest distance from the load address to the entry point of a real-mode image:
+/// the code segment starts at the load address and IP has 16 bits.
+pub const REAL_MODE_MAX_ENTRY_OFFSET: u64 = 0xFFFF;
+
+/// The CPU mode a guest starts in, from the header flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestMode {
+    /// 64-bit long mode with identity page tables (the default).
+    Long64,
+    /// 16-bit real mode: no paging, segments = load address / 16 ([`IMAGE_FLAG_REAL_MODE`]).
+    Real16,
+}
+
+impl GuestMode {
+    /// A short name for messages.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Long64 => "64-bit long mode",
+            Self::Real16 => "16-bit real mode",
+        }
+    }
+}
 
 /// The header at the start of a flat guest image (little-endian, 64 bytes).
 ///
@@ -33,18 +65,20 @@ pub const MAX_IMAGE_SIZE: u64 = 16 << 20;
 /// | 24 | entry GPA (u64, inside the image) |
 /// | 32 | image size (u64): the length of the file, header included |
 /// | 40 | checksum (u32): FNV-1a over the image with this field read as zero |
-/// | 44 | flags (u32, 0) |
+/// | 44 | flags (u32): [`IMAGE_FLAG_REAL_MODE`] or 0 |
 /// | 48 | reserved (16 bytes, zero) |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ImageHeader {
     /// Guest-physical address where the first byte of the image is loaded.
     pub load_gpa: u64,
-    /// Guest-physical address of the first instruction (64-bit mode).
+    /// Guest-physical address of the first instruction.
     pub entry_gpa: u64,
     /// Size of the whole image in bytes, header included.
     pub image_size: u64,
     /// FNV-1a checksum of the image (checksum field read as zero).
     pub checksum: u32,
+    /// The mode the guest starts in (header flags).
+    pub mode: GuestMode,
 }
 
 /// Why an image was refused.
@@ -89,8 +123,24 @@ pub enum ImageError {
         /// Entry address found.
         entry_gpa: u64,
     },
-    /// Flags or reserved bytes are not zero.
+    /// Reserved bytes are not zero.
     ReservedNotZero,
+    /// The flags hold bits this code does not know.
+    UnknownFlags {
+        /// The flags found.
+        flags: u32,
+    },
+    /// A real-mode image that real mode cannot reach: it ends above
+    /// [`REAL_MODE_IMAGE_END`], or its entry lies more than
+    /// [`REAL_MODE_MAX_ENTRY_OFFSET`] bytes past its load address.
+    RealModeOutOfReach {
+        /// Load address found.
+        load_gpa: u64,
+        /// Entry address found.
+        entry_gpa: u64,
+        /// End of the image (exclusive).
+        end: u64,
+    },
     /// The checksum does not match the contents.
     BadChecksum {
         /// Checksum stored in the header.
@@ -132,6 +182,21 @@ impl fmt::Display for ImageError {
                 write!(f, "entry point {entry_gpa:#x} lies outside the image")
             }
             Self::ReservedNotZero => write!(f, "reserved header fields are not zero"),
+            Self::UnknownFlags { flags } => write!(
+                f,
+                "unknown header flags {:#x} (known: {IMAGE_FLAGS_KNOWN:#x})",
+                flags & !IMAGE_FLAGS_KNOWN
+            ),
+            Self::RealModeOutOfReach {
+                load_gpa,
+                entry_gpa,
+                end,
+            } => write!(
+                f,
+                "real-mode image {load_gpa:#x}..{end:#x} with entry {entry_gpa:#x} is out of \
+                 real mode's reach (image below {REAL_MODE_IMAGE_END:#x}, entry within \
+                 {REAL_MODE_MAX_ENTRY_OFFSET:#x} bytes of the load address)"
+            ),
             Self::BadChecksum { stored, computed } => write!(
                 f,
                 "checksum mismatch (header {stored:#010x}, contents {computed:#010x})"
@@ -189,6 +254,7 @@ impl ImageHeader {
             entry_gpa: u64_at(image, 24),
             image_size: u64_at(image, 32),
             checksum: u32_at(image, CHECKSUM_OFFSET),
+            mode: GuestMode::Long64,
         };
         if header.image_size != image.len() as u64 {
             return Err(ImageError::SizeMismatch {
@@ -215,8 +281,26 @@ impl ImageHeader {
                 entry_gpa: header.entry_gpa,
             });
         }
-        if u32_at(image, 44) != 0 || image[48..HEADER_SIZE].iter().any(|&b| b != 0) {
+        if image[48..HEADER_SIZE].iter().any(|&b| b != 0) {
             return Err(ImageError::ReservedNotZero);
+        }
+        let flags = u32_at(image, 44);
+        if flags & !IMAGE_FLAGS_KNOWN != 0 {
+            return Err(ImageError::UnknownFlags { flags });
+        }
+        let mut header = header;
+        if flags & IMAGE_FLAG_REAL_MODE != 0 {
+            header.mode = GuestMode::Real16;
+            let end = header.load_gpa + header.image_size;
+            if end > REAL_MODE_IMAGE_END
+                || header.entry_gpa - header.load_gpa > REAL_MODE_MAX_ENTRY_OFFSET
+            {
+                return Err(ImageError::RealModeOutOfReach {
+                    load_gpa: header.load_gpa,
+                    entry_gpa: header.entry_gpa,
+                    end,
+                });
+            }
         }
         let computed = image_checksum(image);
         if computed != header.checksum {
@@ -427,6 +511,80 @@ mod tests {
         assert!(matches!(
             ImageHeader::parse(&c),
             Err(ImageError::BadChecksum { .. })
+        ));
+    }
+
+    /// A sealed image of `size` bytes loaded at `load` with entry `entry` and `flags`.
+    fn with_flags(load: u64, entry: u64, size: usize, flags: u32) -> Vec<u8> {
+        let mut img = sample();
+        img.resize(size, 0);
+        img[16..24].copy_from_slice(&load.to_le_bytes());
+        img[24..32].copy_from_slice(&entry.to_le_bytes());
+        img[32..40].copy_from_slice(&(size as u64).to_le_bytes());
+        img[44..48].copy_from_slice(&flags.to_le_bytes());
+        seal(&mut img).unwrap();
+        img
+    }
+
+    #[test]
+    fn mode_comes_from_the_flags() {
+        assert_eq!(
+            ImageHeader::parse(&sample()).unwrap().mode,
+            GuestMode::Long64
+        );
+        let real = with_flags(0x1_0000, 0x1_0040, 256, IMAGE_FLAG_REAL_MODE);
+        let h = ImageHeader::parse(&real).unwrap();
+        assert_eq!(h.mode, GuestMode::Real16);
+        assert_eq!((h.load_gpa, h.entry_gpa), (0x1_0000, 0x1_0040));
+        // The last image that still fits below 640 KiB, entry at the last IP.
+        let top = with_flags(0x8_0000, 0x8_FFFF, 0x2_0000, IMAGE_FLAG_REAL_MODE);
+        assert_eq!(ImageHeader::parse(&top).unwrap().mode, GuestMode::Real16);
+    }
+
+    #[test]
+    fn unknown_flags_are_refused() {
+        for flags in [2, 1 << 31, IMAGE_FLAG_REAL_MODE | 4] {
+            assert_eq!(
+                ImageHeader::parse(&with_flags(0x1_0000, 0x1_0040, 256, flags)),
+                Err(ImageError::UnknownFlags { flags })
+            );
+        }
+    }
+
+    #[test]
+    fn real_mode_images_must_be_reachable() {
+        // Loaded at 1 MiB: fine in long mode, out of reach in real mode.
+        assert!(ImageHeader::parse(&with_flags(0x10_0000, 0x10_0040, 256, 0)).is_ok());
+        assert_eq!(
+            ImageHeader::parse(&with_flags(0x10_0000, 0x10_0040, 256, IMAGE_FLAG_REAL_MODE)),
+            Err(ImageError::RealModeOutOfReach {
+                load_gpa: 0x10_0000,
+                entry_gpa: 0x10_0040,
+                end: 0x10_0100
+            })
+        );
+        // Ends one byte past 640 KiB.
+        assert!(matches!(
+            ImageHeader::parse(&with_flags(
+                0x9_F000,
+                0x9_F040,
+                0x1001,
+                IMAGE_FLAG_REAL_MODE
+            )),
+            Err(ImageError::RealModeOutOfReach { end: 0xA_0001, .. })
+        ));
+        // Entry 64 KiB past the load address: IP cannot hold it.
+        assert!(matches!(
+            ImageHeader::parse(&with_flags(
+                0x1_0000,
+                0x2_0000,
+                0x2_0000,
+                IMAGE_FLAG_REAL_MODE
+            )),
+            Err(ImageError::RealModeOutOfReach {
+                entry_gpa: 0x2_0000,
+                ..
+            })
         ));
     }
 

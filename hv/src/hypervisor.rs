@@ -7,11 +7,13 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::abi::{HypercallStatus, ImageHeader, RunStatus};
+use crate::abi::{GuestMode, HypercallStatus, ImageHeader, RunStatus};
 use ept::caps::Stage2Caps;
 use ept::format::Npt;
 
-use crate::layout::{MIN_LOAD_GPA, PML4_GPA, STACK_TOP, guest_page_tables};
+use crate::layout::{
+    MIN_LOAD_GPA, PML4_GPA, REAL_MODE_MIN_LOAD_GPA, STACK_TOP, guest_page_tables, real_mode_start,
+};
 use crate::memory::{GuestMemory, MemoryError};
 use crate::outcome::{FaultKind, GuestEnd};
 use ept::frame::FrameAlloc;
@@ -20,7 +22,7 @@ use crate::platform::{Console, GlobalFrames, frame_usage};
 use crate::settings::{GuestSettings, HvSettings, SelfTest, parse_guest_cmdline};
 use crate::space_memory::SpaceMemory;
 use crate::svm::{SvmHost, SvmVcpu};
-use crate::vcpu::{FlushRequest, Reg, Vcpu};
+use crate::vcpu::{FlushRequest, Reg, StartState, Vcpu};
 use crate::vm::{Step, Vm, end_of};
 
 /// A boot module: a guest image and its command line.
@@ -39,16 +41,12 @@ pub trait VcpuHost {
     fn describe(&self) -> String;
     /// The stage-2 capabilities.
     fn stage2_caps(&self) -> Stage2Caps;
-    /// A vCPU in 64-bit mode at `entry`, stack `rsp`, guest CR3 `cr3`, stage-2 root
-    /// pointer `root`; `None` when out of ASIDs/VPIDs.
-    fn create(
-        &mut self,
-        entry: u64,
-        rsp: u64,
-        cr3: u64,
-        root: u64,
-        flush: FlushRequest,
-    ) -> Option<Self::Vcpu>;
+    /// Why this back-end cannot run real-mode guests, or `Ok` when it can.
+    fn real_mode_support(&self) -> Result<(), &'static str>;
+    /// A vCPU in the state `start` on stage-2 root pointer `root`; `None` when out of
+    /// ASIDs/VPIDs (callers check [`VcpuHost::real_mode_support`] before asking for a
+    /// real-mode vCPU).
+    fn create(&mut self, start: &StartState, root: u64, flush: FlushRequest) -> Option<Self::Vcpu>;
     /// A copy of `parent` on stage-2 root `root`.
     fn fork(&mut self, parent: &Self::Vcpu, root: u64, flush: FlushRequest) -> Option<Self::Vcpu>;
     /// Releases a vCPU.
@@ -75,15 +73,14 @@ impl VcpuHost for SvmHost {
         Stage2Caps::npt(self.caps().page_1g)
     }
 
-    fn create(
-        &mut self,
-        entry: u64,
-        rsp: u64,
-        cr3: u64,
-        root: u64,
-        flush: FlushRequest,
-    ) -> Option<SvmVcpu> {
-        self.create_vcpu(entry, rsp, cr3, root, flush)
+    fn real_mode_support(&self) -> Result<(), &'static str> {
+        // VMRUN accepts CR0.PE = 0: "paged real mode" and real mode run natively
+        // (AMD APM vol. 2, 15.5 "VMRUN"; with nested paging, 15.25.3).
+        Ok(())
+    }
+
+    fn create(&mut self, start: &StartState, root: u64, flush: FlushRequest) -> Option<SvmVcpu> {
+        self.create_vcpu(start, root, flush)
     }
 
     fn fork(&mut self, parent: &SvmVcpu, root: u64, flush: FlushRequest) -> Option<SvmVcpu> {
@@ -116,9 +113,13 @@ fn prepare(module: BootModule) -> Result<Prepared, String> {
     let header =
         ImageHeader::parse(&module.image).map_err(|e| format!("image `{}`: {e}", settings.file))?;
     let end = header.load_gpa + header.image_size;
-    if header.load_gpa < MIN_LOAD_GPA || end > settings.mem {
+    let min_load = match header.mode {
+        GuestMode::Long64 => MIN_LOAD_GPA,
+        GuestMode::Real16 => REAL_MODE_MIN_LOAD_GPA,
+    };
+    if header.load_gpa < min_load || end > settings.mem {
         return Err(format!(
-            "image `{}` loads at {:#x}..{end:#x}, outside RAM {MIN_LOAD_GPA:#x}..{:#x}",
+            "image `{}` loads at {:#x}..{end:#x}, outside RAM {min_load:#x}..{:#x}",
             settings.file, header.load_gpa, settings.mem
         ));
     }
@@ -183,20 +184,41 @@ fn create_vm<H: VcpuHost, M: GuestMemory>(
     id: u64,
     p: &Prepared,
 ) -> Result<Vm<H::Vcpu, M>, MemoryError> {
+    let start = match p.header.mode {
+        GuestMode::Long64 => StartState::Long64 {
+            entry: p.header.entry_gpa,
+            rsp: STACK_TOP,
+            cr3: PML4_GPA,
+        },
+        GuestMode::Real16 => {
+            host.real_mode_support().map_err(|why| {
+                MemoryError::new(
+                    FaultKind::Instruction,
+                    None,
+                    format!("real-mode guest refused: {why}"),
+                )
+            })?;
+            // `ImageHeader::parse` and `prepare` keep real-mode images below 640 KiB
+            // with the entry within 64 KiB of the 4 KiB-aligned load address.
+            real_mode_start(p.header.load_gpa, p.header.entry_gpa).ok_or_else(|| {
+                MemoryError::new(
+                    FaultKind::Instruction,
+                    None,
+                    "real-mode image out of real mode's reach".into(),
+                )
+            })?
+        }
+    };
     let flush = FlushRequest::new();
     let mut memory = M::create(&p.settings, host.stage2_caps(), flush.clone())?;
-    for (gpa, page) in guest_page_tables() {
-        memory.write(gpa, &page)?;
+    if p.header.mode == GuestMode::Long64 {
+        for (gpa, page) in guest_page_tables() {
+            memory.write(gpa, &page)?;
+        }
     }
     memory.write(p.header.load_gpa, &p.image)?;
     let vcpu = host
-        .create(
-            p.header.entry_gpa,
-            STACK_TOP,
-            PML4_GPA,
-            memory.root_pointer(),
-            flush,
-        )
+        .create(&start, memory.root_pointer(), flush)
         .ok_or_else(|| {
             MemoryError::new(FaultKind::Instruction, None, "no free ASID/VPID".into())
         })?;
@@ -260,9 +282,10 @@ fn finish<H: VcpuHost, M: GuestMemory>(
 
 fn announce(console: &mut dyn Console, id: u64, p: &Prepared) {
     console.write_fmt_line(format_args!(
-        "[hv] guest {} (id {id}): {} MiB RAM, entry {:#x}, expect {}",
+        "[hv] guest {} (id {id}): {} MiB RAM, {}, entry {:#x}, expect {}",
         p.settings.name,
         p.settings.mem >> 20,
+        p.header.mode.name(),
         p.header.entry_gpa,
         p.settings.expect
     ));
@@ -398,14 +421,21 @@ mod tests {
     use alloc::string::ToString;
     use alloc::vec;
 
-    use crate::abi::{HEADER_SIZE, IMAGE_MAGIC, IMAGE_VERSION, hypercall, seal};
+    use crate::abi::{
+        HEADER_SIZE, IMAGE_FLAG_REAL_MODE, IMAGE_MAGIC, IMAGE_VERSION, hypercall, seal,
+    };
 
     use super::*;
     use crate::testing::{FakeHost, FakeMemory, RecordingConsole, ScriptStep};
     use crate::vcpu::VmExit;
 
     fn image(load: u64) -> Vec<u8> {
+        image_with_flags(load, 0)
+    }
+
+    fn image_with_flags(load: u64, flags: u32) -> Vec<u8> {
         let mut img = vec![0u8; 256];
+        img[44..48].copy_from_slice(&flags.to_le_bytes());
         img[..8].copy_from_slice(&IMAGE_MAGIC);
         img[8..12].copy_from_slice(&IMAGE_VERSION.to_le_bytes());
         img[12..16].copy_from_slice(&(HEADER_SIZE as u32).to_le_bytes());
@@ -616,5 +646,99 @@ mod tests {
             })
             .is_err()
         );
+    }
+
+    fn real_module(load: u64) -> BootModule {
+        BootModule {
+            cmdline: "r.bin".into(),
+            image: image_with_flags(load, IMAGE_FLAG_REAL_MODE),
+        }
+    }
+
+    #[test]
+    fn real_mode_guest_starts_in_real_mode_without_page_tables() {
+        let p = prepare(real_module(0x1_0000)).unwrap();
+        assert_eq!(p.header.mode, GuestMode::Real16);
+        let mut host = FakeHost::new(4, vec![vec![exit(0)]]);
+        let vm = create_vm::<FakeHost, FakeMemory>(&mut host, 1, &p)
+            .ok()
+            .unwrap();
+        assert_eq!(
+            host.starts,
+            vec![StartState::Real16 {
+                code_segment: 0x1000,
+                ip: 0x40,
+                stack_segment: 0,
+                sp: crate::layout::REAL_MODE_STACK_TOP,
+            }]
+        );
+        // The image is there, the long-mode page tables are not.
+        assert_eq!(vm.memory.bytes.get(&0x1_0000), Some(&b'S'));
+        assert!(!vm.memory.bytes.contains_key(&PML4_GPA));
+        // A long-mode guest gets them.
+        let long = prepare(module("l.bin")).unwrap();
+        let vm = create_vm::<FakeHost, FakeMemory>(&mut host, 2, &long)
+            .ok()
+            .unwrap();
+        assert!(vm.memory.bytes.contains_key(&PML4_GPA));
+        assert!(matches!(
+            host.starts[1],
+            StartState::Long64 {
+                entry: 0x10_0040,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn real_mode_guest_runs_and_passes() {
+        let host = FakeHost::new(4, vec![vec![out(b'r'), out(b'\n'), exit(0)]]);
+        let mut console = RecordingConsole::default();
+        let mut host = host;
+        let status = run_all::<FakeHost, FakeMemory>(
+            &mut host,
+            &HvSettings::default(),
+            vec![prepare(real_module(0x2_0000)).unwrap()],
+            &mut console,
+        );
+        assert_eq!(status, RunStatus::AllPassed);
+        index_of(&console.lines, "16-bit real mode, entry 0x20040");
+        index_of(&console.lines, "[guest r] r");
+    }
+
+    #[test]
+    fn real_mode_guest_is_refused_where_the_host_cannot_run_it() {
+        let mut host = FakeHost::new(4, vec![]);
+        host.real_mode = false;
+        let mut console = RecordingConsole::default();
+        let status = run_all::<FakeHost, FakeMemory>(
+            &mut host,
+            &HvSettings::default(),
+            vec![prepare(real_module(0x1_0000)).unwrap()],
+            &mut console,
+        );
+        assert_eq!(status, RunStatus::GuestFailed);
+        let line = &console.lines[index_of(&console.lines, "guest r: FAIL")];
+        assert!(
+            line.contains("real-mode guest refused: the fake host has no real mode"),
+            "{line}"
+        );
+        assert!(host.starts.is_empty(), "no vCPU was created");
+    }
+
+    #[test]
+    fn real_mode_images_load_between_64k_and_640k() {
+        let e = prepare(real_module(0x8000)).err().unwrap();
+        assert!(e.contains("outside RAM 0x10000.."), "{e}");
+        let e = prepare(real_module(0x10_0000)).err().unwrap();
+        assert!(e.contains("out of real mode's reach"), "{e}");
+        // Long-mode images still start at 1 MiB.
+        let e = prepare(BootModule {
+            cmdline: "a.bin".into(),
+            image: image(0x1_0000),
+        })
+        .err()
+        .unwrap();
+        assert!(e.contains("outside RAM 0x100000.."), "{e}");
     }
 }

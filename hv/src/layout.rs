@@ -13,6 +13,10 @@
 //! | `..0x10_0000` | the stack, growing down from [`STACK_TOP`] |
 //! | image load GPA (1 MiB) | the guest image, header first |
 //!
+//! Real-mode guests (image header flag [`crate::abi::IMAGE_FLAG_REAL_MODE`]) get no
+//! page tables: they load between [`REAL_MODE_MIN_LOAD_GPA`] and 640 KiB and start as
+//! [`real_mode_start`] says, with the stack at `0000:`[`REAL_MODE_STACK_TOP`].
+//!
 //! Whether a page is really there, writable or executable is decided by stage 2 only:
 //! the guest's own tables grant everything.
 //!
@@ -25,6 +29,8 @@
 //! a huge leaf.
 
 use alloc::vec::Vec;
+
+use crate::vcpu::StartState;
 
 /// Where the hypervisor points a guest's RSP at entry (the stack grows down from here;
 /// the image starts here).
@@ -44,6 +50,31 @@ pub const PD_GPA: u64 = 0x3000;
 pub const TABLES_END: u64 = 0x7000;
 /// Lowest GPA an image may be loaded at (above the tables and the stack).
 pub const MIN_LOAD_GPA: u64 = STACK_TOP;
+
+/// Lowest GPA a real-mode image may be loaded at: the 64 KiB below it are the
+/// real-mode stack segment (SS = 0).
+pub const REAL_MODE_MIN_LOAD_GPA: u64 = 0x1_0000;
+/// SP of a real-mode guest at entry (SS = 0): the stack grows down below 64 KiB, over
+/// RAM that is backed on first touch.
+pub const REAL_MODE_STACK_TOP: u16 = 0xFFF0;
+
+/// The start state of a real-mode guest loaded at `load_gpa` (16-byte aligned, below
+/// 1 MiB) with entry `entry_gpa` (less than 64 KiB past it): the code segment starts
+/// at the load address, so IP is the entry's offset into the image. `None` when the
+/// addresses do not fit real mode.
+pub fn real_mode_start(load_gpa: u64, entry_gpa: u64) -> Option<StartState> {
+    if !load_gpa.is_multiple_of(16) {
+        return None;
+    }
+    let code_segment = u16::try_from(load_gpa >> 4).ok()?;
+    let ip = u16::try_from(entry_gpa.checked_sub(load_gpa)?).ok()?;
+    Some(StartState::Real16 {
+        code_segment,
+        ip,
+        stack_segment: 0,
+        sp: REAL_MODE_STACK_TOP,
+    })
+}
 
 /// Page-table entry bits (Intel SDM vol. 3 4.5, tables 4-15 to 4-19): P (bit 0),
 /// R/W (bit 1), PS (bit 7, a 2 MiB page in a page directory).
@@ -102,6 +133,23 @@ mod tests {
         let pde = entry(pages, pdpte & !0xfff, ((va >> 21) & 511) as usize);
         assert!(pde & PTE_HUGE != 0);
         Some((pde & !0x1f_ffff & !(1 << 63)) | (va & 0x1f_ffff))
+    }
+
+    #[test]
+    fn real_mode_start_segments() {
+        assert_eq!(
+            real_mode_start(0x1_0000, 0x1_0040),
+            Some(StartState::Real16 {
+                code_segment: 0x1000,
+                ip: 0x40,
+                stack_segment: 0,
+                sp: REAL_MODE_STACK_TOP,
+            })
+        );
+        assert_eq!(real_mode_start(0x1_0008, 0x1_0040), None, "unaligned");
+        assert_eq!(real_mode_start(0x10_0000, 0x10_0040), None, "above 1 MiB");
+        assert_eq!(real_mode_start(0x1_0000, 0x2_0000), None, "IP overflows");
+        assert_eq!(real_mode_start(0x1_0000, 0xFFFF), None, "entry below load");
     }
 
     #[test]

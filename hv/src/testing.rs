@@ -16,7 +16,7 @@ use crate::memory::{GuestMemory, MemoryError, permission_kind};
 use crate::outcome::FaultKind;
 use crate::platform::Console;
 use crate::settings::{AreaKind, GuestSettings};
-use crate::vcpu::{FlushRequest, Reg, Vcpu, VmExit};
+use crate::vcpu::{FlushRequest, Reg, StartState, Vcpu, VmExit};
 
 /// One scripted exit: registers the "guest" sets, then the exit it takes.
 pub type ScriptStep = (Vec<(Reg, u64)>, VmExit);
@@ -216,6 +216,10 @@ pub struct FakeHost {
     pub peak: usize,
     /// The RAX history of every destroyed vCPU, in destruction order.
     pub finished: Vec<Vec<u64>>,
+    /// The start state of every vCPU created (not forked), in creation order.
+    pub starts: Vec<StartState>,
+    /// Whether [`VcpuHost::real_mode_support`] says yes (default true).
+    pub real_mode: bool,
     alive: usize,
 }
 
@@ -227,6 +231,8 @@ impl FakeHost {
             slots,
             peak: 0,
             finished: Vec::new(),
+            starts: Vec::new(),
+            real_mode: true,
             alive: 0,
         }
     }
@@ -253,20 +259,26 @@ impl VcpuHost for FakeHost {
         Stage2Caps::all()
     }
 
-    fn create(
-        &mut self,
-        entry: u64,
-        rsp: u64,
-        _cr3: u64,
-        root: u64,
-        _f: FlushRequest,
-    ) -> Option<ScriptedVcpu> {
+    fn real_mode_support(&self) -> Result<(), &'static str> {
+        if self.real_mode {
+            Ok(())
+        } else {
+            Err("the fake host has no real mode")
+        }
+    }
+
+    fn create(&mut self, start: &StartState, root: u64, _f: FlushRequest) -> Option<ScriptedVcpu> {
         if !self.take() {
             return None;
         }
         let mut v = ScriptedVcpu::new(self.scripts.pop_front().unwrap_or_default());
-        v.regs[Reg::Rip as usize] = entry;
+        let (rip, rsp) = match *start {
+            StartState::Long64 { entry, rsp, .. } => (entry, rsp),
+            StartState::Real16 { ip, sp, .. } => (u64::from(ip), u64::from(sp)),
+        };
+        v.regs[Reg::Rip as usize] = rip;
         v.regs[Reg::Rsp as usize] = rsp;
+        self.starts.push(*start);
         v.root = root;
         Some(v)
     }

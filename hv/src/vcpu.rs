@@ -82,6 +82,34 @@ pub enum VmExit {
     },
 }
 
+/// The architectural state a new vCPU starts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartState {
+    /// 64-bit long mode at CPL 0, paging on (guest page tables at `cr3`), flat
+    /// segments, interrupts off.
+    Long64 {
+        /// RIP.
+        entry: u64,
+        /// RSP.
+        rsp: u64,
+        /// Guest CR3 (PML4 GPA).
+        cr3: u64,
+    },
+    /// 16-bit real mode (CR0.PE = 0, CR0.PG = 0; Intel SDM vol. 3A 21.1): CS, DS, ES,
+    /// FS and GS are `code_segment` (base = selector * 16), SS is `stack_segment`, every
+    /// limit 0xFFFF, no guest page tables.
+    Real16 {
+        /// Selector of CS, DS, ES, FS and GS.
+        code_segment: u16,
+        /// IP.
+        ip: u16,
+        /// Selector of SS.
+        stack_segment: u16,
+        /// SP.
+        sp: u16,
+    },
+}
+
 /// A virtual CPU of one guest.
 pub trait Vcpu {
     /// Enters the guest and runs it until the next exit.

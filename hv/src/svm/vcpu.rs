@@ -16,7 +16,7 @@ use super::exit::{self, code};
 use super::vmcb::{V_INTR_MASKING, Vmcb, attr, control, intercept3, intercept4, save, tlb_control};
 use super::{SvmCaps, SvmError};
 use crate::platform::virt_to_phys;
-use crate::vcpu::{FlushRequest, Reg, Vcpu, VmExit};
+use crate::vcpu::{FlushRequest, Reg, StartState, Vcpu, VmExit};
 
 /// EFER MSR (APM vol. 2, 3.1.7); bit 12 = SVME.
 const MSR_EFER: u32 = 0xC000_0080;
@@ -36,6 +36,11 @@ const GUEST_EFER: u64 = (1 << 8) | (1 << 10) | (1 << 11) | EFER_SVME;
 const GUEST_CR0: u64 = (1 << 0) | (1 << 1) | (1 << 4) | (1 << 5) | (1 << 16) | (1 << 31);
 /// Guest CR4: PAE (5), OSFXSR (9), OSXMMEXCPT (10).
 const GUEST_CR4: u64 = (1 << 5) | (1 << 9) | (1 << 10);
+/// Real-mode guest CR0: MP (1), ET (4), NE (5); PE (0) and PG (31) clear (Intel SDM
+/// vol. 3 2.5; AMD APM vol. 2 3.1.1).
+const REAL_MODE_CR0: u64 = (1 << 1) | (1 << 4) | (1 << 5);
+/// Real-mode guest CR4: OSFXSR (9), OSXMMEXCPT (10), so SSE works as in long mode.
+const REAL_MODE_CR4: u64 = (1 << 9) | (1 << 10);
 /// The power-on PAT value (Intel SDM vol. 3 11.12.4, AMD APM vol. 2 7.8.2).
 const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
 
@@ -222,13 +227,11 @@ impl SvmHost {
         Some(asid as u32)
     }
 
-    /// Creates a vCPU in 64-bit mode at `entry` with stack `rsp` and guest page tables
-    /// at `cr3`, using nested page tables rooted at `ncr3`. `None` when no ASID is free.
+    /// Creates a vCPU in the state `start` (64-bit long mode or 16-bit real mode), using
+    /// nested page tables rooted at `ncr3`. `None` when no ASID is free.
     pub fn create_vcpu(
         &mut self,
-        entry: u64,
-        rsp: u64,
-        cr3: u64,
+        start: &StartState,
         ncr3: u64,
         flush: FlushRequest,
     ) -> Option<SvmVcpu> {
@@ -263,23 +266,61 @@ impl SvmHost {
         v.write_u64(control::NP_ENABLE, 1);
         v.write_u64(control::V_INTR, V_INTR_MASKING);
         v.write_u64(control::N_CR3, ncr3);
-        v.set_segment(save::CS, 0x08, attr::CODE64, 0xFFFF_FFFF, 0);
-        for seg in [save::DS, save::ES, save::SS, save::FS, save::GS] {
-            v.set_segment(seg, 0x10, attr::DATA, 0xFFFF_FFFF, 0);
-        }
+        let (rip, rsp) = match *start {
+            StartState::Long64 { entry, rsp, cr3 } => {
+                v.set_segment(save::CS, 0x08, attr::CODE64, 0xFFFF_FFFF, 0);
+                for seg in [save::DS, save::ES, save::SS, save::FS, save::GS] {
+                    v.set_segment(seg, 0x10, attr::DATA, 0xFFFF_FFFF, 0);
+                }
+                v.write_u64(save::EFER, GUEST_EFER);
+                v.write_u64(save::CR0, GUEST_CR0);
+                v.write_u64(save::CR3, cr3);
+                v.write_u64(save::CR4, GUEST_CR4);
+                (entry, rsp)
+            }
+            StartState::Real16 {
+                code_segment,
+                ip,
+                stack_segment,
+                sp,
+            } => {
+                // Real mode: base = selector * 16, limit 64 KiB, 16-bit segments
+                // (APM vol. 2, 15.5.1 lists no real-mode restriction on VMRUN; the
+                // segment state follows the reset state of APM vol. 2, 14.1.3).
+                let base = |sel: u16| u64::from(sel) << 4;
+                v.set_segment(
+                    save::CS,
+                    code_segment,
+                    attr::CODE16,
+                    0xFFFF,
+                    base(code_segment),
+                );
+                for seg in [save::DS, save::ES, save::FS, save::GS] {
+                    v.set_segment(seg, code_segment, attr::DATA16, 0xFFFF, base(code_segment));
+                }
+                v.set_segment(
+                    save::SS,
+                    stack_segment,
+                    attr::DATA16,
+                    0xFFFF,
+                    base(stack_segment),
+                );
+                v.write_u64(save::EFER, EFER_SVME);
+                v.write_u64(save::CR0, REAL_MODE_CR0);
+                v.write_u64(save::CR3, 0);
+                v.write_u64(save::CR4, REAL_MODE_CR4);
+                (u64::from(ip), u64::from(sp))
+            }
+        };
         v.set_segment(save::GDTR, 0, 0, 0, 0);
         v.set_segment(save::IDTR, 0, 0, 0, 0);
         v.set_segment(save::LDTR, 0, attr::LDT, 0, 0);
         v.set_segment(save::TR, 0, attr::TSS_BUSY, 0x67, 0);
         v.write_u8(save::CPL, 0);
-        v.write_u64(save::EFER, GUEST_EFER);
-        v.write_u64(save::CR0, GUEST_CR0);
-        v.write_u64(save::CR3, cr3);
-        v.write_u64(save::CR4, GUEST_CR4);
         v.write_u64(save::DR6, 0xFFFF_0FF0);
         v.write_u64(save::DR7, 0x400);
         v.write_u64(save::RFLAGS, 0x2);
-        v.write_u64(save::RIP, entry);
+        v.write_u64(save::RIP, rip);
         v.write_u64(save::RSP, rsp);
         v.write_u64(save::G_PAT, DEFAULT_PAT);
         Some(SvmVcpu {

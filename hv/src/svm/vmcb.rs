@@ -151,6 +151,10 @@ pub mod attr {
     pub const CODE64: u16 = 0x029B;
     /// Flat data: present, DPL 0, read/write accessed, D/B = 1, G = 1.
     pub const DATA: u16 = 0x0C93;
+    /// 16-bit real-mode code: present, DPL 0, code execute/read accessed, D = 0, G = 0.
+    pub const CODE16: u16 = 0x009B;
+    /// 16-bit real-mode data: present, DPL 0, read/write accessed, B = 0, G = 0.
+    pub const DATA16: u16 = 0x0093;
     /// Busy 64-bit TSS, present.
     pub const TSS_BUSY: u16 = 0x008B;
     /// LDT, present.

@@ -283,6 +283,10 @@ pub mod ar {
     pub const CODE64: u32 = 0xA09B;
     /// Flat data: read/write accessed, S, P, D/B, G.
     pub const DATA: u32 = 0xC093;
+    /// 16-bit real-mode code: execute/read accessed, S, P; D = 0, G = 0.
+    pub const CODE16: u32 = 0x009B;
+    /// 16-bit real-mode data: read/write accessed, S, P; B = 0, G = 0.
+    pub const DATA16: u32 = 0x0093;
     /// Busy 64-bit TSS, present.
     pub const TSS_BUSY: u32 = 0x008B;
     /// The segment is unusable.

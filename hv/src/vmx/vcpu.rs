@@ -23,12 +23,12 @@ use x86_64::registers::model_specific::Msr;
 use super::caps::{self, CR4_VMXE, InveptType, VmxCaps, VmxError, VmxMsrs, apply_fixed, msr};
 use super::exit::{self, VMFAIL, reason};
 use super::fields::{
-    INTERRUPTIBILITY_STI_MOVSS, ar, field16, field32, field64, natural, proc, proc2,
+    INTERRUPTIBILITY_STI_MOVSS, ar, entry_ctl, field16, field32, field64, natural, proc, proc2,
 };
 use super::instr::{self, VmFail};
 use crate::hypervisor::VcpuHost;
 use crate::platform::virt_to_phys;
-use crate::vcpu::{FlushRequest, Reg, Vcpu, VmExit};
+use crate::vcpu::{FlushRequest, Reg, StartState, Vcpu, VmExit};
 
 /// IA32_EFER (SDM vol. 4, table 2-2).
 const MSR_EFER: u32 = 0xC000_0080;
@@ -49,6 +49,21 @@ const GUEST_EFER: u64 = (1 << 8) | (1 << 10) | (1 << 11);
 const GUEST_CR0: u64 = (1 << 0) | (1 << 1) | (1 << 4) | (1 << 5) | (1 << 16) | (1 << 31);
 /// Guest CR4: PAE (5), OSFXSR (9), OSXMMEXCPT (10) (SDM vol. 3A 2.5).
 const GUEST_CR4: u64 = (1 << 5) | (1 << 9) | (1 << 10);
+/// Real-mode guest CR0: MP (1), ET (4), NE (5); PE (0) and PG (31) clear (SDM vol. 3A
+/// 2.5).
+const REAL_MODE_CR0: u64 = (1 << 1) | (1 << 4) | (1 << 5);
+/// Real-mode guest CR4: OSFXSR (9), OSXMMEXCPT (10) (SDM vol. 3A 2.5).
+const REAL_MODE_CR4: u64 = (1 << 9) | (1 << 10);
+/// CR0.PE (bit 0) and CR0.PG (bit 31) (SDM vol. 3A 2.5).
+const CR0_PE_PG: u64 = (1 << 0) | (1 << 31);
+
+/// The CR0 of a real-mode guest under the fixed bits: with "unrestricted guest" = 1, VM
+/// entry does not require PE and PG even where IA32_VMX_CR0_FIXED0 sets them (SDM
+/// vol. 3C 27.3.1.1, vol. 3D A.7).
+fn real_mode_cr0(fixed0: u64, fixed1: u64) -> u64 {
+    apply_fixed(REAL_MODE_CR0, fixed0 & !CR0_PE_PG, fixed1)
+}
+
 /// DR7 at reset (SDM vol. 3B 18.2.4).
 const DR7_RESET: u64 = 0x400;
 /// Guest RFLAGS at start: the always-one bit 1 and IF (bit 9) (SDM vol. 1 3.4.3).
@@ -368,6 +383,8 @@ impl Writer {
 /// Guest-state fields copied from a parent when a guest is cloned (everything the
 /// guest can change besides RIP, RSP, RFLAGS and the general-purpose registers).
 const CLONED_GUEST_FIELDS: &[u32] = &[
+    // IA-32e mode guest differs between long-mode and real-mode guests.
+    field32::ENTRY_CONTROLS,
     natural::GUEST_CR0,
     natural::GUEST_CR3,
     natural::GUEST_CR4,
@@ -574,42 +591,26 @@ impl VmxHost {
         w.w(natural::HOST_RIP, vmx_vm_exit as *const () as u64);
     }
 
-    /// Writes a 64-bit guest at `entry` with stack `rsp` and page tables at `cr3` into
-    /// the current VMCS (SDM vol. 3C 27.3.1 lists the checks this state passes).
-    fn write_guest(&self, w: &mut Writer, entry: u64, rsp: u64, cr3: u64) {
+    /// Writes the guest state `start` into the current VMCS (SDM vol. 3C 27.3.1 lists
+    /// the checks this state passes). A real-mode start needs the unrestricted-guest
+    /// control (checked by [`VcpuHost::real_mode_support`]).
+    fn write_guest(&self, w: &mut Writer, start: &StartState) {
         let c = &self.caps;
-        let cr0 = apply_fixed(GUEST_CR0, c.cr0_fixed.0, c.cr0_fixed.1);
-        let cr4 = apply_fixed(GUEST_CR4, c.cr4_fixed.0, c.cr4_fixed.1);
-        w.w(natural::GUEST_CR0, cr0);
-        w.w(natural::CR0_READ_SHADOW, cr0);
-        w.w(natural::GUEST_CR3, cr3);
-        w.w(natural::GUEST_CR4, cr4);
-        w.w(natural::CR4_READ_SHADOW, cr4 & !CR4_VMXE);
-        if c.switches_efer() {
-            w.w(field64::GUEST_EFER, GUEST_EFER);
-        }
-        let segment = |w: &mut Writer, sel: u32, limit: u32, ar_field: u32, base: u32, s, a| {
-            w.w(sel, s);
-            w.w(limit, 0xFFFF_FFFF);
-            w.w(ar_field, a);
-            w.w(base, 0);
-        };
-        segment(
-            w,
+        /// A segment register's four fields: selector, limit, access rights, base.
+        type SegmentFields = (u32, u32, u32, u32);
+        const CS: SegmentFields = (
             field16::GUEST_CS_SELECTOR,
             field32::GUEST_CS_LIMIT,
             field32::GUEST_CS_AR,
             natural::GUEST_CS_BASE,
-            0x08,
-            u64::from(ar::CODE64),
         );
-        for (sel, limit, ar_field, base) in [
-            (
-                field16::GUEST_SS_SELECTOR,
-                field32::GUEST_SS_LIMIT,
-                field32::GUEST_SS_AR,
-                natural::GUEST_SS_BASE,
-            ),
+        const SS: SegmentFields = (
+            field16::GUEST_SS_SELECTOR,
+            field32::GUEST_SS_LIMIT,
+            field32::GUEST_SS_AR,
+            natural::GUEST_SS_BASE,
+        );
+        const DATA_SEGMENTS: [SegmentFields; 4] = [
             (
                 field16::GUEST_DS_SELECTOR,
                 field32::GUEST_DS_LIMIT,
@@ -634,8 +635,70 @@ impl VmxHost {
                 field32::GUEST_GS_AR,
                 natural::GUEST_GS_BASE,
             ),
-        ] {
-            segment(w, sel, limit, ar_field, base, 0x10, u64::from(ar::DATA));
+        ];
+        let segment = |w: &mut Writer, f: SegmentFields, sel: u16, limit: u32, ar: u32, base| {
+            w.w(f.0, u64::from(sel));
+            w.w(f.1, u64::from(limit));
+            w.w(f.2, u64::from(ar));
+            w.w(f.3, base);
+        };
+        let (cr0, cr3, cr4, efer, entry_controls, rip, rsp) = match *start {
+            StartState::Long64 { entry, rsp, cr3 } => {
+                segment(w, CS, 0x08, 0xFFFF_FFFF, ar::CODE64, 0);
+                for f in [SS].into_iter().chain(DATA_SEGMENTS) {
+                    segment(w, f, 0x10, 0xFFFF_FFFF, ar::DATA, 0);
+                }
+                (
+                    apply_fixed(GUEST_CR0, c.cr0_fixed.0, c.cr0_fixed.1),
+                    cr3,
+                    GUEST_CR4,
+                    GUEST_EFER,
+                    c.entry,
+                    entry,
+                    rsp,
+                )
+            }
+            StartState::Real16 {
+                code_segment,
+                ip,
+                stack_segment,
+                sp,
+            } => {
+                // Real mode (SDM vol. 3C 27.3.1.2 with "unrestricted guest" = 1): base =
+                // selector * 16, limit 0xFFFF, 16-bit accessed code/data segments.
+                let base = |sel: u16| u64::from(sel) << 4;
+                segment(w, CS, code_segment, 0xFFFF, ar::CODE16, base(code_segment));
+                segment(
+                    w,
+                    SS,
+                    stack_segment,
+                    0xFFFF,
+                    ar::DATA16,
+                    base(stack_segment),
+                );
+                for f in DATA_SEGMENTS {
+                    segment(w, f, code_segment, 0xFFFF, ar::DATA16, base(code_segment));
+                }
+                (
+                    real_mode_cr0(c.cr0_fixed.0, c.cr0_fixed.1),
+                    0,
+                    REAL_MODE_CR4,
+                    0,
+                    c.entry & !entry_ctl::IA32E_MODE_GUEST,
+                    u64::from(ip),
+                    u64::from(sp),
+                )
+            }
+        };
+        let cr4 = apply_fixed(cr4, c.cr4_fixed.0, c.cr4_fixed.1);
+        w.w(field32::ENTRY_CONTROLS, u64::from(entry_controls));
+        w.w(natural::GUEST_CR0, cr0);
+        w.w(natural::CR0_READ_SHADOW, cr0);
+        w.w(natural::GUEST_CR3, cr3);
+        w.w(natural::GUEST_CR4, cr4);
+        w.w(natural::CR4_READ_SHADOW, cr4 & !CR4_VMXE);
+        if c.switches_efer() {
+            w.w(field64::GUEST_EFER, efer);
         }
         w.w(field16::GUEST_LDTR_SELECTOR, 0);
         w.w(field32::GUEST_LDTR_LIMIT, 0);
@@ -651,7 +714,7 @@ impl VmxHost {
         w.w(natural::GUEST_IDTR_BASE, 0);
         w.w(natural::GUEST_DR7, DR7_RESET);
         w.w(natural::GUEST_RSP, rsp);
-        w.w(natural::GUEST_RIP, entry);
+        w.w(natural::GUEST_RIP, rip);
         w.w(natural::GUEST_RFLAGS, RFLAGS_RESET);
         w.w(natural::GUEST_PENDING_DEBUG, 0);
         w.w(field32::GUEST_INTERRUPTIBILITY, 0);
@@ -663,20 +726,17 @@ impl VmxHost {
     }
 
     /// Builds a vCPU whose VMCS is current afterwards; `None` (logged) on failure.
-    fn build(
-        &mut self,
-        entry: u64,
-        rsp: u64,
-        cr3: u64,
-        eptp: u64,
-        flush: FlushRequest,
-    ) -> Option<VmxVcpu> {
+    fn build(&mut self, start: &StartState, eptp: u64, flush: FlushRequest) -> Option<VmxVcpu> {
+        let (rip, rsp) = match *start {
+            StartState::Long64 { entry, rsp, .. } => (entry, rsp),
+            StartState::Real16 { ip, sp, .. } => (u64::from(ip), u64::from(sp)),
+        };
         let vpid = self.alloc_vpid()?;
         let vmcs = Page::region(self.caps.revision);
         let mut w = Writer { failed: None };
         let result = Self::load_new(&vmcs).and_then(|()| {
             self.write_controls_and_host(&mut w, vpid, eptp);
-            self.write_guest(&mut w, entry, rsp, cr3);
+            self.write_guest(&mut w, start);
             w.finish()
         });
         if let Err(e) = result {
@@ -698,7 +758,7 @@ impl VmxHost {
             invept: self.caps.invept,
             invvpid: self.caps.vpid && self.caps.invvpid_single,
             flush,
-            rip: entry,
+            rip,
             rsp,
             rflags: RFLAGS_RESET,
             next_len: None,
@@ -707,18 +767,15 @@ impl VmxHost {
         })
     }
 
-    /// Creates a vCPU in 64-bit mode at `entry` with stack `rsp` and guest page tables
-    /// at `cr3`, on the EPT whose pointer is `eptp`. `None` when no VPID is free or the
-    /// VMCS cannot be set up.
+    /// Creates a vCPU in the state `start` on the EPT whose pointer is `eptp`. `None`
+    /// when no VPID is free or the VMCS cannot be set up.
     pub fn create_vcpu(
         &mut self,
-        entry: u64,
-        rsp: u64,
-        cr3: u64,
+        start: &StartState,
         eptp: u64,
         flush: FlushRequest,
     ) -> Option<VmxVcpu> {
-        self.build(entry, rsp, cr3, eptp, flush)
+        self.build(start, eptp, flush)
     }
 
     /// A copy of `parent` (registers, FPU state, guest control and segment state) with
@@ -740,7 +797,12 @@ impl VmxHost {
             // SAFETY: the parent's VMCS is current and every field exists.
             .map(|&f| (f, unsafe { instr::vmread(f) }))
             .collect();
-        let mut child = self.build(parent.rip, parent.rsp, 0, eptp, flush)?;
+        let start = StartState::Long64 {
+            entry: parent.rip,
+            rsp: parent.rsp,
+            cr3: 0,
+        };
+        let mut child = self.build(&start, eptp, flush)?;
         let mut w = Writer { failed: None };
         for (field, value) in saved {
             w.w(field, value);
@@ -943,15 +1005,19 @@ impl VcpuHost for VmxHost {
         self.caps.stage2
     }
 
-    fn create(
-        &mut self,
-        entry: u64,
-        rsp: u64,
-        cr3: u64,
-        root: u64,
-        flush: FlushRequest,
-    ) -> Option<VmxVcpu> {
-        self.create_vcpu(entry, rsp, cr3, root, flush)
+    fn real_mode_support(&self) -> Result<(), &'static str> {
+        if self.caps.unrestricted_guest {
+            Ok(())
+        } else {
+            Err(
+                "this VMX lacks the \"unrestricted guest\" control (SDM vol. 3C 25.6.2), \
+                 without which VM entry refuses CR0.PE = 0 (27.3.1.1)",
+            )
+        }
+    }
+
+    fn create(&mut self, start: &StartState, root: u64, flush: FlushRequest) -> Option<VmxVcpu> {
+        self.create_vcpu(start, root, flush)
     }
 
     fn fork(&mut self, parent: &VmxVcpu, root: u64, flush: FlushRequest) -> Option<VmxVcpu> {
@@ -988,6 +1054,20 @@ mod tests {
         assert_eq!(core::mem::align_of::<SwitchState>(), 16);
         assert_eq!(GPRS, 0);
         assert_eq!(core::mem::align_of::<Page>(), 4096);
+    }
+
+    #[test]
+    fn real_mode_cr0_has_neither_pe_nor_pg() {
+        let m = super::super::caps::tests::skylake();
+        let cr0 = real_mode_cr0(m.cr0_fixed0, m.cr0_fixed1);
+        assert_eq!(cr0 & CR0_PE_PG, 0);
+        // NE (bit 5) stays: FIXED0 requires it.
+        assert_eq!(cr0, REAL_MODE_CR0);
+        assert_ne!(
+            m.cr0_fixed0 & CR0_PE_PG,
+            0,
+            "the model requires PE/PG in FIXED0"
+        );
     }
 
     #[test]
