@@ -177,3 +177,93 @@ macro_rules! guest_main {
         }
     };
 }
+
+/// Defines a guest that runs in 16-bit real mode: the image header with
+/// [`IMAGE_FLAG_REAL_MODE`](crate::abi::IMAGE_FLAG_REAL_MODE), `_start` followed by the
+/// given AT&T-syntax `.code16` assembly lines, and two routines the body may call or
+/// jump to:
+///
+/// * `real_mode_print`: `call` it with DS:SI at a NUL-terminated string to write the
+///   string to COM1 (`OUT DX, AL`, intercepted by the hypervisor);
+/// * `real_mode_exit`: jump to it with the exit code in EDI; it issues the EXIT
+///   hypercall (RAX = 0) with `VMCALL` on Intel or `VMMCALL` on AMD, chosen by the
+///   CPUID vendor string (Intel SDM vol. 2B "VMCALL"; AMD APM vol. 3 "VMMCALL").
+///
+/// The header and the code share one section starting at `real_mode_image_start`, so
+/// `$(label - real_mode_image_start)` is a label's offset from CS:0000 (the hypervisor
+/// sets CS = DS = ES = load address / 16). Link with `realmode.ld` (`build.rs`).
+#[macro_export]
+macro_rules! real_mode_guest {
+    ($($line:literal),* $(,)?) => {
+        #[cfg(hv_kernel)]
+        core::arch::global_asm!(
+            ".pushsection .s2header, \"ax\"",
+            "real_mode_image_start:",
+            ".ascii \"S2GUEST\\0\"",
+            ".long 1",
+            ".long 64",
+            ".quad __image_start",
+            ".quad _start",
+            ".quad __image_size",
+            ".long 0",
+            ".long {flags}",
+            ".quad 0",
+            ".quad 0",
+            ".code16",
+            ".global _start",
+            "_start:",
+            $($line,)*
+            "real_mode_exit:",
+            "xorl %eax, %eax",
+            "cpuid",
+            "cmpl ${intel_ebx}, %ebx",
+            "movl ${exit_nr}, %eax",
+            "je 1f",
+            "vmmcall",
+            "jmp 2f",
+            "1:",
+            "vmcall",
+            "2:",
+            "hlt",
+            "jmp 2b",
+            "real_mode_print:",
+            "pushw %ax",
+            "pushw %dx",
+            "movw ${serial}, %dx",
+            "1:",
+            "lodsb",
+            "testb %al, %al",
+            "jz 2f",
+            "outb %al, %dx",
+            "jmp 1b",
+            "2:",
+            "popw %dx",
+            "popw %ax",
+            "ret",
+            ".code64",
+            ".popsection",
+            flags = const $crate::abi::IMAGE_FLAG_REAL_MODE,
+            // "Genu" of "GenuineIntel" (CPUID leaf 0 EBX, Intel SDM vol. 2A "CPUID").
+            intel_ebx = const 0x756E_6547u32,
+            exit_nr = const $crate::abi::hypercall::EXIT,
+            serial = const $crate::rt::SERIAL_PORT,
+            options(att_syntax),
+        );
+
+        #[cfg(hv_kernel)]
+        #[global_allocator]
+        static NO_HEAP: $crate::rt::NoHeap = $crate::rt::NoHeap;
+
+        #[cfg(hv_kernel)]
+        #[panic_handler]
+        fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+            $crate::rt::panic(info)
+        }
+
+        #[cfg(not(hv_kernel))]
+        fn main() {
+            eprintln!("guest images run under the hypervisor: `cargo xtask build|run`");
+            std::process::exit(2);
+        }
+    };
+}

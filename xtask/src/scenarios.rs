@@ -29,6 +29,7 @@ pub const GUEST_DEFAULTS: &[(&str, &str)] = &[
     ("registers", ""),
     ("populated", "populate area=0x4000000+4M:rwp"),
     ("spin", "expect=fault:timeout"),
+    ("realmode", ""),
 ];
 
 /// The default settings of guest `name` ("" for an unknown guest).
@@ -95,6 +96,8 @@ pub const BOOT_TESTS: &[BootTest] = &[
     single!("triple"),
     single!("hostile"),
     single!("populated"),
+    // A 16-bit real-mode guest (VMX: unrestricted guest; SVM: natively).
+    single!("realmode"),
     // A guest that never exits is preempted by the timer (the others finish first) and
     // stopped after its CPU budget (1 s here; the others need a few ms each).
     BootTest {
@@ -131,9 +134,10 @@ pub const BOOT_TESTS: &[BootTest] = &[
             "clone",
             "badcall",
             "portio",
+            "realmode",
         ],
         status: RunStatus::AllPassed,
-        marker: "HV: ALL 15 GUESTS PASSED",
+        marker: "HV: ALL 16 GUESTS PASSED",
     },
     // A guest whose outcome differs from its expectation fails the run (and only it).
     BootTest {
