@@ -207,6 +207,13 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
     /// Completes `flush`: invalidates, frees table frames, then releases the unmapped
     /// leaves' RAM frames when `ram` (linear windows own nothing).
     pub(crate) fn finish(&mut self, flush: Flush, ram: bool) {
+        self.complete(flush, |_| ram);
+    }
+
+    /// Completes `flush`: invalidates, frees table frames, then releases the RAM
+    /// frames of the unmapped leaves at `gpa` with `is_ram(gpa)`.
+    #[inline]
+    fn complete(&mut self, flush: Flush, is_ram: impl Fn(GuestPhysAddr) -> bool) {
         let Self {
             invalidate,
             alloc,
@@ -214,8 +221,8 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
             ..
         } = self;
         let leaves = flush.complete(|s| invalidate.invalidate(s), alloc);
-        if ram {
-            for leaf in leaves.iter() {
+        for leaf in leaves.iter() {
+            if is_ram(leaf.gpa) {
                 book.release(leaf.hpa, leaf.size, alloc);
             }
         }
@@ -637,19 +644,7 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
         // SAFETY: `teardown` runs once, from `Inner::drop` (or on a state about to be
         // dropped), and nothing touches `self.table` after it.
         let table = unsafe { ManuallyDrop::take(&mut self.table) };
-        let flush = table.destroy();
-        let Self {
-            invalidate,
-            alloc,
-            book,
-            ..
-        } = self;
-        let leaves = flush.complete(|s| invalidate.invalidate(s), alloc);
-        for leaf in leaves.iter() {
-            if is_ram(leaf.gpa) {
-                book.release(leaf.hpa, leaf.size, alloc);
-            }
-        }
+        self.complete(table.destroy(), is_ram);
         self.drain_reserve();
     }
 }
