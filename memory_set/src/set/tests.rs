@@ -1,6 +1,6 @@
 //! Unit tests of [`MemorySet`] and [`MemoryArea`] with a strict mock backend.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::vec::Vec;
 
 use super::*;
@@ -144,7 +144,7 @@ fn check<const P: usize>(set: &Set<P>, pt: &Pt) {
     let mut expected_pages = BTreeMap::new();
     let mut gaps = BTreeSet::new();
     let mut free_from = Some(0usize);
-    for (&key, a) in &set.areas {
+    for (&key, a) in set.areas.iter().map(|(k, slot)| (k, &slot.area)) {
         assert_eq!(key, a.start());
         assert!(a.size() > 0);
         let first = free_from.expect("area after one ending at 2^64");
@@ -160,7 +160,7 @@ fn check<const P: usize>(set: &Set<P>, pt: &Pt) {
     if let Some(first) = free_from {
         gaps.insert((TOP - first, first));
     }
-    assert_eq!(set.gaps, gaps, "gap index out of step");
+    assert_eq!(set.gaps.keys(), gaps, "gap index out of step");
     assert_eq!(set.validate(), Ok(()));
     assert_eq!(pt.pages, expected_pages, "page table out of step");
 }
@@ -394,12 +394,12 @@ fn every_failure_undone(
     );
     for k in 1..=total {
         let (mut set, mut pt) = setup();
-        let before = (areas(&set), pt.state(), set.gaps.clone());
+        let before = (areas(&set), pt.state(), set.gaps.keys());
         pt.fail_at = vec![pt.calls + k];
         let err = op(&mut set, &mut pt).unwrap_err();
         assert_eq!(err, Err::Backend("injected"), "call {k}");
         assert_eq!(
-            (areas(&set), pt.state(), set.gaps.clone()),
+            (areas(&set), pt.state(), set.gaps.keys()),
             before,
             "call {k}"
         );
@@ -593,13 +593,14 @@ fn area_shrink_and_split_edges() {
 fn validate_names_a_broken_invariant() {
     let (mut set, _) = three_areas();
     assert_eq!(set.validate(), Ok(()));
-    set.gaps.insert((K - 1, 20 * K));
+    set.gaps.insert_stray(20 * K, 21 * K - 1);
     assert_eq!(
         set.validate(),
         Err("the gap index holds a range that is not a free gap")
     );
     let (mut set, _) = three_areas();
-    set.gaps.remove(&(TOP - 10 * K, 10 * K));
+    let last = set.areas.values_mut().next_back().unwrap();
+    set.gaps.set(&mut last.gap, None);
     assert_eq!(
         set.validate(),
         Err("the free gap at the top is missing from the gap index")
@@ -627,4 +628,40 @@ fn clone_copies_bookkeeping_without_backend_calls() {
     assert_ne!(areas(&copy), areas(&set));
     check(&set, &pt);
     check(&copy, &pt_copy);
+}
+
+#[test]
+fn gap_index_compacts_holes_and_keeps_owners() {
+    let (mut set, mut pt) = (Set::<K>::new(), Pt::default());
+    // 400 one-page areas with one-page gaps: 400 gaps in one size class.
+    for i in 0..400 {
+        ok(&mut set, &mut pt, (2 * i + 1) * K, K, 1);
+    }
+    assert_eq!(set.gaps.slots(), 401);
+    // Filling the lower 340 gaps leaves holes at the front of that class: it is
+    // compacted, the remaining gaps move, and their owners must follow (`check`).
+    for i in 0..340 {
+        ok(&mut set, &mut pt, 2 * i * K, K, 2);
+    }
+    assert_eq!(set.gaps.keys().len(), 61);
+    assert!(
+        set.gaps.slots() < 401 - 100,
+        "holes were not compacted: {} slots",
+        set.gaps.slots()
+    );
+    // The index still answers, by address and by size.
+    let limit = AddrRange::from_start_size(0, 1000 * K).unwrap();
+    assert_eq!(set.find_free_area(0, K, limit, K), Ok(680 * K));
+    assert_eq!(set.find_free_area(0, 2 * K, limit, K), Ok(800 * K));
+    // Unmapping every other area merges gaps into a larger class.
+    for i in (341..400).step_by(2) {
+        set.unmap((2 * i + 1) * K, K, &mut pt).unwrap();
+        check(&set, &pt);
+    }
+    assert_eq!(set.find_free_area(0, 3 * K, limit, K), Ok(682 * K));
+    // Emptying the set leaves one gap in one slot.
+    set.unmap(0, 1000 * K, &mut pt).unwrap();
+    check(&set, &pt);
+    assert_eq!(set.gaps.keys().len(), 1);
+    assert_eq!(set.gaps.slots(), 1);
 }
