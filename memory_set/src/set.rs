@@ -619,14 +619,8 @@ impl<B: MappingBackend> MemorySet<B> {
         let mut by_size = self.gaps.at_least(size - 1);
         let mut best: Option<usize> = None;
         loop {
-            match by_address.next() {
-                Some((first, last)) => {
-                    if let Some(s) = fit(first, last) {
-                        return Ok(s.into());
-                    }
-                }
-                None => return Err(no_memory()),
-            }
+            // The size walk steps first: for a large request it is over after a few gaps,
+            // before the address walk needs its second lookup.
             match by_size.next() {
                 Some((first, last)) => {
                     if let Some(s) = fit(first, last) {
@@ -634,6 +628,14 @@ impl<B: MappingBackend> MemorySet<B> {
                     }
                 }
                 None => return best.map(Into::into).ok_or_else(no_memory),
+            }
+            match by_address.next() {
+                Some((first, last)) => {
+                    if let Some(s) = fit(first, last) {
+                        return Ok(s.into());
+                    }
+                }
+                None => return Err(no_memory()),
             }
         }
     }

@@ -79,7 +79,7 @@ pub(super) struct GapIndex {
     classes: Vec<Class>,
     /// Bit `c` set: class `c` holds at least one gap.
     nonempty: u128,
-    /// Bit `c` set: class `c` has too many holes and waits for [`Self::take_dirty`].
+    /// Bit `c` set: class `c` has too many holes and waits for [`Self::compact`].
     dirty: u128,
 }
 
@@ -199,11 +199,15 @@ impl GapIndex {
     /// in no particular order. O(1) to start; the walk passes the gaps of the classes
     /// from `class(len)` up (each at least half as long as asked) plus their holes.
     pub(super) fn at_least(&self, len: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
-        let nonempty = self.nonempty;
-        (class_of(len)..CLASSES)
-            .filter(move |&c| nonempty >> c & 1 != 0)
-            .flat_map(move |c| self.classes[c].slots.iter().copied())
-            .filter(move |&(first, last)| first <= last && last - first >= len)
+        // The non-empty classes from `class(len)` up, lowest first.
+        let mut classes = self.nonempty >> class_of(len) << class_of(len);
+        core::iter::from_fn(move || {
+            let c = classes.trailing_zeros() as usize;
+            classes &= classes.wrapping_sub(1);
+            self.classes.get(c)
+        })
+        .flat_map(|class| class.slots.iter().copied())
+        .filter(move |&(first, last)| first <= last && last - first >= len)
     }
 
     /// Checks the index against itself and against the references the set holds:
