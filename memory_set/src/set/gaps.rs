@@ -17,8 +17,9 @@ const CLASSES: usize = usize::BITS as usize + 1;
 
 /// Holes a class may hold per gap (plus [`SLACK`]) before it is compacted.
 const HOLES_PER_GAP: usize = 3;
-/// Holes a class may hold beyond [`HOLES_PER_GAP`] per gap before it is compacted.
-const SLACK: usize = 64;
+/// Holes a class may hold beyond [`HOLES_PER_GAP`] per gap before it is compacted
+/// (tiny in unit tests, so that they compact often).
+const SLACK: usize = if cfg!(test) { 1 } else { 64 };
 
 /// A freed slot is `(HOLE, next)`: `first > last`, so never a gap; `next` is one more
 /// than the position of the next hole of the free list, 0 at its end.

@@ -665,3 +665,54 @@ fn gap_index_compacts_holes_and_keeps_owners() {
     assert_eq!(set.gaps.keys().len(), 1);
     assert_eq!(set.gaps.slots(), 1);
 }
+
+/// The lowest free start `>= hint` for `pages` pages inside `[0, window)`, by brute force
+/// over the page table.
+fn free_by_scan(pt: &Pt, hint: usize, pages: usize, window: usize) -> Option<usize> {
+    (hint..window).step_by(K).find(|&s| {
+        s + pages * K <= window && (0..pages).all(|i| !pt.pages.contains_key(&(s + i * K)))
+    })
+}
+
+#[test]
+fn gap_index_survives_random_churn() {
+    const WINDOW: usize = 2048 * K;
+    let (mut set, mut pt) = (Set::<K>::new(), Pt::default());
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rand = |n: usize| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % n as u64) as usize
+    };
+    let limit = AddrRange::from_start_size(0, WINDOW).unwrap();
+    let mut max_slots = 0;
+    for step in 0..6000 {
+        let start = rand(2048) * K;
+        let size = (1 + rand(if step % 3 == 0 { 64 } else { 4 })) * K;
+        let size = size.min(WINDOW - start);
+        match rand(4) {
+            0 | 1 => {
+                let _ = set.map(area::<K>(start, size, 1), &mut pt, rand(2) == 0);
+            }
+            2 => set.unmap(start, size, &mut pt).unwrap(),
+            _ => set.protect(start, size, |f| Some(f ^ 2), &mut pt).unwrap(),
+        }
+        max_slots = max_slots.max(set.gaps.slots());
+        let live = set.gaps.keys().len();
+        // At most 3 holes per gap plus 1 (the unit-test slack) in each of 65 classes.
+        assert!(set.gaps.slots() <= 4 * live + 65, "too many holes");
+        if step % 16 == 0 {
+            check(&set, &pt);
+            let hint = rand(2048) * K;
+            let pages = 1 + rand(if step % 32 == 0 { 128 } else { 8 });
+            assert_eq!(
+                set.find_free_area(hint, pages * K, limit, K).ok(),
+                free_by_scan(&pt, hint, pages, WINDOW),
+                "step {step}: {pages} pages from {hint:#x}"
+            );
+        }
+    }
+    check(&set, &pt);
+    assert!(max_slots > 100, "the churn should build a large index");
+}
