@@ -5,6 +5,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
+use ept::flush::Flush;
 use ept::frame::{FrameAlloc, HeapArena, PhysMapper};
 use ept::{Access, Ept, LeafAttr, LeafSize, Stage2Caps, Stage2Table};
 use memory_set::{GuestPhysAddr, HostPhysAddr};
@@ -17,26 +18,36 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+type Table = Stage2Table<Ept, HeapArena>;
+
+/// An empty table over `arena`.
+fn new_table(arena: &mut HeapArena) -> Table {
+    Stage2Table::new(arena.clone(), arena, Stage2Caps::all()).unwrap()
+}
+
+/// Maps the 1 GiB window at `G1` to host `0x80_0000_0000` with leaves of `size`.
+fn map_window(t: &mut Table, arena: &mut HeapArena, attr: LeafAttr, size: LeafSize) -> Flush {
+    t.map_range(
+        arena,
+        GuestPhysAddr::new(G1),
+        HostPhysAddr::new(0x80_0000_0000),
+        G1,
+        attr,
+        size,
+    )
+    .unwrap()
+}
+
 fn main() {
     let rounds = 9;
     let (mut map, mut tr, mut unmap, mut floor, mut map2m) =
         (vec![], vec![], vec![], vec![], vec![]);
     for _ in 0..rounds {
         let mut arena = HeapArena::new(2048);
-        let mut t =
-            Stage2Table::<Ept, _>::new(arena.clone(), &mut arena, Stage2Caps::all()).unwrap();
+        let mut t = new_table(&mut arena);
         let attr = LeafAttr::ram(Access::RWX);
         let s = Instant::now();
-        let f = t
-            .map_range(
-                &mut arena,
-                GuestPhysAddr::new(G1),
-                HostPhysAddr::new(0x80_0000_0000),
-                G1,
-                attr,
-                LeafSize::Size4K,
-            )
-            .unwrap();
+        let f = map_window(&mut t, &mut arena, attr, LeafSize::Size4K);
         map.push(s.elapsed().as_nanos() as f64 / PAGES as f64);
         assert!(f.is_empty());
         let s = Instant::now();
@@ -59,16 +70,7 @@ fn main() {
         assert_eq!(left.len(), PAGES);
         // 2M leaves.
         let s = Instant::now();
-        let f = t
-            .map_range(
-                &mut arena,
-                GuestPhysAddr::new(G1),
-                HostPhysAddr::new(0x80_0000_0000),
-                G1,
-                attr,
-                LeafSize::Size2M,
-            )
-            .unwrap();
+        let f = map_window(&mut t, &mut arena, attr, LeafSize::Size2M);
         map2m.push(s.elapsed().as_nanos() as f64 / 512.0);
         assert!(f.is_empty());
         let _ = t.destroy().complete(|_| {}, &mut arena);
@@ -99,18 +101,13 @@ fn main() {
     let mut w5 = vec![];
     for _ in 0..rounds {
         let mut arena = HeapArena::new(2048);
-        let mut t =
-            Stage2Table::<Ept, _>::new(arena.clone(), &mut arena, Stage2Caps::all()).unwrap();
-        let f = t
-            .map_range(
-                &mut arena,
-                GuestPhysAddr::new(G1),
-                HostPhysAddr::new(0x80_0000_0000),
-                G1,
-                LeafAttr::ram(Access::RWX),
-                LeafSize::Size2M,
-            )
-            .unwrap();
+        let mut t = new_table(&mut arena);
+        let f = map_window(
+            &mut t,
+            &mut arena,
+            LeafAttr::ram(Access::RWX),
+            LeafSize::Size2M,
+        );
         assert!(f.is_empty());
         let ro = LeafAttr::ram(Access::READ);
         let s = Instant::now();

@@ -2,53 +2,31 @@
 //! must decide exactly as the general path: these cases make it fall back or see a
 //! changed area set.
 
-use ept::caps::Stage2Caps;
-use ept::fault::{FaultKind, Stage2Fault};
+mod common;
+
+use common::{MIB, caps_4k_only, fault, g, new_space};
 use ept::flush::FlushScope;
 use ept::format::{Access, Ept};
 use ept::frame::HeapArena;
 use ept::size::LeafSize;
 use ept::space::{AddressSpace, FaultOutcome, OomReason, SpaceError};
-use memory_set::{GuestPhysAddr, PAGE_SIZE_4K};
+use memory_set::PAGE_SIZE_4K;
 
 type Space = AddressSpace<Ept, HeapArena, HeapArena, fn(FlushScope)>;
-
-const MIB: usize = 1 << 20;
-
-fn g(a: usize) -> GuestPhysAddr {
-    GuestPhysAddr::new(a)
-}
 
 fn no_flush(_: FlushScope) {}
 
 /// A 64 MiB space at 0 with 4 KiB leaves only (so every fault takes the 4 KiB path).
 fn space(frames: usize, quota: usize) -> (Space, HeapArena) {
     let arena = HeapArena::new(frames);
-    let caps = Stage2Caps {
-        leaf_2m: false,
-        leaf_1g: false,
-        ..Stage2Caps::all()
-    };
-    let s = Space::new(
-        g(0),
+    let s = new_space(
+        &arena,
         64 * MIB,
-        caps,
-        arena.clone(),
-        arena.clone(),
+        caps_4k_only(),
         no_flush as fn(FlushScope),
         quota,
-    )
-    .unwrap();
+    );
     (s, arena)
-}
-
-fn fault(gpa: usize, access: Access) -> Stage2Fault {
-    Stage2Fault {
-        gpa: g(gpa),
-        access,
-        kind: FaultKind::NotPresent,
-        in_guest_walk: false,
-    }
 }
 
 const POPULATED_4K: FaultOutcome = FaultOutcome::Populated {

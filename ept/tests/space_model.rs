@@ -13,13 +13,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+mod common;
+
+use common::{caps_4k_only, g, new_space};
 use ept::caps::Stage2Caps;
 use ept::fault::{FaultKind, Stage2Fault};
 use ept::flush::FlushScope;
 use ept::format::{Access, MemType, Npt};
 use ept::frame::{HeapArena, read_phys};
 use ept::space::{AddressSpace, Invalidate, OomReason, SpaceError};
-use memory_set::{GuestPhysAddr, HostPhysAddr, PAGE_SIZE_4K};
+use memory_set::{HostPhysAddr, PAGE_SIZE_4K};
 use proptest::prelude::*;
 
 #[derive(Clone, Default)]
@@ -207,10 +210,6 @@ fn step() -> impl Strategy<Value = Step> {
         })
 }
 
-fn g(a: usize) -> GuestPhysAddr {
-    GuestPhysAddr::new(a)
-}
-
 /// What a failed operation must not change.
 fn snapshot(s: &Space) -> (usize, usize, String) {
     let st = s.stats();
@@ -338,23 +337,9 @@ fn run(steps: Vec<Step>, huge: bool, quota: usize) -> Result<(), TestCaseError> 
     let caps = if huge {
         Stage2Caps::all()
     } else {
-        Stage2Caps {
-            leaf_2m: false,
-            leaf_1g: false,
-            ..Stage2Caps::all()
-        }
+        caps_4k_only()
     };
-    let first = Space::new(
-        g(0),
-        PAGES * PAGE_SIZE_4K,
-        caps,
-        arena.clone(),
-        arena.clone(),
-        Inv,
-        quota,
-    )
-    .expect("space");
-    let mut first = first;
+    let mut first: Space = new_space(&arena, PAGES * PAGE_SIZE_4K, caps, Inv, quota);
     let mut model = Model::default();
     // Start with on-demand RAM over the first 4 MiB (RW, then a read-only MiB).
     first.map_alloc(g(0), 0x30_0000, Access::RW, false).unwrap();

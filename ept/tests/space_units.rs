@@ -4,6 +4,9 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
+mod common;
+
+use common::{MIB, fault, g, new_space};
 use ept::caps::Stage2Caps;
 use ept::fault::{FaultKind, Stage2Fault};
 use ept::flush::FlushScope;
@@ -28,12 +31,6 @@ impl Invalidate for Inv {
 
 type Space = AddressSpace<Npt, HeapArena, HeapArena, Inv>;
 
-const MIB: usize = 1 << 20;
-
-fn g(a: usize) -> GuestPhysAddr {
-    GuestPhysAddr::new(a)
-}
-
 fn range(a: usize, n: usize) -> AddrRange<GuestPhysAddr> {
     AddrRange::from_start_size(g(a), n).unwrap()
 }
@@ -42,26 +39,8 @@ fn range(a: usize, n: usize) -> AddrRange<GuestPhysAddr> {
 fn space(frames: usize, quota: usize) -> (Space, HeapArena, Inv) {
     let arena = HeapArena::new(frames);
     let inv = Inv::default();
-    let s = Space::new(
-        g(0),
-        64 * MIB,
-        Stage2Caps::all(),
-        arena.clone(),
-        arena.clone(),
-        inv.clone(),
-        quota,
-    )
-    .unwrap();
+    let s = new_space(&arena, 64 * MIB, Stage2Caps::all(), inv.clone(), quota);
     (s, arena, inv)
-}
-
-fn fault(gpa: usize, access: Access) -> Stage2Fault {
-    Stage2Fault {
-        gpa: g(gpa),
-        access,
-        kind: FaultKind::NotPresent,
-        in_guest_walk: false,
-    }
 }
 
 fn perm_fault(gpa: usize, access: Access) -> Stage2Fault {
@@ -1058,16 +1037,7 @@ fn closures_invalidate() {
 #[test]
 fn linear_1g_leaf_split_at_an_unmap_cut() {
     let arena = HeapArena::new(64);
-    let mut s = Space::new(
-        g(0),
-        4 << 30,
-        Stage2Caps::all(),
-        arena.clone(),
-        arena.clone(),
-        Inv::default(),
-        3,
-    )
-    .unwrap();
+    let mut s: Space = new_space(&arena, 4 << 30, Stage2Caps::all(), Inv::default(), 3);
     let hpa = HostPhysAddr::new(0x80_0000_0000);
     s.map_linear(g(1 << 30), hpa, 1 << 30, Access::RW, MemType::WriteBack)
         .unwrap();
@@ -1097,16 +1067,7 @@ fn linear_1g_leaf_split_at_an_unmap_cut() {
     s.validate().unwrap();
     drop(s);
     // With room for two tables the 4 KiB cut works.
-    let mut s = Space::new(
-        g(0),
-        4 << 30,
-        Stage2Caps::all(),
-        arena.clone(),
-        arena.clone(),
-        Inv::default(),
-        4,
-    )
-    .unwrap();
+    let mut s: Space = new_space(&arena, 4 << 30, Stage2Caps::all(), Inv::default(), 4);
     s.map_linear(g(1 << 30), hpa, 1 << 30, Access::RW, MemType::WriteBack)
         .unwrap();
     s.unmap(g((1 << 30) + 0x20_1000), 0x1000).unwrap();

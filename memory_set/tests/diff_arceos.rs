@@ -13,14 +13,14 @@ use arceos_memory_addr::AddrRange as ArceRange;
 use arceos_memory_set::{
     MappingBackend as ArceBackend, MappingError, MemoryArea as ArceArea, MemorySet as ArceSet,
 };
-use memory_set::{
-    AddrRange, InvalidParam, MappingBackend, MemoryArea, MemorySet, MemorySetError, PAGE_SIZE_4K,
-};
+use memory_set::{AddrRange, InvalidParam, MappingBackend, MemoryArea, MemorySet, MemorySetError};
 use proptest::prelude::*;
 
-const PAGE: usize = PAGE_SIZE_4K;
-/// Pages in the test window (starting at address 0).
-const N: usize = 64;
+mod common;
+
+use common::{AreaOp, N, PAGE, map_op, protect_op, unmap_op};
+
+// The window of `N` pages starts at address 0.
 
 /// Page table shared by both backends: flags per page address; `fail` makes every
 /// `map` call fail (to show what each crate does after a backend failure).
@@ -139,22 +139,8 @@ fn arce_areas(set: &ArceSet<Arce>) -> Vec<(usize, usize, u8)> {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Map {
-        page: usize,
-        n: usize,
-        flags: u8,
-        replace: bool,
-    },
-    Unmap {
-        page: usize,
-        n: usize,
-    },
-    Protect {
-        page: usize,
-        n: usize,
-        new: u8,
-        only: Option<u8>,
-    },
+    /// A `map`, `unmap` or `protect`.
+    Area(AreaOp),
     FindFree {
         hint: usize,
         align_log: u32,
@@ -165,13 +151,10 @@ enum Op {
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    let range = (0..N, 1..=16usize).prop_map(|(page, n)| (page, n.min(N - page)));
     prop_oneof![
-        3 => (range.clone(), 0..4u8, any::<bool>())
-            .prop_map(|((page, n), flags, replace)| Op::Map { page, n, flags, replace }),
-        2 => range.clone().prop_map(|(page, n)| Op::Unmap { page, n }),
-        2 => (range, 0..4u8, proptest::option::of(0..4u8))
-            .prop_map(|((page, n), new, only)| Op::Protect { page, n, new, only }),
+        3 => map_op().prop_map(Op::Area),
+        2 => unmap_op().prop_map(Op::Area),
+        2 => protect_op().prop_map(Op::Area),
         1 => (0..N, 0..3u32, 1..=4usize, 0..N, 0..=N).prop_map(
             |(hint, align_log, n_aligned, limit_lo, limit_n)| Op::FindFree {
                 hint,
@@ -191,7 +174,7 @@ proptest! {
         let (mut arce, mut arce_pt) = (ArceSet::<Arce>::new(), Pt::default());
         for op in &ops {
             match *op {
-                Op::Map { page, n, flags, replace } => {
+                Op::Area(AreaOp::Map { page, n, flags, replace }) => {
                     let (s, size) = (page * PAGE, n * PAGE);
                     let a = ours.map(MemoryArea::new(s, size, flags, Ours).unwrap(), &mut ours_pt, replace);
                     let b = arce.map(ArceArea::new(s, size, flags, Arce), &mut arce_pt, replace);
@@ -201,11 +184,11 @@ proptest! {
                         (a, b) => prop_assert!(false, "{:?}: ours {:?}, arceos {:?}", op, a, b),
                     }
                 }
-                Op::Unmap { page, n } => {
+                Op::Area(AreaOp::Unmap { page, n }) => {
                     prop_assert_eq!(ours.unmap(page * PAGE, n * PAGE, &mut ours_pt), Ok(()));
                     prop_assert_eq!(arce.unmap(page * PAGE, n * PAGE, &mut arce_pt), Ok(()));
                 }
-                Op::Protect { page, n, new, only } => {
+                Op::Area(AreaOp::Protect { page, n, new, only }) => {
                     // Only real changes: ArceOS splits even when the flags stay the same
                     // (see `difference_protect_to_the_same_flags_does_not_split`).
                     let update = |f: u8| (f != new && only.is_none_or(|o| o == f)).then_some(new);

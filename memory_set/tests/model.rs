@@ -12,14 +12,12 @@
 
 use std::collections::BTreeMap;
 
-use memory_set::{
-    AddrRange, GuestPhysAddr, MappingBackend, MemoryArea, MemorySet, MemorySetError, PAGE_SIZE_4K,
-};
+use memory_set::{AddrRange, GuestPhysAddr, MappingBackend, MemoryArea, MemorySet, MemorySetError};
 use proptest::prelude::*;
 
-const PAGE: usize = PAGE_SIZE_4K;
-/// Pages in the test window.
-const N: usize = 64;
+mod common;
+
+use common::{AreaOp, N, PAGE, map_op, protect_op, unmap_op};
 
 /// The backend's page table: flags per page address, and a one-shot failure injector.
 #[derive(Debug, Default)]
@@ -141,22 +139,8 @@ impl MappingBackend for Strict {
 /// One operation, in pages relative to the window base.
 #[derive(Clone, Debug)]
 enum Op {
-    Map {
-        page: usize,
-        n: usize,
-        flags: u8,
-        replace: bool,
-    },
-    Unmap {
-        page: usize,
-        n: usize,
-    },
-    Protect {
-        page: usize,
-        n: usize,
-        new: u8,
-        only: Option<u8>,
-    },
+    /// A `map`, `unmap` or `protect`.
+    Area(AreaOp),
     FindFree {
         hint: usize,
         n: usize,
@@ -171,13 +155,10 @@ enum Op {
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    let range = (0..N, 1..=16usize).prop_map(|(page, n)| (page, n.min(N - page)));
     prop_oneof![
-        3 => (range.clone(), 0..4u8, any::<bool>())
-            .prop_map(|((page, n), flags, replace)| Op::Map { page, n, flags, replace }),
-        2 => range.clone().prop_map(|(page, n)| Op::Unmap { page, n }),
-        2 => (range, 0..4u8, proptest::option::of(0..4u8))
-            .prop_map(|((page, n), new, only)| Op::Protect { page, n, new, only }),
+        3 => map_op().prop_map(Op::Area),
+        2 => unmap_op().prop_map(Op::Area),
+        2 => protect_op().prop_map(Op::Area),
         1 => (0..N, 0..4u8).prop_map(|(page, access)| Op::Fault { page, access }),
         1 => (0..N, 1..=8usize, 0..N, 0..=N, 0..4u32).prop_map(
             |(hint, n, limit_lo, limit_n, align_log)| Op::FindFree {
@@ -284,12 +265,12 @@ impl Harness {
     /// compared here).
     fn apply(&mut self, op: &Op) -> Result<(), MemorySetError<&'static str>> {
         match *op {
-            Op::Map {
+            Op::Area(AreaOp::Map {
                 page,
                 n,
                 flags,
                 replace,
-            } => {
+            }) => {
                 let area = MemoryArea::new(self.addr(page), n * PAGE, flags, Strict).unwrap();
                 let overlap = (page..page + n).find(|p| self.model.pages.contains_key(p));
                 let r = self.set.map(area, &mut self.pt, replace);
@@ -306,13 +287,13 @@ impl Harness {
                 }
                 r
             }
-            Op::Unmap { page, n } => {
+            Op::Area(AreaOp::Unmap { page, n }) => {
                 for p in page..page + n {
                     self.model.pages.remove(&p);
                 }
                 self.set.unmap(self.addr(page), n * PAGE, &mut self.pt)
             }
-            Op::Protect { page, n, new, only } => {
+            Op::Area(AreaOp::Protect { page, n, new, only }) => {
                 let update = |f: u8| only.is_none_or(|o| o == f).then_some(new);
                 let mut renamed = BTreeMap::new();
                 for p in page..page + n {

@@ -5,7 +5,8 @@ use memory_set::HostPhysAddr;
 
 use super::{ADDR_MASK, AttrError, EntryProblem, LeafAttr, MemType, Stage2Format};
 use crate::caps::Stage2Caps;
-use crate::format::{Access, reserved_phys_mask};
+use crate::format::{Access, huge_leaf_reserved, refuse_reserved, reserved_phys_mask};
+use crate::size::LeafSize;
 
 /// Intel Extended Page Tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -165,31 +166,16 @@ impl Stage2Format for Ept {
         if rwx == Self::EXECUTE && !caps.execute_only {
             return Err(EntryProblem::ExecuteOnlyUnsupported);
         }
-        let phys = entry & reserved_phys_mask(caps.host_phys_bits);
-        if phys != 0 {
-            return Err(EntryProblem::ReservedBits(phys));
-        }
+        refuse_reserved(entry, reserved_phys_mask(caps.host_phys_bits))?;
         let is_leaf = level == 1 || (level < 4 && entry & Self::LEAF != 0);
         let reserved = match (level, is_leaf) {
             (4, _) => PML4E_RESERVED,
-            (3, true) => {
-                if !caps.leaf_1g {
-                    return Err(EntryProblem::LeafNotAllowed);
-                }
-                LEAF_1G_RESERVED
-            }
-            (2, true) => {
-                if !caps.leaf_2m {
-                    return Err(EntryProblem::LeafNotAllowed);
-                }
-                LEAF_2M_RESERVED
-            }
+            (3, true) => huge_leaf_reserved(caps, LeafSize::Size1G, LEAF_1G_RESERVED)?,
+            (2, true) => huge_leaf_reserved(caps, LeafSize::Size2M, LEAF_2M_RESERVED)?,
             (_, false) => NONLEAF_RESERVED,
             _ => 0,
         };
-        if entry & reserved != 0 {
-            return Err(EntryProblem::ReservedBits(entry & reserved));
-        }
+        refuse_reserved(entry, reserved)?;
         if is_leaf {
             let code = ((entry & Self::MEM_TYPE_MASK) >> Self::MEM_TYPE_SHIFT) as u8;
             if Self::mem_type_from_code(code).is_none() {

@@ -16,6 +16,7 @@ use bitflags::bitflags;
 use memory_set::HostPhysAddr;
 
 use crate::caps::Stage2Caps;
+use crate::size::LeafSize;
 
 pub use ept::Ept;
 pub use npt::{NPT_HOST_PAT, Npt};
@@ -194,6 +195,30 @@ pub(crate) const fn reserved_phys_mask(max_phys_bits: u8) -> u64 {
         0
     } else {
         ADDR_MASK & !((1u64 << max_phys_bits) - 1)
+    }
+}
+
+/// `Err(ReservedBits)` naming the bits of `mask` set in `entry`, if any.
+#[inline]
+pub(crate) fn refuse_reserved(entry: u64, mask: u64) -> Result<(), EntryProblem> {
+    match entry & mask {
+        0 => Ok(()),
+        bits => Err(EntryProblem::ReservedBits(bits)),
+    }
+}
+
+/// The reserved bits `reserved` of a huge leaf of `size`, or
+/// [`EntryProblem::LeafNotAllowed`] when `caps` has no leaves of that size.
+#[inline]
+pub(crate) fn huge_leaf_reserved(
+    caps: &Stage2Caps,
+    size: LeafSize,
+    reserved: u64,
+) -> Result<u64, EntryProblem> {
+    if caps.allows(size) {
+        Ok(reserved)
+    } else {
+        Err(EntryProblem::LeafNotAllowed)
     }
 }
 

@@ -6,7 +6,8 @@ use memory_set::HostPhysAddr;
 
 use super::{ADDR_MASK, AttrError, EntryProblem, LeafAttr, MemType, Stage2Format};
 use crate::caps::Stage2Caps;
-use crate::format::{Access, reserved_phys_mask};
+use crate::format::{Access, huge_leaf_reserved, refuse_reserved, reserved_phys_mask};
+use crate::size::LeafSize;
 
 /// AMD nested page tables (NPT, "nested paging").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -166,30 +167,15 @@ impl Stage2Format for Npt {
         if entry & Self::USER == 0 {
             return Err(EntryProblem::MissingUser);
         }
-        let phys = entry & reserved_phys_mask(caps.host_phys_bits);
-        if phys != 0 {
-            return Err(EntryProblem::ReservedBits(phys));
-        }
+        refuse_reserved(entry, reserved_phys_mask(caps.host_phys_bits))?;
         let huge = entry & Self::HUGE != 0;
         let reserved = match (level, huge) {
             (4, _) => PML4E_RESERVED,
-            (3, true) => {
-                if !caps.leaf_1g {
-                    return Err(EntryProblem::LeafNotAllowed);
-                }
-                LEAF_1G_RESERVED
-            }
-            (2, true) => {
-                if !caps.leaf_2m {
-                    return Err(EntryProblem::LeafNotAllowed);
-                }
-                LEAF_2M_RESERVED
-            }
+            (3, true) => huge_leaf_reserved(caps, LeafSize::Size1G, LEAF_1G_RESERVED)?,
+            (2, true) => huge_leaf_reserved(caps, LeafSize::Size2M, LEAF_2M_RESERVED)?,
             _ => 0,
         };
-        if entry & reserved != 0 {
-            return Err(EntryProblem::ReservedBits(entry & reserved));
-        }
+        refuse_reserved(entry, reserved)?;
         Ok(())
     }
 

@@ -483,10 +483,30 @@ fn window_range(
         size,
         problem,
     };
+    let window = page_range(base, size)?;
+    let last = window.last().ok_or(bad(RangeProblem::Empty))?;
+    let bits = u32::from(caps.max_phys_bits);
+    if bits < usize::BITS && last.as_usize() >> bits != 0 {
+        return Err(bad(RangeProblem::BeyondPhysWidth));
+    }
+    Ok(window)
+}
+
+/// Checks that `[start, start + size)` is a non-empty, 4 KiB aligned range that does
+/// not overflow, and builds it.
+pub(crate) fn page_range(
+    start: GuestPhysAddr,
+    size: usize,
+) -> Result<AddrRange<GuestPhysAddr>, SpaceError> {
+    let bad = |problem| SpaceError::InvalidRange {
+        start: start.as_usize(),
+        size,
+        problem,
+    };
     if size == 0 {
         return Err(bad(RangeProblem::Empty));
     }
-    for value in [base.as_usize(), size] {
+    for value in [start.as_usize(), size] {
         if !value.is_aligned(PAGE_SIZE_4K) {
             return Err(SpaceError::Unaligned {
                 value,
@@ -494,13 +514,7 @@ fn window_range(
             });
         }
     }
-    let window = AddrRange::from_start_size(base, size).ok_or(bad(RangeProblem::Overflow))?;
-    let last = window.last().ok_or(bad(RangeProblem::Empty))?;
-    let bits = u32::from(caps.max_phys_bits);
-    if bits < usize::BITS && last.as_usize() >> bits != 0 {
-        return Err(bad(RangeProblem::BeyondPhysWidth));
-    }
-    Ok(window)
+    AddrRange::from_start_size(start, size).ok_or(bad(RangeProblem::Overflow))
 }
 
 /// The invalidation of one range (the whole space if it cannot be expressed).

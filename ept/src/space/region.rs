@@ -429,15 +429,20 @@ where
         Ok(unsafe { &mut *p.cast::<T>() })
     }
 
-    /// A slice of `len` values of `T` starting at byte `offset`.
-    pub fn as_slice<T: Pod>(&self, offset: usize, len: usize) -> Result<&[T], ViewError> {
-        let bytes = len
-            .checked_mul(size_of::<T>())
+    /// The size in bytes of `len` values of `T` at byte `offset` (out of bounds if it
+    /// overflows).
+    fn slice_bytes<T>(&self, offset: usize, len: usize) -> Result<usize, ViewError> {
+        len.checked_mul(size_of::<T>())
             .ok_or(ViewError::OutOfBounds {
                 offset,
                 len: usize::MAX,
                 size: self.size(),
-            })?;
+            })
+    }
+
+    /// A slice of `len` values of `T` starting at byte `offset`.
+    pub fn as_slice<T: Pod>(&self, offset: usize, len: usize) -> Result<&[T], ViewError> {
+        let bytes = self.slice_bytes::<T>(offset, len)?;
         if bytes == 0 {
             return Ok(&[]);
         }
@@ -452,13 +457,7 @@ where
         offset: usize,
         len: usize,
     ) -> Result<&mut [T], ViewError> {
-        let bytes = len
-            .checked_mul(size_of::<T>())
-            .ok_or(ViewError::OutOfBounds {
-                offset,
-                len: usize::MAX,
-                size: self.size(),
-            })?;
+        let bytes = self.slice_bytes::<T>(offset, len)?;
         if bytes == 0 {
             return Ok(&mut []);
         }

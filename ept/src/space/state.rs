@@ -14,7 +14,7 @@ use super::backend::{AreaFlags, Backend, BackendKind};
 use super::error::{OomReason, RangeProblem, SpaceError};
 use super::frames::FrameBook;
 use super::meter::{Meter, ReserveSink};
-use super::{Invalidate, range_scope};
+use super::{Invalidate, page_range, range_scope};
 use crate::caps::Stage2Caps;
 use crate::flush::{Flush, FlushScope};
 use crate::format::{Access, LeafAttr, Stage2Format};
@@ -170,6 +170,19 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
         )
     }
 
+    /// Runs one table operation with a fresh meter; a table error becomes the
+    /// matching [`SpaceError`] at `gpa` (out of memory with the meter's reason).
+    pub(crate) fn metered<T>(
+        &mut self,
+        gpa: GuestPhysAddr,
+        op: impl FnOnce(&mut Stage2Table<F, M>, &mut Meter<'_, A>) -> Result<T, TableError>,
+    ) -> Result<T, SpaceError> {
+        let (table, mut meter) = self.parts();
+        let r = op(table, &mut meter);
+        let reason = meter.reason();
+        r.map_err(|e| table_err(e, reason, gpa))
+    }
+
     /// Takes `n` frames into the reserve, all or nothing.
     pub(crate) fn fill_reserve(&mut self, n: usize, gpa: GuestPhysAddr) -> Result<(), SpaceError> {
         if n == 0 {
@@ -194,6 +207,13 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
     /// Completes `flush`: invalidates, frees table frames, then releases the unmapped
     /// leaves' RAM frames when `ram` (linear windows own nothing).
     pub(crate) fn finish(&mut self, flush: Flush, ram: bool) {
+        self.complete(flush, |_| ram);
+    }
+
+    /// Completes `flush`: invalidates, frees table frames, then releases the RAM
+    /// frames of the unmapped leaves at `gpa` with `is_ram(gpa)`.
+    #[inline]
+    fn complete(&mut self, flush: Flush, is_ram: impl Fn(GuestPhysAddr) -> bool) {
         let Self {
             invalidate,
             alloc,
@@ -201,8 +221,8 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
             ..
         } = self;
         let leaves = flush.complete(|s| invalidate.invalidate(s), alloc);
-        if ram {
-            for leaf in leaves.iter() {
+        for leaf in leaves.iter() {
+            if is_ram(leaf.gpa) {
                 book.release(leaf.hpa, leaf.size, alloc);
             }
         }
@@ -231,16 +251,11 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
         size: usize,
         attr: LeafAttr,
     ) -> Result<(), SpaceError> {
-        let (table, mut meter) = self.parts();
-        let r = table.map_range(&mut meter, gpa, hpa, size, attr, LeafSize::Size1G);
-        let reason = meter.reason();
-        match r {
-            Ok(flush) => {
-                self.finish(flush, false);
-                Ok(())
-            }
-            Err(e) => Err(table_err(e, reason, gpa)),
-        }
+        let flush = self.metered(gpa, |table, meter| {
+            table.map_range(meter, gpa, hpa, size, attr, LeafSize::Size1G)
+        })?;
+        self.finish(flush, false);
+        Ok(())
     }
 
     /// Populates every absent page of `range` (inside the RAM area `area`) with zeroed
@@ -396,10 +411,7 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
         size: usize,
         ram: bool,
     ) -> Result<(), SpaceError> {
-        let (table, mut meter) = self.parts();
-        let r = table.unmap_range(&mut meter, gpa, size);
-        let reason = meter.reason();
-        let flush = r.map_err(|e| table_err(e, reason, gpa))?;
+        let flush = self.metered(gpa, |table, meter| table.unmap_range(meter, gpa, size))?;
         self.finish(flush, ram);
         Ok(())
     }
@@ -413,10 +425,9 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
         attr: LeafAttr,
         ram: bool,
     ) -> Result<(), SpaceError> {
-        let (table, mut meter) = self.parts();
-        let r = table.protect_range(&mut meter, gpa, size, attr);
-        let reason = meter.reason();
-        let mut flush = r.map_err(|e| table_err(e, reason, gpa))?;
+        let mut flush = self.metered(gpa, |table, meter| {
+            table.protect_range(meter, gpa, size, attr)
+        })?;
         if ram && attr.access.contains(Access::WRITE) && self.book.tracked() > 0 {
             let range = AddrRange::from_start_size(gpa, size);
             let shared: Vec<_> = range
@@ -476,14 +487,13 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
         if t.leaf_gpa == at || t.size == LeafSize::Size4K {
             return Ok(());
         }
-        let (table, mut meter) = self.parts();
-        let r = if at.is_aligned(PAGE_SIZE_2M) {
-            Size2M::ensure_chain_for(table, &mut meter, at).map(|_| ())
-        } else {
-            Size4K::ensure_chain_for(table, &mut meter, at).map(|_| ())
-        };
-        let reason = meter.reason();
-        r.map_err(|e| table_err(e, reason, at))?;
+        self.metered(at, |table, meter| {
+            if at.is_aligned(PAGE_SIZE_2M) {
+                Size2M::ensure_chain_for(table, meter, at).map(|_| ())
+            } else {
+                Size4K::ensure_chain_for(table, meter, at).map(|_| ())
+            }
+        })?;
         // The page size behind these addresses changed: drop cached translations.
         self.invalidate_now(range_scope(t.leaf_gpa, t.size.size()));
         Ok(())
@@ -497,14 +507,11 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
         size: LeafSize,
         attr: LeafAttr,
     ) -> Result<(), SpaceError> {
-        let (table, mut meter) = self.parts();
-        let r = match size {
-            LeafSize::Size4K => table.map_page::<Size4K>(&mut meter, gpa, hpa, attr),
-            LeafSize::Size2M => table.map_page::<Size2M>(&mut meter, gpa, hpa, attr),
-            LeafSize::Size1G => table.map_page::<Size1G>(&mut meter, gpa, hpa, attr),
-        };
-        let reason = meter.reason();
-        let flush = r.map_err(|e| table_err(e, reason, gpa))?;
+        let flush = self.metered(gpa, |table, meter| match size {
+            LeafSize::Size4K => table.map_page::<Size4K>(meter, gpa, hpa, attr),
+            LeafSize::Size2M => table.map_page::<Size2M>(meter, gpa, hpa, attr),
+            LeafSize::Size1G => table.map_page::<Size1G>(meter, gpa, hpa, attr),
+        })?;
         self.finish(flush, false);
         Ok(())
     }
@@ -623,10 +630,9 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
         if ram && !self.book.unshare_if_unique(t.hpa) {
             attr.access.remove(Access::WRITE);
         }
-        let (table, mut meter) = self.parts();
-        let r = table.protect_range(&mut meter, t.leaf_gpa, t.size.size(), attr);
-        let reason = meter.reason();
-        let flush = r.map_err(|e| table_err(e, reason, t.leaf_gpa))?;
+        let flush = self.metered(t.leaf_gpa, |table, meter| {
+            table.protect_range(meter, t.leaf_gpa, t.size.size(), attr)
+        })?;
         self.finish(flush, false);
         self.counters.write_restores += 1;
         Ok(())
@@ -638,19 +644,7 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
         // SAFETY: `teardown` runs once, from `Inner::drop` (or on a state about to be
         // dropped), and nothing touches `self.table` after it.
         let table = unsafe { ManuallyDrop::take(&mut self.table) };
-        let flush = table.destroy();
-        let Self {
-            invalidate,
-            alloc,
-            book,
-            ..
-        } = self;
-        let leaves = flush.complete(|s| invalidate.invalidate(s), alloc);
-        for leaf in leaves.iter() {
-            if is_ram(leaf.gpa) {
-                book.release(leaf.hpa, leaf.size, alloc);
-            }
-        }
+        self.complete(table.destroy(), is_ram);
         self.drain_reserve();
     }
 }
@@ -662,25 +656,13 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
         gpa: GuestPhysAddr,
         size: usize,
     ) -> Result<AddrRange<GuestPhysAddr>, SpaceError> {
-        let bad = |problem| SpaceError::InvalidRange {
-            start: gpa.as_usize(),
-            size,
-            problem,
-        };
-        if size == 0 {
-            return Err(bad(RangeProblem::Empty));
-        }
-        for value in [gpa.as_usize(), size] {
-            if !value.is_aligned(PAGE_SIZE_4K) {
-                return Err(SpaceError::Unaligned {
-                    value,
-                    align: PAGE_SIZE_4K,
-                });
-            }
-        }
-        let range = AddrRange::from_start_size(gpa, size).ok_or(bad(RangeProblem::Overflow))?;
+        let range = page_range(gpa, size)?;
         if !self.window.contains_range(&range) {
-            return Err(bad(RangeProblem::OutsideWindow));
+            return Err(SpaceError::InvalidRange {
+                start: gpa.as_usize(),
+                size,
+                problem: RangeProblem::OutsideWindow,
+            });
         }
         Ok(range)
     }

@@ -52,15 +52,8 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
         hpa: HostPhysAddr,
         attr: LeafAttr,
     ) -> Result<Flush, TableError> {
-        if !self.caps.allows(S::LEAF_SIZE) {
-            return Err(TableError::UnsupportedLeaf { size: S::LEAF_SIZE });
-        }
-        Self::check_aligned(gpa.as_usize(), S::SIZE)?;
-        Self::check_aligned(hpa.as_usize(), S::SIZE)?;
-        self.check_gpa(gpa, S::SIZE)?;
-        self.check_hpa(hpa, S::SIZE)?;
-        let bits = F::leaf_bits(attr, S::LEVEL, &self.caps)?;
-        match self.write_leaf_in_place::<S>(gpa, bits | hpa.as_u64())? {
+        let entry = self.checked_leaf::<S>(gpa, hpa, attr)?;
+        match self.write_leaf_in_place::<S>(gpa, entry)? {
             None => Ok(Flush::none()),
             Some(absent_level) => {
                 self.map_page_new_tables::<S>(alloc, gpa, hpa, attr, absent_level)
@@ -79,17 +72,7 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
         if g & (S::SIZE - 1) != 0 || self.check_gpa(gpa, S::SIZE).is_err() {
             return None;
         }
-        let mut frame = self.root;
-        let mut level = 4u8;
-        while level > S::LEVEL {
-            match F::decode(self.tbl(frame).load(index(g, level)), level) {
-                EntryKind::Table(t) => {
-                    frame = t;
-                    level -= 1;
-                }
-                EntryKind::Leaf(_) | EntryKind::Absent => return None,
-            }
-        }
+        let frame = self.descend(g, S::LEVEL).ok()?;
         let i = index(g, S::LEVEL);
         self.tbl(frame).prefetch(i);
         Some(LeafSlot {
@@ -142,18 +125,11 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
         entry: u64,
     ) -> Result<Option<u8>, TableError> {
         let g = gpa.as_usize();
-        let mut frame = self.root;
-        let mut level = 4u8;
-        while level > S::LEVEL {
-            match F::decode(self.tbl(frame).load(index(g, level)), level) {
-                EntryKind::Table(t) => {
-                    frame = t;
-                    level -= 1;
-                }
-                EntryKind::Leaf(_) => return Err(self.already_mapped(g, S::SIZE)),
-                EntryKind::Absent => return Ok(Some(level)),
-            }
-        }
+        let frame = match self.descend(g, S::LEVEL) {
+            Ok(frame) => frame,
+            Err((level, EntryKind::Absent)) => return Ok(Some(level)),
+            Err(_) => return Err(self.already_mapped(g, S::SIZE)),
+        };
         // At the leaf level, a present entry (a leaf, or a table: tables below the
         // root are never empty) means something is mapped.
         let t = self.tbl(frame);

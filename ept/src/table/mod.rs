@@ -211,6 +211,25 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
         }
     }
 
+    /// Walks from the root towards `g` down to the table at `level` (4 is the root),
+    /// reading only: `Ok` with that table's frame when every table on the way exists,
+    /// else the level and kind (absent or leaf) of the entry that stopped the walk.
+    #[inline]
+    pub(crate) fn descend(&self, g: usize, level: u8) -> Result<HostPhysAddr, (u8, EntryKind)> {
+        let mut frame = self.root;
+        let mut at = 4u8;
+        while at > level {
+            match F::decode(self.tbl(frame).load(index(g, at)), at) {
+                EntryKind::Table(t) => {
+                    frame = t;
+                    at -= 1;
+                }
+                stop => return Err((at, stop)),
+            }
+        }
+        Ok(frame)
+    }
+
     /// [`MapSize::ensure_chain_for`]: plan, reserve, then build.
     pub(crate) fn ensure_chain<S: MapSize>(
         &mut self,
@@ -220,22 +239,10 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
         self.check_gpa(gpa, 1)?;
         let g = gpa.as_usize();
         let mut counts = [0usize; 4];
-        let mut frame = self.root;
-        let mut level = 4u8;
-        while level > S::LEVEL {
-            match F::decode(self.tbl(frame).load(index(g, level)), level) {
-                EntryKind::Table(t) => {
-                    frame = t;
-                    level -= 1;
-                    continue;
-                }
-                // A missing table, or a leaf to split: one new table per level below.
-                EntryKind::Absent | EntryKind::Leaf(_) => {
-                    for l in S::LEVEL..level {
-                        counts[l as usize] = 1;
-                    }
-                    break;
-                }
+        // A missing table, or a leaf to split: one new table per level below.
+        if let Err((level, _)) = self.descend(g, S::LEVEL) {
+            for l in S::LEVEL..level {
+                counts[l as usize] = 1;
             }
         }
         let mut reserve = reserve::Reserve::fill(alloc, &self.mapper, counts)?;
@@ -320,6 +327,27 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
         if leaf_table.generation != self.generation || leaf_table.root != self.root || !in_span {
             return Err(TableError::StaleLeafTable);
         }
+        let entry = self.checked_leaf::<S>(gpa, hpa, attr)?;
+        let t = self.tbl(leaf_table.frame);
+        let i = index(gpa.as_usize(), S::LEVEL);
+        if F::is_present(t.load(i)) {
+            return Err(TableError::AlreadyMapped { gpa });
+        }
+        t.store(i, entry);
+        self.leaves[S::LEVEL as usize - 1] += 1;
+        Ok(())
+    }
+
+    /// The leaf entry of size `S` mapping `gpa` to `hpa` with `attr`, after checking
+    /// that the hardware has such leaves, both addresses are aligned to `S::SIZE`
+    /// and in range, and `attr` is valid for the format.
+    #[inline]
+    pub(crate) fn checked_leaf<S: MapSize>(
+        &self,
+        gpa: GuestPhysAddr,
+        hpa: HostPhysAddr,
+        attr: LeafAttr,
+    ) -> Result<u64, TableError> {
         if !self.caps.allows(S::LEAF_SIZE) {
             return Err(TableError::UnsupportedLeaf { size: S::LEAF_SIZE });
         }
@@ -328,14 +356,7 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
         self.check_gpa(gpa, S::SIZE)?;
         self.check_hpa(hpa, S::SIZE)?;
         let bits = F::leaf_bits(attr, S::LEVEL, &self.caps)?;
-        let t = self.tbl(leaf_table.frame);
-        let i = index(gpa.as_usize(), S::LEVEL);
-        if F::is_present(t.load(i)) {
-            return Err(TableError::AlreadyMapped { gpa });
-        }
-        t.store(i, bits | hpa.as_u64());
-        self.leaves[S::LEVEL as usize - 1] += 1;
-        Ok(())
+        Ok(bits | hpa.as_u64())
     }
 
     /// Where `gpa` translates to, if mapped.

@@ -163,20 +163,9 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
                 continue;
             }
             // Find the table at `leaf_level` holding `gpa`.
-            let mut frame = self.root;
-            let mut level = 4u8;
-            while level > leaf_level {
-                match F::decode(self.tbl(frame).load(index(g, level)), level) {
-                    EntryKind::Table(t) => {
-                        frame = t;
-                        level -= 1;
-                    }
-                    _ => break,
-                }
-            }
-            if level != leaf_level {
+            let Ok(frame) = self.descend(g, leaf_level) else {
                 continue;
-            }
+            };
             let parent = self.tbl(frame);
             let i = index(g, leaf_level);
             let e = parent.load(i);
