@@ -1,13 +1,17 @@
 //! [`MemorySet`]: the areas of one address space, kept in step with its page table.
 
-use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::fmt;
+use core::ops::Bound;
 
 use crate::addr::{AddrRange, MemoryAddr};
 use crate::area::{MemoryArea, SetResult, checked_range};
 use crate::backend::MappingBackend;
 use crate::error::{InvalidParam, MemorySetError};
+
+mod gaps;
+use gaps::{GapIndex, GapRef};
 
 /// A set of non-overlapping [`MemoryArea`]s, ordered by start address, plus an index of
 /// the free gaps between them.
@@ -24,15 +28,25 @@ use crate::error::{InvalidParam, MemorySetError};
 /// index); it calls no backend and touches no page table.
 #[derive(Clone)]
 pub struct MemorySet<B: MappingBackend> {
-    areas: BTreeMap<B::Addr, MemoryArea<B>>,
-    /// Every maximal free range, as `(last - first, first)` (inclusive ends, raw
-    /// addresses), so the gaps of at least a given size form a suffix of the set.
-    gaps: BTreeSet<(usize, usize)>,
+    areas: BTreeMap<B::Addr, Slot<B>>,
+    /// The free gap that starts at address 0 (before the first area), if any.
+    head: Option<GapRef>,
+    /// Every maximal free range once, by size class; each is referred to by the area it
+    /// follows ([`Slot::gap`]) or by `head`.
+    gaps: GapIndex,
+}
+
+/// An area and the free gap right after it (`None` when the next area is adjacent or
+/// the area ends at `2^64`).
+#[derive(Clone)]
+struct Slot<B: MappingBackend> {
+    area: MemoryArea<B>,
+    gap: Option<GapRef>,
 }
 
 /// The free gap between `lo` (first free address; `None` when the area before ends at
-/// `2^64`) and `hi` (start of the next area; `None` for the top of the space), as a
-/// gap-index key; `None` if the gap is empty.
+/// `2^64`) and `hi` (start of the next area; `None` for the top of the space), as
+/// `(first, last)` (inclusive, raw); `None` if the gap is empty.
 fn gap_key(lo: Option<usize>, hi: Option<usize>) -> Option<(usize, usize)> {
     let first = lo?;
     let last = match hi {
@@ -40,7 +54,25 @@ fn gap_key(lo: Option<usize>, hi: Option<usize>) -> Option<(usize, usize)> {
         Some(h) => h - 1,
         None => usize::MAX,
     };
-    Some((last - first, first))
+    Some((first, last))
+}
+
+/// Puts `area` into the free gap `gap` refers to (which must contain it): that gap
+/// shrinks to the part before the area; the part after it is returned, for the area.
+fn fill_gap<B: MappingBackend>(
+    gaps: &mut GapIndex,
+    gap: &mut Option<GapRef>,
+    area: &MemoryArea<B>,
+) -> Option<GapRef> {
+    let (first, last) = gaps.get((*gap)?);
+    let (start, area_last) = (area.start().as_usize(), area.last().as_usize());
+    gaps.set(gap, (first < start).then(|| (first, start - 1)));
+    let mut right = None;
+    gaps.set(
+        &mut right,
+        (area_last < last).then(|| (area_last + 1, last)),
+    );
+    right
 }
 
 /// The part `piece` of an existing area that an operation acts on, with copies of what
@@ -148,10 +180,12 @@ fn unmap_pieces<B: MappingBackend>(
 impl<B: MappingBackend> MemorySet<B> {
     /// An empty set.
     pub fn new() -> Self {
-        let mut gaps = BTreeSet::new();
-        gaps.insert((usize::MAX, 0));
+        let mut gaps = GapIndex::new();
+        let mut head = None;
+        gaps.set(&mut head, Some((0, usize::MAX)));
         Self {
             areas: BTreeMap::new(),
+            head,
             gaps,
         }
     }
@@ -168,7 +202,7 @@ impl<B: MappingBackend> MemorySet<B> {
 
     /// The areas in address order.
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = &MemoryArea<B>> + ExactSizeIterator {
-        self.areas.values()
+        self.areas.values().map(|slot| &slot.area)
     }
 
     /// The areas that share at least one address with `range`, in address order.
@@ -180,7 +214,7 @@ impl<B: MappingBackend> MemorySet<B> {
         let start = range.start();
         let (from, last) = match range.last() {
             Some(last) => match self.areas.range(..start).next_back() {
-                Some((&key, area)) if area.last() >= start => (key, last),
+                Some((&key, slot)) if slot.area.last() >= start => (key, last),
                 _ => (start, last),
             },
             // Empty range: an empty iteration.
@@ -191,7 +225,7 @@ impl<B: MappingBackend> MemorySet<B> {
         } else {
             self.areas.range(from..=last)
         };
-        inner.map(|(_, area)| area)
+        inner.map(|(_, slot)| &slot.area)
     }
 
     /// Whether any area shares an address with `range`. O(log n).
@@ -204,7 +238,7 @@ impl<B: MappingBackend> MemorySet<B> {
         self.areas
             .range(..=addr)
             .next_back()
-            .map(|(_, area)| area)
+            .map(|(_, slot)| &slot.area)
             .filter(|area| area.last() >= addr)
     }
 
@@ -213,8 +247,11 @@ impl<B: MappingBackend> MemorySet<B> {
     /// For tests and debugging; `Err` names the first broken invariant.
     pub fn validate(&self) -> Result<(), &'static str> {
         let mut free_from = Some(0usize);
-        let mut gaps = 0;
-        for (&key, area) in &self.areas {
+        // The gap each area (and the head) refers to, with the free gap that follows it.
+        let mut refs = Vec::with_capacity(self.areas.len() + 1);
+        let mut before = self.head;
+        for (&key, slot) in &self.areas {
+            let area = &slot.area;
             if key != area.start() {
                 return Err("an area is filed under a key other than its start");
             }
@@ -225,55 +262,48 @@ impl<B: MappingBackend> MemorySet<B> {
             if area.start().as_usize() < first {
                 return Err("two areas overlap");
             }
-            if let Some(gap) = gap_key(Some(first), Some(area.start().as_usize())) {
-                if !self.gaps.contains(&gap) {
-                    return Err("a free gap is missing from the gap index");
-                }
-                gaps += 1;
-            }
+            refs.push((
+                before,
+                gap_key(Some(first), Some(area.start().as_usize())),
+                "a free gap is missing from the gap index",
+            ));
+            before = slot.gap;
             free_from = area.end().map(MemoryAddr::as_usize);
         }
-        if let Some(gap) = gap_key(free_from, None) {
-            if !self.gaps.contains(&gap) {
-                return Err("the free gap at the top is missing from the gap index");
-            }
-            gaps += 1;
-        }
-        if gaps != self.gaps.len() {
-            return Err("the gap index holds a range that is not a free gap");
-        }
-        Ok(())
+        refs.push((
+            before,
+            gap_key(free_from, None),
+            "the free gap at the top is missing from the gap index",
+        ));
+        self.gaps.check(refs.into_iter())
     }
 
-    /// The end of the last area starting before `start` (`Some(0)` if there is none,
-    /// `None` if it ends at `2^64`) and the start of the first area at or after `start`.
-    fn neighbours(&self, start: B::Addr) -> (Option<usize>, Option<usize>) {
-        let prev_end = match self.areas.range(..start).next_back() {
-            Some((_, prev)) => prev.end().map(MemoryAddr::as_usize),
-            None => Some(0),
+    /// Re-points the owners of the gaps a compaction of the gap index moved; run at the
+    /// end of every operation that may free gaps. Amortized O(log n) per freed gap, and
+    /// nothing at all unless some size class holds many holes.
+    fn tidy(&mut self) {
+        if !self.gaps.is_dirty() {
+            return;
+        }
+        let (areas, head) = (&mut self.areas, &mut self.head);
+        self.gaps.compact(|(first, _), r| {
+            // A gap is owned by the area that ends where it starts, or by the head.
+            let owner = match areas.range_mut(..B::Addr::from(first)).next_back() {
+                Some((_, slot)) if first > 0 => &mut slot.gap,
+                _ => &mut *head,
+            };
+            *owner = Some(r);
+        });
+    }
+
+    /// Inserts an area that lies inside a free gap, updating the gap index.
+    fn insert_area(&mut self, area: MemoryArea<B>) {
+        let gap = match self.areas.range_mut(..area.start()).next_back() {
+            Some((_, prev)) => &mut prev.gap,
+            None => &mut self.head,
         };
-        let next_start = self.areas.range(start..).next().map(|(k, _)| k.as_usize());
-        (prev_end, next_start)
-    }
-
-    /// Inserts an area into the free gap between `prev_end` and `next_start` (as given
-    /// by [`Self::neighbours`]) and updates the gap index.
-    fn insert_area(
-        &mut self,
-        area: MemoryArea<B>,
-        (prev_end, next_start): (Option<usize>, Option<usize>),
-    ) {
-        let start = area.start();
-        if let Some(key) = gap_key(prev_end, next_start) {
-            self.gaps.remove(&key);
-        }
-        if let Some(key) = gap_key(prev_end, Some(start.as_usize())) {
-            self.gaps.insert(key);
-        }
-        if let Some(key) = gap_key(area.end().map(MemoryAddr::as_usize), next_start) {
-            self.gaps.insert(key);
-        }
-        self.areas.insert(start, area);
+        let right = fill_gap(&mut self.gaps, gap, &area);
+        self.areas.insert(area.start(), Slot { area, gap: right });
     }
 
     /// The parts of existing areas inside `range`, in address order, each with the
@@ -297,93 +327,103 @@ impl<B: MappingBackend> MemorySet<B> {
             .collect()
     }
 
-    /// Marks `[first, last]` (no longer covered by any area) free in the gap index,
-    /// merging it with the free gap just before it (`merge_left`) and just after it
-    /// (`merge_right`) if there is one.
-    fn add_gap(&mut self, first: usize, last: usize, merge_left: bool, merge_right: bool) {
-        let (mut lo, mut hi) = (first, last);
-        if merge_left {
-            let prev_end = match self.areas.range(..B::Addr::from(first)).next_back() {
-                Some((_, prev)) => prev.end().map(MemoryAddr::as_usize),
-                None => Some(0),
-            };
-            if let Some(key) = gap_key(prev_end, Some(first)) {
-                self.gaps.remove(&key);
-                lo = key.1;
-            }
-        }
-        if merge_right && last < usize::MAX {
-            let next_start = self
-                .areas
-                .range(B::Addr::from(last + 1)..)
-                .next()
-                .map(|(k, _)| k.as_usize());
-            if let Some(key) = gap_key(Some(last + 1), next_start) {
-                self.gaps.remove(&key);
-                hi = key.1 + key.0;
-            }
-        }
-        self.gaps.insert((hi - lo, lo));
-    }
-
     /// Bookkeeping of an unmap: what is left of each cut area stays (the left part in
-    /// place), the pieces become free gaps.
+    /// place, the right part with the gap that followed the area), each piece becomes
+    /// free and merges with the free gaps on either side. Per piece: one lookup of the
+    /// area, one insert for a right part, one lookup of the area before for a piece
+    /// that starts the area; the gap index changes in O(1).
     fn commit_unmap(&mut self, pieces: Vec<Piece<B>>) {
         for p in pieces {
             let (keep_left, keep_right) = p.keeps();
             let (_, a_last, p_first, p_last) = p.ends();
             let key = p.area.start();
+            let right = if keep_right {
+                AddrRange::from_inclusive((p_last + 1).into(), a_last.into())
+            } else {
+                None
+            };
             if keep_left {
-                if let (Some(area), Some(left)) = (
-                    self.areas.get_mut(&key),
-                    AddrRange::from_inclusive(key, (p_first - 1).into()),
-                ) {
-                    area.set_range(left);
+                let Some(slot) = self.areas.get_mut(&key) else {
+                    continue;
+                };
+                if let Some(left) = AddrRange::from_inclusive(key, (p_first - 1).into()) {
+                    slot.area.set_range(left);
+                }
+                // The gap after the area moves to the right part, or joins the hole.
+                let after = slot.gap;
+                let hole_last = match (right, after) {
+                    (Some(_), _) => {
+                        slot.gap = None;
+                        p_last
+                    }
+                    (None, Some(r)) => self.gaps.get(r).1,
+                    (None, None) => p_last,
+                };
+                self.gaps.set(&mut slot.gap, Some((p_first, hole_last)));
+                if let Some(right) = right {
+                    let area = MemoryArea::from_range(right, p.flags, p.backend);
+                    self.areas.insert(right.start(), Slot { area, gap: after });
                 }
             } else {
-                self.areas.remove(&key);
+                let Some(slot) = self.areas.remove(&key) else {
+                    continue;
+                };
+                let hole_last = match (right, slot.gap) {
+                    (Some(right), after) => {
+                        let area = MemoryArea::from_range(right, p.flags, p.backend);
+                        self.areas.insert(right.start(), Slot { area, gap: after });
+                        p_last
+                    }
+                    (None, Some(r)) => {
+                        let last = self.gaps.get(r).1;
+                        self.gaps.remove(r);
+                        last
+                    }
+                    (None, None) => p_last,
+                };
+                // The hole joins the gap before the area, held by the area before.
+                let before = match self.areas.range_mut(..key).next_back() {
+                    Some((_, prev)) => &mut prev.gap,
+                    None => &mut self.head,
+                };
+                let hole_first = before.map_or(p_first, |r| self.gaps.get(r).0);
+                self.gaps.set(before, Some((hole_first, hole_last)));
             }
-            if keep_right
-                && let Some(right) = AddrRange::from_inclusive((p_last + 1).into(), a_last.into())
-            {
-                self.areas.insert(
-                    right.start(),
-                    MemoryArea::from_range(right, p.flags, p.backend),
-                );
-            }
-            self.add_gap(p_first, p_last, !keep_left, !keep_right);
         }
     }
 
     /// Bookkeeping of a protect: each piece becomes an area with its new flags, what is
-    /// left on either side keeps the old ones. No free gap changes.
+    /// left on either side keeps the old ones. No free gap changes; the gap after a cut
+    /// area moves to its last part.
     fn commit_protect(&mut self, pieces: Vec<Piece<B>>) {
         for p in pieces {
             let (keep_left, keep_right) = p.keeps();
             let (_, a_last, p_first, p_last) = p.ends();
             let key = p.area.start();
+            let Some(slot) = self.areas.get_mut(&key) else {
+                continue;
+            };
+            let mut after = if keep_left || keep_right {
+                slot.gap.take()
+            } else {
+                None
+            };
             if keep_left {
-                if let (Some(area), Some(left)) = (
-                    self.areas.get_mut(&key),
-                    AddrRange::from_inclusive(key, (p_first - 1).into()),
-                ) {
-                    area.set_range(left);
+                if let Some(left) = AddrRange::from_inclusive(key, (p_first - 1).into()) {
+                    slot.area.set_range(left);
                 }
-                self.areas.insert(
-                    p.piece.start(),
-                    MemoryArea::from_range(p.piece, p.new, p.backend.clone()),
-                );
-            } else if let Some(area) = self.areas.get_mut(&key) {
-                area.set_range(p.piece);
-                area.set_flags(p.new);
+                let area = MemoryArea::from_range(p.piece, p.new, p.backend.clone());
+                let gap = if keep_right { None } else { after.take() };
+                self.areas.insert(p.piece.start(), Slot { area, gap });
+            } else {
+                slot.area.set_range(p.piece);
+                slot.area.set_flags(p.new);
             }
             if keep_right
                 && let Some(right) = AddrRange::from_inclusive((p_last + 1).into(), a_last.into())
             {
-                self.areas.insert(
-                    right.start(),
-                    MemoryArea::from_range(right, p.flags, p.backend),
-                );
+                let area = MemoryArea::from_range(right, p.flags, p.backend);
+                self.areas.insert(right.start(), Slot { area, gap: after });
             }
         }
     }
@@ -401,22 +441,23 @@ impl<B: MappingBackend> MemorySet<B> {
     ) -> SetResult<B> {
         let range = area.va_range();
         if !unmap_overlap {
-            // The area before must end at or before the start, the next one must start
-            // after the last address.
-            let (prev_end, next_start) = self.neighbours(area.start());
-            let existing = match (prev_end, next_start) {
-                (Some(e), _) if e > area.start().as_usize() => self.find(area.start()),
-                (None, _) => self.find(area.start()),
-                (_, Some(n)) if n <= area.last().as_usize() => self.find(n.into()),
-                _ => None,
+            // One lookup: the last area starting at or before the area's last address
+            // must end before its start; then the area lies in the gap after that one.
+            let gap = match self.areas.range_mut(..=area.last()).next_back() {
+                Some((_, prev)) if prev.area.last() >= area.start() => None,
+                Some((_, prev)) => Some(&mut prev.gap),
+                None => Some(&mut self.head),
             };
-            if let Some(existing) = existing {
+            let Some(gap) = gap else {
+                let existing = self.iter_overlapping(range).next().map(MemoryArea::start);
                 return Err(MemorySetError::AlreadyExists {
-                    existing_start: existing.start().as_usize(),
+                    existing_start: existing.unwrap_or(area.start()).as_usize(),
                 });
-            }
+            };
             area.map_area(page_table)?;
-            self.insert_area(area, (prev_end, next_start));
+            let right = fill_gap(&mut self.gaps, gap, &area);
+            self.areas.insert(area.start(), Slot { area, gap: right });
+            self.tidy();
             return Ok(());
         }
         let pieces = self.pieces(range, Some);
@@ -428,8 +469,8 @@ impl<B: MappingBackend> MemorySet<B> {
             return Err(undo_unmaps(&pieces, page_table, e));
         }
         self.commit_unmap(pieces);
-        let neighbours = self.neighbours(area.start());
-        self.insert_area(area, neighbours);
+        self.insert_area(area);
+        self.tidy();
         Ok(())
     }
 
@@ -449,6 +490,7 @@ impl<B: MappingBackend> MemorySet<B> {
         let pieces = self.pieces(range, Some);
         unmap_pieces(&pieces, page_table)?;
         self.commit_unmap(pieces);
+        self.tidy();
         Ok(())
     }
 
@@ -486,9 +528,9 @@ impl<B: MappingBackend> MemorySet<B> {
 
     /// Unmaps and removes every area; on a backend error everything is mapped back. O(n).
     pub fn clear(&mut self, page_table: &mut B::PageTable) -> SetResult<B> {
-        for (i, area) in self.areas.values().enumerate() {
+        for (i, area) in self.iter().enumerate() {
             if let Err(cause) = area.backend().unmap(area.start(), area.size(), page_table) {
-                for done in self.areas.values().take(i).rev() {
+                for done in self.iter().take(i).rev() {
                     let backend = done.backend();
                     if let Err(undo) =
                         backend.map(done.start(), done.size(), done.flags(), page_table)
@@ -526,11 +568,11 @@ impl<B: MappingBackend> MemorySet<B> {
     /// power of two; [`MemorySetError::NoMemory`] when no such range exists.
     ///
     /// Cost: O(log n + min(a, g)), where a is the number of areas between `hint` and the
-    /// result and g the number of free gaps at least `size` long: the set walks forward
-    /// from `hint` and, in lock step, through its gap index from the gaps of at least
-    /// `size` bytes, and stops as soon as either walk is complete. So a free `hint` costs
-    /// O(log n), and so does a large request (few gaps are that large) or one that
-    /// cannot be met.
+    /// result and g the number of free gaps at least half as long as `size`: the set walks
+    /// forward from `hint` and, in lock step, through the size classes of its gap index
+    /// (powers of two) from the class of `size` up, and stops as soon as either walk is
+    /// complete. So a free `hint` costs one O(log n) lookup, and so does a large request
+    /// (few gaps are that large) or one that cannot be met.
     pub fn find_free_area(
         &self,
         hint: B::Addr,
@@ -574,9 +616,19 @@ impl<B: MappingBackend> MemorySet<B> {
             .gaps_from(lo.into())
             .take_while(|&(first, _)| first <= limit_last);
         // Walk 2: every gap of at least `size` bytes; the lowest fit wins.
-        let mut by_size = self.gaps.range((size - 1, 0)..);
+        let mut by_size = self.gaps.at_least(size - 1);
         let mut best: Option<usize> = None;
         loop {
+            // The size walk steps first: for a large request it is over after a few gaps,
+            // before the address walk needs its second lookup.
+            match by_size.next() {
+                Some((first, last)) => {
+                    if let Some(s) = fit(first, last) {
+                        best = Some(best.map_or(s, |b| b.min(s)));
+                    }
+                }
+                None => return best.map(Into::into).ok_or_else(no_memory),
+            }
             match by_address.next() {
                 Some((first, last)) => {
                     if let Some(s) = fit(first, last) {
@@ -585,31 +637,41 @@ impl<B: MappingBackend> MemorySet<B> {
                 }
                 None => return Err(no_memory()),
             }
-            match by_size.next() {
-                Some(&(len, first)) => {
-                    if let Some(s) = fit(first, first + len) {
-                        best = Some(best.map_or(s, |b| b.min(s)));
-                    }
-                }
-                None => return best.map(Into::into).ok_or_else(no_memory),
-            }
         }
     }
 
     /// The free gaps `(first, last)` (inclusive, raw) that end at or after `lo`, in
-    /// address order; the first one is clipped to start at `lo`.
+    /// address order (the first one may start before `lo`). The first gap costs one
+    /// lookup (the area at or before `lo` refers to the gap after it); the walk goes on
+    /// through the following areas, one more lookup to start.
     fn gaps_from(&self, lo: B::Addr) -> impl Iterator<Item = (usize, usize)> + '_ {
-        let mut pos: Option<usize> = match self.find(lo) {
-            Some(area) => area.end().map(MemoryAddr::as_usize),
-            None => Some(lo.as_usize()),
+        let (mut first_gap, from, mut pos) = match self.areas.range(..=lo).next_back() {
+            Some((&key, slot)) => (
+                slot.gap,
+                Bound::Excluded(key),
+                slot.area.end().map(MemoryAddr::as_usize),
+            ),
+            None => (self.head, Bound::Unbounded, Some(0)),
         };
-        let mut after = self.areas.range(lo..);
+        // Whether the area after the gap taken from the index is still to be passed.
+        let mut skip = false;
+        let mut rest = None;
         core::iter::from_fn(move || {
+            if let Some(r) = first_gap.take() {
+                skip = true;
+                return Some(self.gaps.get(r));
+            }
+            let rest = rest.get_or_insert_with(|| self.areas.range((from, Bound::Unbounded)));
+            if skip {
+                skip = false;
+                // No area after the gap: it reached the top.
+                pos = rest.next()?.1.area.end().map(MemoryAddr::as_usize);
+            }
             loop {
                 let first = pos?;
-                match after.next() {
-                    Some((&start, area)) => {
-                        pos = area.end().map(MemoryAddr::as_usize);
+                match rest.next() {
+                    Some((&start, slot)) => {
+                        pos = slot.area.end().map(MemoryAddr::as_usize);
                         if start.as_usize() > first {
                             return Some((first, start.as_usize() - 1));
                         }
@@ -632,7 +694,7 @@ impl<B: MappingBackend> Default for MemorySet<B> {
 
 impl<B: MappingBackend> fmt::Debug for MemorySet<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.areas.values()).finish()
+        f.debug_list().entries(self.iter()).finish()
     }
 }
 

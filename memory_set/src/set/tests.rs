@@ -1,6 +1,6 @@
 //! Unit tests of [`MemorySet`] and [`MemoryArea`] with a strict mock backend.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::vec::Vec;
 
 use super::*;
@@ -144,7 +144,7 @@ fn check<const P: usize>(set: &Set<P>, pt: &Pt) {
     let mut expected_pages = BTreeMap::new();
     let mut gaps = BTreeSet::new();
     let mut free_from = Some(0usize);
-    for (&key, a) in &set.areas {
+    for (&key, a) in set.areas.iter().map(|(k, slot)| (k, &slot.area)) {
         assert_eq!(key, a.start());
         assert!(a.size() > 0);
         let first = free_from.expect("area after one ending at 2^64");
@@ -160,7 +160,7 @@ fn check<const P: usize>(set: &Set<P>, pt: &Pt) {
     if let Some(first) = free_from {
         gaps.insert((TOP - first, first));
     }
-    assert_eq!(set.gaps, gaps, "gap index out of step");
+    assert_eq!(set.gaps.keys(), gaps, "gap index out of step");
     assert_eq!(set.validate(), Ok(()));
     assert_eq!(pt.pages, expected_pages, "page table out of step");
 }
@@ -394,12 +394,12 @@ fn every_failure_undone(
     );
     for k in 1..=total {
         let (mut set, mut pt) = setup();
-        let before = (areas(&set), pt.state(), set.gaps.clone());
+        let before = (areas(&set), pt.state(), set.gaps.keys());
         pt.fail_at = vec![pt.calls + k];
         let err = op(&mut set, &mut pt).unwrap_err();
         assert_eq!(err, Err::Backend("injected"), "call {k}");
         assert_eq!(
-            (areas(&set), pt.state(), set.gaps.clone()),
+            (areas(&set), pt.state(), set.gaps.keys()),
             before,
             "call {k}"
         );
@@ -593,13 +593,14 @@ fn area_shrink_and_split_edges() {
 fn validate_names_a_broken_invariant() {
     let (mut set, _) = three_areas();
     assert_eq!(set.validate(), Ok(()));
-    set.gaps.insert((K - 1, 20 * K));
+    set.gaps.insert_stray(20 * K, 21 * K - 1);
     assert_eq!(
         set.validate(),
         Err("the gap index holds a range that is not a free gap")
     );
     let (mut set, _) = three_areas();
-    set.gaps.remove(&(TOP - 10 * K, 10 * K));
+    let last = set.areas.values_mut().next_back().unwrap();
+    set.gaps.set(&mut last.gap, None);
     assert_eq!(
         set.validate(),
         Err("the free gap at the top is missing from the gap index")
@@ -627,4 +628,91 @@ fn clone_copies_bookkeeping_without_backend_calls() {
     assert_ne!(areas(&copy), areas(&set));
     check(&set, &pt);
     check(&copy, &pt_copy);
+}
+
+#[test]
+fn gap_index_compacts_holes_and_keeps_owners() {
+    let (mut set, mut pt) = (Set::<K>::new(), Pt::default());
+    // 400 one-page areas with one-page gaps: 400 gaps in one size class.
+    for i in 0..400 {
+        ok(&mut set, &mut pt, (2 * i + 1) * K, K, 1);
+    }
+    assert_eq!(set.gaps.slots(), 401);
+    // Filling the lower 340 gaps leaves holes at the front of that class: it is
+    // compacted, the remaining gaps move, and their owners must follow (`check`).
+    for i in 0..340 {
+        ok(&mut set, &mut pt, 2 * i * K, K, 2);
+    }
+    assert_eq!(set.gaps.keys().len(), 61);
+    assert!(
+        set.gaps.slots() < 401 - 100,
+        "holes were not compacted: {} slots",
+        set.gaps.slots()
+    );
+    // The index still answers, by address and by size.
+    let limit = AddrRange::from_start_size(0, 1000 * K).unwrap();
+    assert_eq!(set.find_free_area(0, K, limit, K), Ok(680 * K));
+    assert_eq!(set.find_free_area(0, 2 * K, limit, K), Ok(800 * K));
+    // Unmapping every other area merges gaps into a larger class.
+    for i in (341..400).step_by(2) {
+        set.unmap((2 * i + 1) * K, K, &mut pt).unwrap();
+        check(&set, &pt);
+    }
+    assert_eq!(set.find_free_area(0, 3 * K, limit, K), Ok(682 * K));
+    // Emptying the set leaves one gap in one slot.
+    set.unmap(0, 1000 * K, &mut pt).unwrap();
+    check(&set, &pt);
+    assert_eq!(set.gaps.keys().len(), 1);
+    assert_eq!(set.gaps.slots(), 1);
+}
+
+/// The lowest free start `>= hint` for `pages` pages inside `[0, window)`, by brute force
+/// over the page table.
+fn free_by_scan(pt: &Pt, hint: usize, pages: usize, window: usize) -> Option<usize> {
+    (hint..window).step_by(K).find(|&s| {
+        s + pages * K <= window && (0..pages).all(|i| !pt.pages.contains_key(&(s + i * K)))
+    })
+}
+
+#[test]
+fn gap_index_survives_random_churn() {
+    const WINDOW: usize = 2048 * K;
+    let (mut set, mut pt) = (Set::<K>::new(), Pt::default());
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rand = |n: usize| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % n as u64) as usize
+    };
+    let limit = AddrRange::from_start_size(0, WINDOW).unwrap();
+    let mut max_slots = 0;
+    for step in 0..6000 {
+        let start = rand(2048) * K;
+        let size = (1 + rand(if step % 3 == 0 { 64 } else { 4 })) * K;
+        let size = size.min(WINDOW - start);
+        match rand(4) {
+            0 | 1 => {
+                let _ = set.map(area::<K>(start, size, 1), &mut pt, rand(2) == 0);
+            }
+            2 => set.unmap(start, size, &mut pt).unwrap(),
+            _ => set.protect(start, size, |f| Some(f ^ 2), &mut pt).unwrap(),
+        }
+        max_slots = max_slots.max(set.gaps.slots());
+        let live = set.gaps.keys().len();
+        // At most 3 holes per gap plus 1 (the unit-test slack) in each of 65 classes.
+        assert!(set.gaps.slots() <= 4 * live + 65, "too many holes");
+        if step % 16 == 0 {
+            check(&set, &pt);
+            let hint = rand(2048) * K;
+            let pages = 1 + rand(if step % 32 == 0 { 128 } else { 8 });
+            assert_eq!(
+                set.find_free_area(hint, pages * K, limit, K).ok(),
+                free_by_scan(&pt, hint, pages, WINDOW),
+                "step {step}: {pages} pages from {hint:#x}"
+            );
+        }
+    }
+    check(&set, &pt);
+    assert!(max_slots > 100, "the churn should build a large index");
 }
