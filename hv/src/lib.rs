@@ -2,7 +2,7 @@
 #![cfg_attr(not(test), no_std)]
 //!
 //! Modules: [`settings`], [`outcome`], [`frames`], [`platform`], [`layout`], [`vcpu`],
-//! [`svm`], [`vmx`], [`memory`], [`space_memory`], [`vm`], [`hypervisor`]; shared with the guest
+//! [`svm`], [`vmx`] (with their shared [`switch`]), [`memory`], [`space_memory`], [`vm`], [`hypervisor`]; shared with the guest
 //! images: [`abi`] (the image format and hypercalls), [`baremetal`] (the C runtime
 //! symbols of every bare-metal binary) and [`guest_rt`] (the guest-side hardware
 //! primitives, so that guest images are free of `unsafe`).
@@ -21,6 +21,7 @@ pub mod platform;
 pub mod settings;
 pub mod space_memory;
 pub mod svm;
+mod switch;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod vcpu;

@@ -8,7 +8,6 @@
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
-use core::mem::offset_of;
 
 use x86_64::registers::model_specific::Msr;
 
@@ -16,6 +15,7 @@ use super::exit::{self, code};
 use super::vmcb::{V_INTR_MASKING, Vmcb, attr, control, intercept3, intercept4, save, tlb_control};
 use super::{SvmCaps, SvmError};
 use crate::platform::virt_to_phys;
+use crate::switch::{GPRS, GUEST_FX, HOST_FX, SwitchState, load_guest_gprs, store_guest_gprs};
 use crate::vcpu::{FlushRequest, Reg, StartState, Vcpu, VmExit};
 
 /// EFER MSR (APM vol. 2, 3.1.7); bit 12 = SVME.
@@ -44,35 +44,6 @@ const REAL_MODE_CR4: u64 = (1 << 9) | (1 << 10);
 /// The power-on PAT value (Intel SDM vol. 3 11.12.4, AMD APM vol. 2 7.8.2).
 const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
 
-/// A 512-byte FXSAVE area.
-#[derive(Clone, Copy)]
-#[repr(C, align(16))]
-struct FxArea([u8; 512]);
-
-impl FxArea {
-    /// The x87/SSE state after FNINIT with MXCSR at its reset value: FCW = 0x037F
-    /// (offset 0), MXCSR = 0x1F80 (offset 24) (Intel SDM vol. 1 10.5.1).
-    fn initial() -> Self {
-        let mut a = [0u8; 512];
-        a[0..2].copy_from_slice(&0x037Fu16.to_le_bytes());
-        a[24..28].copy_from_slice(&0x1F80u32.to_le_bytes());
-        Self(a)
-    }
-}
-
-/// Everything the world switch saves besides the VMCB.
-#[repr(C, align(16))]
-struct SwitchState {
-    /// Guest GPRs by [`Reg`] number; the RAX and RSP slots are unused (VMCB).
-    gprs: [u64; 16],
-    guest_fx: FxArea,
-    host_fx: FxArea,
-}
-
-const GPRS: usize = offset_of!(SwitchState, gprs);
-const GUEST_FX: usize = offset_of!(SwitchState, guest_fx);
-const HOST_FX: usize = offset_of!(SwitchState, host_fx);
-
 core::arch::global_asm!(
     ".section .text.svm_world_switch, \"ax\"",
     ".global svm_world_switch",
@@ -91,37 +62,13 @@ core::arch::global_asm!(
     "vmsave rax",
     "mov rax, rsi",
     "vmload rax",
-    "mov rcx, [rdi + {gprs} + 1*8]",
-    "mov rdx, [rdi + {gprs} + 2*8]",
-    "mov rbx, [rdi + {gprs} + 3*8]",
-    "mov rbp, [rdi + {gprs} + 5*8]",
-    "mov rsi, [rdi + {gprs} + 6*8]",
-    "mov r8,  [rdi + {gprs} + 8*8]",
-    "mov r9,  [rdi + {gprs} + 9*8]",
-    "mov r10, [rdi + {gprs} + 10*8]",
-    "mov r11, [rdi + {gprs} + 11*8]",
-    "mov r12, [rdi + {gprs} + 12*8]",
-    "mov r13, [rdi + {gprs} + 13*8]",
-    "mov r14, [rdi + {gprs} + 14*8]",
-    "mov r15, [rdi + {gprs} + 15*8]",
+    load_guest_gprs!(),
     "mov rdi, [rdi + {gprs} + 7*8]",
     "vmrun rax",
     // #VMEXIT: RAX holds the guest VMCB PA again (host RAX), RSP the host stack.
     "push rdi",
     "mov rdi, [rsp + 16]",
-    "mov [rdi + {gprs} + 1*8], rcx",
-    "mov [rdi + {gprs} + 2*8], rdx",
-    "mov [rdi + {gprs} + 3*8], rbx",
-    "mov [rdi + {gprs} + 5*8], rbp",
-    "mov [rdi + {gprs} + 6*8], rsi",
-    "mov [rdi + {gprs} + 8*8], r8",
-    "mov [rdi + {gprs} + 9*8], r9",
-    "mov [rdi + {gprs} + 10*8], r10",
-    "mov [rdi + {gprs} + 11*8], r11",
-    "mov [rdi + {gprs} + 12*8], r12",
-    "mov [rdi + {gprs} + 13*8], r13",
-    "mov [rdi + {gprs} + 14*8], r14",
-    "mov [rdi + {gprs} + 15*8], r15",
+    store_guest_gprs!(),
     "pop rbx",
     "mov [rdi + {gprs} + 7*8], rbx",
     "vmsave rax",
@@ -325,11 +272,7 @@ impl SvmHost {
         v.write_u64(save::G_PAT, DEFAULT_PAT);
         Some(SvmVcpu {
             vmcb,
-            state: Box::new(SwitchState {
-                gprs: [0; 16],
-                guest_fx: FxArea::initial(),
-                host_fx: FxArea([0; 512]),
-            }),
+            state: Box::new(SwitchState::new()),
             host_save_pa: virt_to_phys(&*self.host_vmcb),
             nrips: self.caps.nrips,
             next_rip: None,
@@ -353,11 +296,7 @@ impl SvmHost {
         vmcb.write_u64(control::N_CR3, ncr3);
         Some(SvmVcpu {
             vmcb,
-            state: Box::new(SwitchState {
-                gprs: parent.state.gprs,
-                guest_fx: parent.state.guest_fx,
-                host_fx: FxArea([0; 512]),
-            }),
+            state: Box::new(SwitchState::fork(&parent.state)),
             host_save_pa: parent.host_save_pa,
             nrips: parent.nrips,
             next_rip: parent.next_rip,

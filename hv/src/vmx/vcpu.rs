@@ -15,7 +15,6 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::arch::asm;
-use core::mem::offset_of;
 
 use ept::caps::Stage2Caps;
 use x86_64::registers::model_specific::Msr;
@@ -28,6 +27,7 @@ use super::fields::{
 use super::instr::{self, VmFail};
 use crate::hypervisor::VcpuHost;
 use crate::platform::virt_to_phys;
+use crate::switch::{GPRS, GUEST_FX, HOST_FX, SwitchState, load_guest_gprs, store_guest_gprs};
 use crate::vcpu::{FlushRequest, Reg, StartState, Vcpu, VmExit};
 
 /// IA32_EFER (SDM vol. 4, table 2-2).
@@ -91,35 +91,6 @@ impl Page {
     }
 }
 
-/// A 512-byte FXSAVE area.
-#[derive(Clone, Copy)]
-#[repr(C, align(16))]
-struct FxArea([u8; 512]);
-
-impl FxArea {
-    /// The x87/SSE state after FNINIT with MXCSR at its reset value: FCW = 0x037F
-    /// (offset 0), MXCSR = 0x1F80 (offset 24) (SDM vol. 1 10.5.1).
-    fn initial() -> Self {
-        let mut a = [0u8; 512];
-        a[0..2].copy_from_slice(&0x037Fu16.to_le_bytes());
-        a[24..28].copy_from_slice(&0x1F80u32.to_le_bytes());
-        Self(a)
-    }
-}
-
-/// Everything the world switch saves besides the VMCS.
-#[repr(C, align(16))]
-struct SwitchState {
-    /// Guest GPRs by [`Reg`] number; the RSP slot is unused (VMCS).
-    gprs: [u64; 16],
-    guest_fx: FxArea,
-    host_fx: FxArea,
-}
-
-const GPRS: usize = offset_of!(SwitchState, gprs);
-const GUEST_FX: usize = offset_of!(SwitchState, guest_fx);
-const HOST_FX: usize = offset_of!(SwitchState, host_fx);
-
 core::arch::global_asm!(
     ".section .text.vmx_world_switch, \"ax\"",
     ".global vmx_world_switch",
@@ -135,19 +106,7 @@ core::arch::global_asm!(
     "test rsi, rsi",
     // MOV leaves the flags of TEST intact.
     "mov rax, [rdi + {gprs} + 0*8]",
-    "mov rcx, [rdi + {gprs} + 1*8]",
-    "mov rdx, [rdi + {gprs} + 2*8]",
-    "mov rbx, [rdi + {gprs} + 3*8]",
-    "mov rbp, [rdi + {gprs} + 5*8]",
-    "mov rsi, [rdi + {gprs} + 6*8]",
-    "mov r8,  [rdi + {gprs} + 8*8]",
-    "mov r9,  [rdi + {gprs} + 9*8]",
-    "mov r10, [rdi + {gprs} + 10*8]",
-    "mov r11, [rdi + {gprs} + 11*8]",
-    "mov r12, [rdi + {gprs} + 12*8]",
-    "mov r13, [rdi + {gprs} + 13*8]",
-    "mov r14, [rdi + {gprs} + 14*8]",
-    "mov r15, [rdi + {gprs} + 15*8]",
+    load_guest_gprs!(),
     "mov rdi, [rdi + {gprs} + 7*8]",
     "jnz 2f",
     "vmlaunch",
@@ -167,19 +126,7 @@ core::arch::global_asm!(
     "push rdi",
     "mov rdi, [rsp + 8]",
     "mov [rdi + {gprs} + 0*8], rax",
-    "mov [rdi + {gprs} + 1*8], rcx",
-    "mov [rdi + {gprs} + 2*8], rdx",
-    "mov [rdi + {gprs} + 3*8], rbx",
-    "mov [rdi + {gprs} + 5*8], rbp",
-    "mov [rdi + {gprs} + 6*8], rsi",
-    "mov [rdi + {gprs} + 8*8], r8",
-    "mov [rdi + {gprs} + 9*8], r9",
-    "mov [rdi + {gprs} + 10*8], r10",
-    "mov [rdi + {gprs} + 11*8], r11",
-    "mov [rdi + {gprs} + 12*8], r12",
-    "mov [rdi + {gprs} + 13*8], r13",
-    "mov [rdi + {gprs} + 14*8], r14",
-    "mov [rdi + {gprs} + 15*8], r15",
+    store_guest_gprs!(),
     "pop rax",
     "mov [rdi + {gprs} + 7*8], rax",
     "fxsave [rdi + {guest_fx}]",
@@ -746,11 +693,7 @@ impl VmxHost {
         }
         Some(VmxVcpu {
             vmcs,
-            state: Box::new(SwitchState {
-                gprs: [0; 16],
-                guest_fx: FxArea::initial(),
-                host_fx: FxArea([0; 512]),
-            }),
+            state: Box::new(SwitchState::new()),
             launched: false,
             fresh: true,
             vpid,
@@ -1047,12 +990,8 @@ mod tests {
     }
 
     #[test]
-    fn switch_state_layout_suits_fxsave() {
-        // FXSAVE/FXRSTOR need 16-byte aligned areas (SDM vol. 2A, FXSAVE).
-        assert_eq!(GUEST_FX % 16, 0);
-        assert_eq!(HOST_FX % 16, 0);
-        assert_eq!(core::mem::align_of::<SwitchState>(), 16);
-        assert_eq!(GPRS, 0);
+    fn vmx_regions_are_page_aligned() {
+        // The SwitchState layout is checked in `crate::switch`.
         assert_eq!(core::mem::align_of::<Page>(), 4096);
     }
 
