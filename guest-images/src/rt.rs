@@ -119,6 +119,25 @@ pub fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     exit(2)
 }
 
+/// The items every guest binary of the bare-metal build needs besides its code: the
+/// allocator (none: guests have no heap) and the panic handler ([`panic`]). Part of
+/// [`guest_main!`] and [`real_mode_guest!`]; not for direct use.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! guest_runtime_items {
+    () => {
+        #[cfg(hv_kernel)]
+        #[global_allocator]
+        static NO_HEAP: $crate::rt::NoHeap = $crate::rt::NoHeap;
+
+        #[cfg(hv_kernel)]
+        #[panic_handler]
+        fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+            $crate::rt::panic(info)
+        }
+    };
+}
+
 /// Defines the image header, `_start`, the allocator and the panic handler of a guest
 /// whose body is `$scenario: fn()`; returning from `$scenario` ends the guest with 0.
 /// The C runtime symbols come from [`hv::baremetal`].
@@ -159,15 +178,7 @@ macro_rules! guest_main {
             $crate::rt::exit(0)
         }
 
-        #[cfg(hv_kernel)]
-        #[global_allocator]
-        static NO_HEAP: $crate::rt::NoHeap = $crate::rt::NoHeap;
-
-        #[cfg(hv_kernel)]
-        #[panic_handler]
-        fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-            $crate::rt::panic(info)
-        }
+        $crate::guest_runtime_items!();
 
         #[cfg(not(hv_kernel))]
         fn main() {
@@ -250,15 +261,7 @@ macro_rules! real_mode_guest {
             options(att_syntax),
         );
 
-        #[cfg(hv_kernel)]
-        #[global_allocator]
-        static NO_HEAP: $crate::rt::NoHeap = $crate::rt::NoHeap;
-
-        #[cfg(hv_kernel)]
-        #[panic_handler]
-        fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-            $crate::rt::panic(info)
-        }
+        $crate::guest_runtime_items!();
 
         #[cfg(not(hv_kernel))]
         fn main() {

@@ -2,8 +2,8 @@
 #![cfg_attr(not(test), no_std)]
 //!
 //! Modules: [`settings`], [`outcome`], [`frames`], [`platform`], [`layout`], [`vcpu`],
-//! [`svm`], [`vmx`] (with their shared [`switch`]), [`memory`], [`space_memory`], [`vm`], [`hypervisor`]; shared with the guest
-//! images: [`abi`] (the image format and hypercalls), [`baremetal`] (the C runtime
+//! [`svm`], [`vmx`] (with their shared `switch` module), [`memory`], [`space_memory`],
+//! [`vm`], [`hypervisor`]; shared with the guest images: [`abi`] (the image format and hypercalls), [`baremetal`] (the C runtime
 //! symbols of every bare-metal binary) and [`guest_rt`] (the guest-side hardware
 //! primitives, so that guest images are free of `unsafe`).
 
