@@ -3,9 +3,10 @@
 //!
 //! Modules: [`settings`], [`outcome`], [`frames`], [`platform`], [`layout`], [`vcpu`],
 //! [`svm`], [`vmx`] (with their shared `switch` module), [`memory`], [`space_memory`],
-//! [`vm`], [`hypervisor`]; shared with the guest images: [`abi`] (the image format and hypercalls), [`baremetal`] (the C runtime
-//! symbols of every bare-metal binary) and [`guest_rt`] (the guest-side hardware
-//! primitives, so that guest images are free of `unsafe`).
+//! [`vm`], [`hypervisor`]; shared with the guest images: [`abi`] (the image format and
+//! hypercalls), [`baremetal`] (the C runtime symbols of every bare-metal binary) and
+//! [`guest_rt`] (the guest-side hardware primitives, so that guest images are free of
+//! `unsafe`).
 
 extern crate alloc;
 
