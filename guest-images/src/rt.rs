@@ -119,6 +119,31 @@ pub fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     exit(2)
 }
 
+/// Assembly: the 64-byte image header ([`hv::abi::ImageHeader`], layout there) with
+/// the flags word `$flags` (an assembly expression), at the current location; the
+/// checksum stays 0 until `cargo xtask build` seals the image. Part of [`guest_main!`]
+/// and [`real_mode_guest!`]; not for direct use.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! image_header_fields {
+    ($flags:literal) => {
+        concat!(
+            ".ascii \"S2GUEST\\0\"\n",
+            ".long 1\n",
+            ".long 64\n",
+            ".quad __image_start\n",
+            ".quad _start\n",
+            ".quad __image_size\n",
+            ".long 0\n",
+            ".long ",
+            $flags,
+            "\n",
+            ".quad 0\n",
+            ".quad 0",
+        )
+    };
+}
+
 /// The items every guest binary of the bare-metal build needs besides its code: the
 /// allocator (none: guests have no heap) and the panic handler ([`panic`]). Part of
 /// [`guest_main!`] and [`real_mode_guest!`]; not for direct use.
@@ -152,16 +177,7 @@ macro_rules! guest_main {
         #[cfg(hv_kernel)]
         core::arch::global_asm!(
             ".pushsection .s2header, \"a\"",
-            ".ascii \"S2GUEST\\0\"",
-            ".long 1",
-            ".long 64",
-            ".quad __image_start",
-            ".quad _start",
-            ".quad __image_size",
-            ".long 0",
-            ".long 0",
-            ".quad 0",
-            ".quad 0",
+            $crate::image_header_fields!("0"),
             ".popsection",
             ".pushsection .text._start, \"ax\"",
             ".global _start",
@@ -210,16 +226,7 @@ macro_rules! real_mode_guest {
         core::arch::global_asm!(
             ".pushsection .s2header, \"ax\"",
             "real_mode_image_start:",
-            ".ascii \"S2GUEST\\0\"",
-            ".long 1",
-            ".long 64",
-            ".quad __image_start",
-            ".quad _start",
-            ".quad __image_size",
-            ".long 0",
-            ".long {flags}",
-            ".quad 0",
-            ".quad 0",
+            $crate::image_header_fields!("{flags}"),
             ".code16",
             ".global _start",
             "_start:",
