@@ -51,10 +51,13 @@ where
     /// frames (or over `quota_frames`) leaves the parent exactly as it was.
     pub fn try_clone_with(&self, invalidate: I, quota_frames: usize) -> Result<Self, SpaceError> {
         let mut inner = self.inner.lock();
-        let (set, st) = inner.clone_parts(invalidate, quota_frames)?;
+        let parts = inner.clone_parts(invalidate, quota_frames);
+        let (set, st) = super::debug_validated(&inner, parts)?;
         let window = inner.window;
         drop(inner);
-        Ok(Self::from_state(window, set, st))
+        let child = Self::from_state(window, set, st);
+        super::debug_validated(&child.inner.lock(), Ok(()))?;
+        Ok(child)
     }
 }
 

@@ -352,7 +352,8 @@ where
         let attr = LeafAttr { access, mem_type };
         inner.st.check_attr(attr)?;
         let kind = BackendKind::Linear { gpa, hpa };
-        inner.map_area(range, AreaFlags::new(attr), kind)
+        let result = inner.map_area(range, AreaFlags::new(attr), kind);
+        debug_validated(&inner, result)
     }
 
     /// Maps `[gpa, gpa + size)` as RAM (write-back) with `access`: zero-filled frames
@@ -368,7 +369,8 @@ where
         let range = inner.check_range(gpa, size)?;
         let attr = LeafAttr::ram(access);
         inner.st.check_attr(attr)?;
-        inner.map_area(range, AreaFlags::new(attr), BackendKind::Alloc { populate })
+        let result = inner.map_area(range, AreaFlags::new(attr), BackendKind::Alloc { populate });
+        debug_validated(&inner, result)
     }
 
     /// Allocates every not yet present page of `[gpa, gpa + size)`, which must be
@@ -376,7 +378,8 @@ where
     pub fn populate_area(&mut self, gpa: GuestPhysAddr, size: usize) -> Result<(), SpaceError> {
         let mut inner = self.inner.lock();
         let range = inner.check_range(gpa, size)?;
-        inner.populate_range(range)
+        let result = inner.populate_range(range);
+        debug_validated(&inner, result)
     }
 
     /// Unmaps `[gpa, gpa + size)`: areas inside are removed, areas crossing an end are
@@ -386,7 +389,8 @@ where
         let mut inner = self.inner.lock();
         let range = inner.check_range(gpa, size)?;
         inner.check_not_owned(range)?;
-        inner.unmap_range(range)
+        let result = inner.unmap_range(range);
+        debug_validated(&inner, result)
     }
 
     /// Gives every area in `[gpa, gpa + size)` the rights `access` (memory types are
@@ -402,12 +406,15 @@ where
         let range = inner.check_range(gpa, size)?;
         inner.st.check_attr(LeafAttr::ram(access))?;
         inner.check_not_owned(range)?;
-        inner.protect_range(range, access, None)
+        let result = inner.protect_range(range, access, None);
+        debug_validated(&inner, result)
     }
 
     /// Unmaps every area except those of live [`OwnedRegion`]s.
     pub fn clear(&mut self) -> Result<(), SpaceError> {
-        self.inner.lock().clear()
+        let mut inner = self.inner.lock();
+        let result = inner.clear();
+        debug_validated(&inner, result)
     }
 
     /// Checks that every byte of `range` lies in an area allowing `access`.
@@ -470,6 +477,29 @@ where
             .field("stats", &self.stats())
             .finish()
     }
+}
+
+/// In debug builds, runs the validator (the hardware's view of the table plus the
+/// space's own invariants) after every change of the areas, whatever its outcome, and
+/// panics with the broken rule: a bug caught where it happens. Release builds return
+/// `result` untouched; faults are not checked here (they are the hot path).
+fn debug_validated<F, M, A, I, T>(
+    inner: &Inner<F, M, A, I>,
+    result: Result<T, SpaceError>,
+) -> Result<T, SpaceError>
+where
+    F: Stage2Format,
+    M: PhysMapper,
+    A: FrameAlloc + Clone,
+    I: Invalidate,
+{
+    #[cfg(debug_assertions)]
+    if let Err(rule) = inner.validate() {
+        panic!("stage-2 address space invariant broken: {rule}");
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = inner;
+    result
 }
 
 /// Checks and builds the window of a new space.
