@@ -338,6 +338,16 @@ impl<F: Stage2Format, H: HostMemory> GuestMemory for SpaceMemory<F, H> {
     fn report(&self) -> String {
         let mut s = format!("{}", self.space.report());
         s.truncate(s.trim_end().len());
+        // The software walker checks the table as the hardware would, plus the space's
+        // own invariants (leaves inside their areas, no writable shared frame, ...).
+        match self.space.validate() {
+            Ok(()) => s.push_str("\n  validator: OK"),
+            Err(rule) => {
+                s.push_str("\n  validator: FAILED (");
+                s.push_str(rule);
+                s.push(')');
+            }
+        }
         s
     }
 }
@@ -431,6 +441,7 @@ mod tests {
         );
         let report = m.report();
         assert!(report.contains("linear"), "{report}");
+        assert!(report.ends_with("\n  validator: OK"), "{report}");
         assert!(report.contains("r--"), "{report}");
         drop(m);
         assert_eq!(in_use(), 0);

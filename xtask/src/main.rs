@@ -279,8 +279,10 @@ fn boot_test(
         )
     });
     let backend_ok = backend.is_none_or(|b| output.lines().any(|l| l.starts_with(b)));
+    // Every stage-2 report ends with the validator's verdict on that guest's table.
+    let validator_ok = !output.contains("validator: FAILED");
     let label = format!("[{}] {}", emulator.name(), test.name);
-    Ok(if status_ok && marker_ok && backend_ok {
+    Ok(if status_ok && marker_ok && backend_ok && validator_ok {
         (
             true,
             format!("boot-test {label}: PASS ({:.2}s)", elapsed.as_secs_f64()),
@@ -294,6 +296,10 @@ fn boot_test(
             match backend {
                 Some(b) if !backend_ok => format!("; back-end line `{b}` missing"),
                 _ => String::new(),
+            } + if validator_ok {
+                ""
+            } else {
+                "; a stage-2 validator FAILED"
             },
             log.display(),
             tail(&output, 25)
