@@ -74,7 +74,15 @@ pub fn guest_names(paths: &Paths) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
-fn run(cmd: &mut Command) -> Result<(), String> {
+/// A `cargo` command (the one running xtask, if any) in the workspace root.
+pub fn cargo(paths: &Paths) -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(&paths.root);
+    cmd
+}
+
+/// Runs `cmd` to its end; an error names the command and how it failed.
+pub fn run(cmd: &mut Command) -> Result<(), String> {
     let status = cmd
         .status()
         .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
@@ -95,9 +103,7 @@ fn objcopy(elf: &Path, flat: &Path) -> Result<(), String> {
 /// Builds the kernel and every guest, and writes the flat images.
 pub fn build_all(paths: &Paths) -> Result<(), String> {
     crate::deps::ensure(crate::deps::BUILD_TOOLS)?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(Command::new(cargo)
-        .current_dir(&paths.root)
+    run(cargo(paths)
         .args(["build", "--release", "--target", TRIPLE, "--target-dir"])
         .arg(&paths.kernel_target)
         .args(["-p", "hv", "--bin", "hv", "-p", "guest-images", "--bins"])

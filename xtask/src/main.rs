@@ -24,7 +24,7 @@ mod iso;
 mod kvm;
 mod scenarios;
 
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use build::Paths;
@@ -140,24 +140,16 @@ fn usage() -> &'static str {
 /// Runs the benchmarks (release build) side by side with the anchor crates; `args`
 /// (`--quick`, workload names such as `W1`) go to the benchmark binary.
 fn bench(paths: &Paths, args: &[String]) -> Result<(), String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(&cargo)
-        .current_dir(&paths.root)
-        .args(["run", "--release", "--package", "bench", "--"])
-        .args(args)
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("benchmarks failed ({status})"))
-    }
+    build::run(
+        build::cargo(paths)
+            .args(["run", "--release", "--package", "bench", "--"])
+            .args(args),
+    )
 }
 
 /// Runs every host test of the workspace: the host crates with their doc tests, then
 /// the libraries of the bare-metal crates (their binaries cannot run on the host).
 fn host_tests(paths: &Paths) -> Result<(), String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     for args in [
         &[
             "test",
@@ -169,14 +161,7 @@ fn host_tests(paths: &Paths) -> Result<(), String> {
         ][..],
         &["test", "-p", "hv", "-p", "guest-images", "--lib"][..],
     ] {
-        let status = Command::new(&cargo)
-            .current_dir(&paths.root)
-            .args(args)
-            .status()
-            .map_err(|e| e.to_string())?;
-        if !status.success() {
-            return Err(format!("host tests failed: cargo {}", args.join(" ")));
-        }
+        build::run(build::cargo(paths).args(args))?;
     }
     Ok(())
 }
