@@ -12,9 +12,11 @@ extern crate alloc;
 use baremetal as _;
 
 pub use hv_abi as abi;
+pub mod devices;
 pub mod frames;
 pub mod hypervisor;
 pub mod layout;
+pub mod loader;
 pub mod memory;
 pub mod outcome;
 pub mod platform;

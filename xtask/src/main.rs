@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo xtask build                      build the hypervisor and guest images
+//! cargo xtask linux-files                fetch Debian's kernel, build the initramfs
 //! cargo xtask run [GUEST [ARGS]]...      boot guests (default: QEMU, the demo set)
 //! cargo xtask boot-test [TEST]...        every boot test (or the named ones)
 //! cargo xtask test                       host tests, then boot tests
@@ -22,6 +23,7 @@ mod deps;
 mod emulator;
 mod iso;
 mod kvm;
+mod linux;
 mod scenarios;
 
 use std::process::ExitCode;
@@ -115,6 +117,9 @@ fn main() -> ExitCode {
     let paths = Paths::new();
     let result = match command.as_str() {
         "build" => build::build_all(&paths),
+        "linux-files" => linux::prepare(&paths, linux::WORKLOAD_MIB).map(|f| {
+            println!("kernel {}\ninitrd {}", f.kernel.display(), f.initrd.display());
+        }),
         "run" => build::build_all(&paths).and_then(|()| run(&paths, &options)),
         "boot-test" => build::build_all(&paths).and_then(|()| boot_tests(&paths, &options)),
         "test" => host_tests(&paths)
@@ -132,7 +137,7 @@ fn main() -> ExitCode {
 }
 
 fn usage() -> &'static str {
-    "usage: cargo xtask <build|run|boot-test|test|bench> \
+    "usage: cargo xtask <build|linux-files|run|boot-test|test|bench> \
      [--emulator qemu|kvm|bochs|bochs-skylake|bochs-sandybridge|all|auto] \
      [--log LEVEL] [--timeout SECS] [--jobs N] [--gdb] [GUESTS or TESTS...]"
 }
@@ -166,10 +171,27 @@ fn host_tests(paths: &Paths) -> Result<(), String> {
     Ok(())
 }
 
-/// Turns `NAME [settings]` into an image path and settings (defaults first).
-fn guest_module(paths: &Paths, spec: &str) -> Result<(std::path::PathBuf, String), String> {
+/// Turns `NAME [settings]` into boot modules: an image path and settings (defaults
+/// first). `linux` is Debian's kernel plus our initramfs (a `data` module it names).
+fn guest_modules(paths: &Paths, spec: &str) -> Result<Vec<(std::path::PathBuf, String)>, String> {
     let mut words = spec.split_whitespace();
     let name = words.next().ok_or("empty guest spec")?;
+    if name == "linux" {
+        let extra: Vec<&str> = words.collect();
+        let files = linux::prepare(paths, linux::WORKLOAD_MIB)?;
+        let initrd_name = files
+            .initrd
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or("bad initrd file name")?
+            .to_string();
+        let args = format!(
+            "linux mem=256M initrd={initrd_name} expect=halt {} -- {}",
+            extra.join(" "),
+            linux::KERNEL_CMDLINE
+        );
+        return Ok(vec![(files.kernel, args), (files.initrd, "data".into())]);
+    }
     let image = paths.guest_image(name);
     if !image.exists() {
         let known = build::guest_names(paths)?.join(", ");
@@ -177,7 +199,7 @@ fn guest_module(paths: &Paths, spec: &str) -> Result<(std::path::PathBuf, String
     }
     let extra: Vec<&str> = words.collect();
     let args = format!("{} {}", scenarios::default_args(name), extra.join(" "));
-    Ok((image, args.trim().to_string()))
+    Ok(vec![(image, args.trim().to_string())])
 }
 
 fn run(paths: &Paths, o: &Options) -> Result<(), String> {
@@ -190,8 +212,9 @@ fn run(paths: &Paths, o: &Options) -> Result<(), String> {
     };
     let modules = specs
         .iter()
-        .map(|s| guest_module(paths, s))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|s| guest_modules(paths, s))
+        .collect::<Result<Vec<_>, _>>()?
+        .concat();
     let boot = Boot {
         cmdline: format!("log={}", o.log),
         modules,
@@ -237,8 +260,9 @@ fn boot_test(
     let modules = test
         .guests
         .iter()
-        .map(|g| guest_module(paths, g))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|g| guest_modules(paths, g))
+        .collect::<Result<Vec<_>, _>>()?
+        .concat();
     let boot = Boot {
         cmdline: test.cmdline.to_string(),
         modules,
@@ -253,7 +277,9 @@ fn boot_test(
     let output = std::fs::read_to_string(&log).unwrap_or_default();
     let want = test.status.qemu_exit_status();
     let status_ok = end == RunEnd::Exited(want);
-    let marker_ok = output.lines().any(|l| l.trim_end() == test.marker);
+    let marker_ok = std::iter::once(&test.marker)
+        .chain(test.also)
+        .all(|m| output.lines().any(|l| l.trim_end() == *m));
     // The back-end line proves which virtualization (and, under Bochs, which EPT
     // capabilities) ran the guests; a refused configuration or a host-fault self-test
     // ends before a back-end is chosen.

@@ -45,6 +45,9 @@ pub fn default_args(name: &str) -> &'static str {
 /// read-only area while the others go on.
 pub const DEMO: &[&str] = &["hello", "ondemand", "huge", "clone", "readonly"];
 
+/// The Linux guest's final line as the hypervisor prints it.
+pub const LINUX_MARKER: &str = "[guest linux] LINUX-INIT: CHECKSUMS MATCH, ALL DONE";
+
 /// One boot test: guests to boot, and the exact status and marker that mean "pass".
 #[derive(Debug, Clone)]
 pub struct BootTest {
@@ -58,6 +61,8 @@ pub struct BootTest {
     pub status: RunStatus,
     /// A line the serial log must contain.
     pub marker: &'static str,
+    /// More lines the serial log must contain (e.g. a guest's own final line).
+    pub also: &'static [&'static str],
 }
 
 macro_rules! single {
@@ -68,6 +73,7 @@ macro_rules! single {
             guests: &[$name],
             status: RunStatus::AllPassed,
             marker: "HV: ALL 1 GUESTS PASSED",
+            also: &[],
         }
     };
 }
@@ -90,6 +96,7 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["clone"],
         status: RunStatus::AllPassed,
         marker: "HV: ALL 2 GUESTS PASSED",
+        also: &[],
     },
     single!("badcall"),
     single!("portio"),
@@ -106,6 +113,7 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["spin", "hello", "clone"],
         status: RunStatus::AllPassed,
         marker: "HV: ALL 4 GUESTS PASSED",
+        also: &[],
     },
     BootTest {
         name: "registers",
@@ -113,6 +121,7 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["registers"],
         status: RunStatus::AllPassed,
         marker: "HV: ALL 2 GUESTS PASSED",
+        also: &[],
     },
     // Every scenario in one boot: each guest has its own address space and ASID, the
     // misbehaving ones end alone and the others go on.
@@ -138,6 +147,7 @@ pub const BOOT_TESTS: &[BootTest] = &[
         ],
         status: RunStatus::AllPassed,
         marker: "HV: ALL 16 GUESTS PASSED",
+        also: &[],
     },
     // A guest whose outcome differs from its expectation fails the run (and only it).
     BootTest {
@@ -146,6 +156,7 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["hello", "readonly expect=ok", "hello name=hello2"],
         status: RunStatus::GuestFailed,
         marker: "HV: 1 GUEST(S) FAILED",
+        also: &[],
     },
     // More guests than SVM offers ASIDs (15 under QEMU): they are admitted as others end.
     BootTest {
@@ -175,6 +186,26 @@ pub const BOOT_TESTS: &[BootTest] = &[
         ],
         status: RunStatus::AllPassed,
         marker: "HV: ALL 21 GUESTS PASSED",
+        also: &[],
+    },
+    // Debian's stock kernel to our busybox init, whose memory workload must end with
+    // equal checksums (its final line); `halt -f` ends it as "halted".
+    BootTest {
+        name: "linux",
+        cmdline: "log=info cpu-budget=100000",
+        guests: &["linux"],
+        status: RunStatus::AllPassed,
+        marker: "HV: ALL 1 GUESTS PASSED",
+        also: &[LINUX_MARKER],
+    },
+    // Linux and tiny guests share the machine, time-sliced.
+    BootTest {
+        name: "linux-shared",
+        cmdline: "log=info cpu-budget=100000",
+        guests: &["hello", "linux", "ondemand", "clone"],
+        status: RunStatus::AllPassed,
+        marker: "HV: ALL 5 GUESTS PASSED",
+        also: &[LINUX_MARKER],
     },
     // The host's own failures end the run with their own status.
     BootTest {
@@ -183,6 +214,7 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["hello"],
         status: RunStatus::HostFault,
         marker: "HV: HOST FAULT (exception 6), status 37",
+        also: &[],
     },
     BootTest {
         name: "host-panic",
@@ -190,6 +222,7 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["hello"],
         status: RunStatus::HostFault,
         marker: "HV: HOST FAULT (panic), status 37",
+        also: &[],
     },
     BootTest {
         name: "leak-check",
@@ -197,6 +230,7 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["hello"],
         status: RunStatus::Leak,
         marker: "HV: FRAME LEAK (1 frames)",
+        also: &[],
     },
     // A malformed configuration is refused before any guest runs.
     BootTest {
@@ -205,6 +239,7 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["hello mem=3M"],
         status: RunStatus::BadConfig,
         marker: "HV: CONFIGURATION REFUSED",
+        also: &[],
     },
     BootTest {
         name: "refuses-bad-image",
@@ -212,6 +247,7 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["hello", "corrupt"],
         status: RunStatus::BadConfig,
         marker: "HV: CONFIGURATION REFUSED",
+        also: &[],
     },
     BootTest {
         name: "refuses-bad-cmdline",
@@ -219,5 +255,6 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["hello"],
         status: RunStatus::BadConfig,
         marker: "HV: CONFIGURATION REFUSED",
+        also: &[],
     },
 ];
