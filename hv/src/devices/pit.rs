@@ -326,7 +326,7 @@ mod tests {
         // Three periods late: one edge (coalesced), then on schedule again.
         assert!(p.poll_irq0(17 * MS));
         assert!(!p.poll_irq0(19 * MS));
-        assert!(p.poll_irq0(20 * MS + 1000));
+        assert!(p.poll_irq0(20 * MS + MS / 2));
     }
 
     #[test]
