@@ -19,7 +19,9 @@ use crate::outcome::{FaultKind, GuestEnd};
 use ept::frame::FrameAlloc;
 
 use crate::platform::{Console, GlobalFrames, frame_usage};
-use crate::settings::{GuestSettings, HvSettings, SelfTest, parse_guest_cmdline};
+use crate::loader::linux::{self, LinuxBoot};
+use crate::settings::{GuestKind, GuestSettings, HvSettings, SelfTest, parse_guest_cmdline};
+use crate::system::FullSystem;
 use crate::space_memory::SpaceMemory;
 use crate::svm::{SvmHost, SvmVcpu};
 use crate::vcpu::{FlushRequest, Reg, StartState, Vcpu};
@@ -103,13 +105,46 @@ fn yes(b: bool) -> &'static str {
 /// A validated guest, not yet created.
 struct Prepared {
     settings: GuestSettings,
-    header: ImageHeader,
+    kind: PreparedKind,
     image: Vec<u8>,
 }
 
+/// What a prepared guest boots.
+enum PreparedKind {
+    /// A flat image.
+    Image(ImageHeader),
+    /// A Linux bzImage with its zero page and initrd.
+    Linux(alloc::boxed::Box<LinuxBoot>),
+}
+
 /// Checks one module: settings, image header, and that the image fits in RAM.
+#[cfg(test)]
 fn prepare(module: BootModule) -> Result<Prepared, String> {
+    prepare_with(module, &mut Vec::new())
+}
+
+/// As [`prepare`]; a Linux guest takes its initrd from `data` (modules by file name).
+fn prepare_with(module: BootModule, data: &mut Vec<(String, Vec<u8>)>) -> Result<Prepared, String> {
     let settings = parse_guest_cmdline(&module.cmdline).map_err(|e| format!("{e}"))?;
+    if let GuestKind::Linux { initrd, cmdline } = &settings.kind {
+        let initrd = match initrd {
+            Some(name) => {
+                let i = data
+                    .iter()
+                    .position(|(n, _)| n == name)
+                    .ok_or_else(|| format!("no `data` module `{name}` for the initrd"))?;
+                data.remove(i).1
+            }
+            None => return Err("a Linux guest needs initrd=FILE".into()),
+        };
+        let boot = LinuxBoot::new(&module.image, initrd, cmdline, settings.mem)
+            .map_err(|e| format!("Linux image `{}`: {e}", settings.file))?;
+        return Ok(Prepared {
+            settings,
+            kind: PreparedKind::Linux(alloc::boxed::Box::new(boot)),
+            image: module.image,
+        });
+    }
     let header =
         ImageHeader::parse(&module.image).map_err(|e| format!("image `{}`: {e}", settings.file))?;
     let end = header.load_gpa + header.image_size;
@@ -125,7 +160,7 @@ fn prepare(module: BootModule) -> Result<Prepared, String> {
     }
     Ok(Prepared {
         settings,
-        header,
+        kind: PreparedKind::Image(header),
         image: module.image,
     })
 }
@@ -138,15 +173,32 @@ pub fn start(
 ) -> RunStatus {
     let mut prepared = Vec::new();
     let mut refused = 0;
+    // `data` modules (initrds) first, by file name; guests take theirs from here.
+    let (data_modules, modules): (Vec<_>, Vec<_>) = modules.into_iter().partition(|m| {
+        parse_guest_cmdline(&m.cmdline).is_ok_and(|s| s.kind == GuestKind::Data)
+    });
+    let mut data: Vec<(String, Vec<u8>)> = data_modules
+        .into_iter()
+        .filter_map(|m| {
+            let s = parse_guest_cmdline(&m.cmdline).ok()?;
+            Some((s.file_name().into(), m.image))
+        })
+        .collect();
     for module in modules {
         let line = module.cmdline.clone();
-        match prepare(module) {
+        match prepare_with(module, &mut data) {
             Ok(p) => prepared.push(p),
             Err(e) => {
                 console.write_fmt_line(format_args!("[hv] module `{line}` REFUSED: {e}"));
                 refused += 1;
             }
         }
+    }
+    for (name, _) in &data {
+        console.write_fmt_line(format_args!(
+            "[hv] data module `{name}` REFUSED: no guest uses it"
+        ));
+        refused += 1;
     }
     if refused > 0 || prepared.is_empty() {
         if prepared.is_empty() && refused == 0 {
@@ -184,9 +236,13 @@ fn create_vm<H: VcpuHost, M: GuestMemory>(
     id: u64,
     p: &Prepared,
 ) -> Result<Vm<H::Vcpu, M>, MemoryError> {
-    let start = match p.header.mode {
+    let header = match &p.kind {
+        PreparedKind::Image(h) => h,
+        PreparedKind::Linux(boot) => return create_linux_vm::<H, M>(host, id, p, boot),
+    };
+    let start = match header.mode {
         GuestMode::Long64 => StartState::Long64 {
-            entry: p.header.entry_gpa,
+            entry: header.entry_gpa,
             rsp: STACK_TOP,
             cr3: PML4_GPA,
         },
@@ -200,7 +256,7 @@ fn create_vm<H: VcpuHost, M: GuestMemory>(
             })?;
             // `ImageHeader::parse` and `prepare` keep real-mode images below 640 KiB
             // with the entry within 64 KiB of the 4 KiB-aligned load address.
-            real_mode_start(p.header.load_gpa, p.header.entry_gpa).ok_or_else(|| {
+            real_mode_start(header.load_gpa, header.entry_gpa).ok_or_else(|| {
                 MemoryError::new(
                     FaultKind::Instruction,
                     None,
@@ -211,12 +267,12 @@ fn create_vm<H: VcpuHost, M: GuestMemory>(
     };
     let flush = FlushRequest::new();
     let mut memory = M::create(&p.settings, host.stage2_caps(), flush.clone())?;
-    if p.header.mode == GuestMode::Long64 {
+    if header.mode == GuestMode::Long64 {
         for (gpa, page) in guest_page_tables() {
             memory.write(gpa, &page)?;
         }
     }
-    memory.write(p.header.load_gpa, &p.image)?;
+    memory.write(header.load_gpa, &p.image)?;
     let vcpu = host
         .create(&start, memory.root_pointer(), flush)
         .ok_or_else(|| {
@@ -229,6 +285,41 @@ fn create_vm<H: VcpuHost, M: GuestMemory>(
         vcpu,
         memory,
     ))
+}
+
+/// A Linux guest: identity page tables, zero page, command line, kernel and initrd
+/// in its RAM, the vCPU at the 64-bit entry with RSI = the zero page (boot.rst,
+/// "64-bit BOOT PROTOCOL"), and its devices.
+fn create_linux_vm<H: VcpuHost, M: GuestMemory>(
+    host: &mut H,
+    id: u64,
+    p: &Prepared,
+    boot: &LinuxBoot,
+) -> Result<Vm<H::Vcpu, M>, MemoryError> {
+    let start = StartState::Long64 {
+        entry: boot.plan.entry,
+        rsp: linux::layout::STACK_TOP,
+        cr3: PML4_GPA,
+    };
+    let flush = FlushRequest::new();
+    let mut memory = M::create(&p.settings, host.stage2_caps(), flush.clone())?;
+    for (gpa, page) in guest_page_tables() {
+        memory.write(gpa, &page)?;
+    }
+    for (gpa, bytes) in boot.writes(&p.image) {
+        memory.write(gpa, bytes)?;
+    }
+    let mut vcpu = host
+        .create(&start, memory.root_pointer(), flush)
+        .ok_or_else(|| {
+            MemoryError::new(FaultKind::Instruction, None, "no free ASID/VPID".into())
+        })?;
+    vcpu.set_reg(Reg::Rsi, linux::layout::ZERO_PAGE);
+    // Interrupts off at entry (boot protocol); bit 1 of RFLAGS is always set.
+    vcpu.set_reg(Reg::Rflags, 0x2);
+    let mut vm = Vm::new(id, p.settings.name.clone(), p.settings.expect, vcpu, memory);
+    vm.system = Some(FullSystem::default());
+    Ok(vm)
 }
 
 struct Tally {
@@ -272,6 +363,16 @@ fn finish<H: VcpuHost, M: GuestMemory>(
         vm.exits(),
         vm.memory.faults_handled()
     ));
+    console.write_fmt_line(format_args!(
+        "[hv]   exits by reason: {}",
+        vm.exit_counts().summary()
+    ));
+    if let Some(system) = &vm.system {
+        console.write_fmt_line(format_args!(
+            "[hv]   interrupts injected: {}, HLTs that waited for one: {}",
+            system.injected, system.halts
+        ));
+    }
     for line in vm.memory.report().lines() {
         console.write_fmt_line(format_args!("[hv] {line}"));
     }
@@ -281,12 +382,31 @@ fn finish<H: VcpuHost, M: GuestMemory>(
 }
 
 fn announce(console: &mut dyn Console, id: u64, p: &Prepared) {
+    let header = match &p.kind {
+        PreparedKind::Image(h) => h,
+        PreparedKind::Linux(boot) => {
+            console.write_fmt_line(format_args!(
+                "[hv] guest {} (id {id}): {} MiB RAM, Linux bzImage (boot protocol {}.{:02}), \
+                 kernel at {:#x}, initrd {} KiB at {:#x}, entry {:#x}, expect {}",
+                p.settings.name,
+                p.settings.mem >> 20,
+                boot.image.protocol >> 8,
+                boot.image.protocol & 0xFF,
+                boot.plan.kernel,
+                boot.plan.initrd_size >> 10,
+                boot.plan.initrd,
+                boot.plan.entry,
+                p.settings.expect
+            ));
+            return;
+        }
+    };
     console.write_fmt_line(format_args!(
         "[hv] guest {} (id {id}): {} MiB RAM, {}, entry {:#x}, expect {}",
         p.settings.name,
         p.settings.mem >> 20,
-        p.header.mode.name(),
-        p.header.entry_gpa,
+        header.mode.name(),
+        header.entry_gpa,
         p.settings.expect
     ));
 }
@@ -658,7 +778,7 @@ mod tests {
     #[test]
     fn real_mode_guest_starts_in_real_mode_without_page_tables() {
         let p = prepare(real_module(0x1_0000)).unwrap();
-        assert_eq!(p.header.mode, GuestMode::Real16);
+        assert!(matches!(&p.kind, PreparedKind::Image(h) if h.mode == GuestMode::Real16));
         let mut host = FakeHost::new(4, vec![vec![exit(0)]]);
         let vm = create_vm::<FakeHost, FakeMemory>(&mut host, 1, &p)
             .ok()

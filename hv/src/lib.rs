@@ -12,9 +12,12 @@ extern crate alloc;
 use baremetal as _;
 
 pub use hv_abi as abi;
+pub mod clock;
 pub mod devices;
+pub mod exit_stats;
 pub mod frames;
 pub mod hypervisor;
+pub mod irq;
 pub mod layout;
 pub mod loader;
 pub mod memory;
@@ -22,6 +25,7 @@ pub mod outcome;
 pub mod platform;
 pub mod settings;
 pub mod space_memory;
+pub mod system;
 pub mod svm;
 mod switch;
 #[cfg(test)]

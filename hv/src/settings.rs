@@ -20,6 +20,10 @@
 //! | `nx=GPA+SIZE` | same as `area=GPA+SIZE:rw` |
 //! | `mmio=GPA+SIZE` | a read-write uncached linear window onto a host buffer |
 //! | `expect=OUTCOME` | `ok` (default), `exit:N`, `halt`, `fault:KIND[@GPA]` |
+//! | `linux` | the module is a Linux bzImage (boot protocol, virtual platform) |
+//! | `initrd=FILE` | a Linux guest's initrd: the `data` module whose file name is FILE |
+//! | `-- ARGS...` | the rest of the line is a Linux guest's kernel command line |
+//! | `data` | the module is no guest, only data for one (an initrd) |
 //!
 //! Sizes and addresses: decimal or `0x` hex, optional `K`, `M`, `G` suffix.
 
@@ -234,6 +238,22 @@ pub struct AreaSpec {
     pub kind: AreaKind,
 }
 
+/// What a module is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestKind {
+    /// A flat image with the project's image header (the default).
+    Image,
+    /// A Linux bzImage.
+    Linux {
+        /// File name of the `data` module holding its initrd.
+        initrd: Option<String>,
+        /// The kernel command line (after `--`).
+        cmdline: String,
+    },
+    /// Data for another module (`data`), not a guest.
+    Data,
+}
+
 /// Everything a module command line says about one guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestSettings {
@@ -251,6 +271,15 @@ pub struct GuestSettings {
     pub areas: Vec<AreaSpec>,
     /// The outcome that counts as a pass.
     pub expect: Expectation,
+    /// What the module is.
+    pub kind: GuestKind,
+}
+
+impl GuestSettings {
+    /// The module's file name without directories (how `initrd=` names it).
+    pub fn file_name(&self) -> &str {
+        self.file.rsplit('/').next().unwrap_or(&self.file)
+    }
 }
 
 fn parse_range(key: &str, value: &str) -> Result<(u64, u64), SettingsError> {
@@ -286,6 +315,10 @@ fn ram_kind(key: &str, value: &str, flags: &str) -> Result<AreaKind, SettingsErr
 
 /// Parses one module command line.
 pub fn parse_guest_cmdline(cmdline: &str) -> Result<GuestSettings, SettingsError> {
+    let (cmdline, kernel_cmdline) = match cmdline.split_once(" -- ") {
+        Some((s, k)) => (s, Some(k.trim())),
+        None => (cmdline.strip_suffix(" --").unwrap_or(cmdline), None),
+    };
     let mut words = cmdline.split_whitespace();
     let file = words.next().ok_or(SettingsError::Empty)?;
     let stem = file.rsplit('/').next().unwrap_or(file);
@@ -298,9 +331,22 @@ pub fn parse_guest_cmdline(cmdline: &str) -> Result<GuestSettings, SettingsError
         quota: None,
         areas: Vec::new(),
         expect: Expectation::Ok,
+        kind: GuestKind::Image,
     };
+    let mut initrd = None;
     for word in words {
         match word {
+            "linux" => {
+                settings.kind = GuestKind::Linux {
+                    initrd: None,
+                    cmdline: String::new(),
+                };
+                continue;
+            }
+            "data" => {
+                settings.kind = GuestKind::Data;
+                continue;
+            }
             "populate" => {
                 settings.populate = true;
                 continue;
@@ -355,8 +401,26 @@ pub fn parse_guest_cmdline(cmdline: &str) -> Result<GuestSettings, SettingsError
             "expect" => {
                 settings.expect = value.parse().map_err(|reason| bad(key, value, reason))?;
             }
+            "initrd" => {
+                if value.is_empty() {
+                    return Err(bad(key, value, "a module file name"));
+                }
+                initrd = Some(value.to_string());
+            }
             _ => return Err(SettingsError::UnknownKey(key.to_string())),
         }
+    }
+    match &mut settings.kind {
+        GuestKind::Linux { initrd: i, cmdline } => {
+            *i = initrd;
+            *cmdline = kernel_cmdline.unwrap_or("").to_string();
+        }
+        _ if initrd.is_some() || kernel_cmdline.is_some() => {
+            return Err(SettingsError::UnknownKey(
+                "initrd= or -- (Linux guests only)".to_string(),
+            ));
+        }
+        _ => {}
     }
     settings.areas.sort_by_key(|a| a.gpa);
     let mut previous = (0, settings.mem);
@@ -377,6 +441,28 @@ pub fn parse_guest_cmdline(cmdline: &str) -> Result<GuestSettings, SettingsError
 mod tests {
     use super::*;
     use crate::outcome::{Expectation, FaultKind};
+
+    #[test]
+    fn linux_and_data_modules() {
+        let s = parse_guest_cmdline(
+            "/x/vmlinuz linux mem=256M initrd=i.cpio.gz expect=halt -- console=ttyS0 quiet",
+        )
+        .unwrap();
+        assert_eq!(
+            s.kind,
+            GuestKind::Linux {
+                initrd: Some("i.cpio.gz".into()),
+                cmdline: "console=ttyS0 quiet".into()
+            }
+        );
+        assert_eq!(s.mem, 256 << 20);
+        assert_eq!(s.name, "vmlinuz");
+        let d = parse_guest_cmdline("/a/b/i.cpio.gz data").unwrap();
+        assert_eq!(d.file_name(), "i.cpio.gz");
+        assert_eq!(d.kind, GuestKind::Data);
+        assert!(parse_guest_cmdline("hello.bin initrd=x").is_err());
+        assert!(parse_guest_cmdline("hello.bin -- quiet").is_err());
+    }
 
     #[test]
     fn sizes() {

@@ -19,7 +19,7 @@ use crate::layout::{LOW_RAM_END, LOW_RAM_START};
 use crate::memory::{GuestMemory, MemoryError, mmio_pattern, permission_kind};
 use crate::outcome::FaultKind;
 use crate::platform::{GlobalFrames, IdentityMapper};
-use crate::settings::{AreaKind, GPA_LIMIT, GuestSettings};
+use crate::settings::{AreaKind, GPA_LIMIT, GuestKind, GuestSettings};
 use crate::vcpu::FlushRequest;
 
 /// Largest linear window (one contiguous 2 MiB host block backs it).
@@ -117,6 +117,33 @@ pub fn memory_error(e: SpaceError, at: Option<u64>) -> MemoryError {
     MemoryError::new(kind, gpa, e.to_string())
 }
 
+/// The RAM areas of a guest, `(start, end, rights)`.
+///
+/// Tiny guests: two areas, the low one starting at 4 KiB (page 0 stays unmapped, so a
+/// null access faults) and therefore never getting a 2 MiB leaf; see `layout`.
+///
+/// Linux guests (a PC's memory map): conventional memory `[0, 640 KiB)`, the legacy
+/// hole `[640 KiB, 1 MiB)` (VGA memory and option/BIOS ROMs on a PC) as a read-only
+/// area of its own whose pages read as zeros (the kernel scans it for ROM and BIOS
+/// tables and finds none), `[1 MiB, 2 MiB)`, and `[2 MiB, mem)`, where 2 MiB leaves
+/// are used.
+fn ram_areas(settings: &GuestSettings) -> alloc::vec::Vec<(u64, u64, Access)> {
+    let mem = settings.mem;
+    if matches!(settings.kind, GuestKind::Linux { .. }) {
+        use crate::loader::linux::layout::{HIGH_RAM_START, LOW_RAM_END as CONVENTIONAL_END};
+        return alloc::vec![
+            (0, CONVENTIONAL_END, Access::RWX),
+            (CONVENTIONAL_END, HIGH_RAM_START, Access::READ),
+            (HIGH_RAM_START, LOW_RAM_END.min(mem), Access::RWX),
+            (LOW_RAM_END, mem, Access::RWX),
+        ];
+    }
+    alloc::vec![
+        (LOW_RAM_START, LOW_RAM_END.min(mem), Access::RWX),
+        (LOW_RAM_END, mem, Access::RWX),
+    ]
+}
+
 impl<F: Stage2Format, H: HostMemory> SpaceMemory<F, H> {
     fn window_at(&self, at: u64) -> Option<&Arc<HostWindow<H>>> {
         self.windows
@@ -177,14 +204,11 @@ impl<F: Stage2Format, H: HostMemory> GuestMemory for SpaceMemory<F, H> {
             quota_frames,
         )
         .map_err(|e| memory_error(e, None))?;
-        // RAM in two areas: the low one starts at 4 KiB (page 0 stays unmapped, so a
-        // null access faults) and therefore never gets a 2 MiB leaf; see `layout`.
-        let low = (LOW_RAM_START, LOW_RAM_END.min(settings.mem));
-        for (start, end) in [low, (LOW_RAM_END, settings.mem)] {
+        for (start, end, access) in ram_areas(settings) {
             if start < end {
                 let size = (end - start) as usize;
                 space
-                    .map_alloc(gpa(start), size, Access::RWX, settings.populate)
+                    .map_alloc(gpa(start), size, access, settings.populate)
                     .map_err(|e| memory_error(e, Some(start)))?;
             }
         }

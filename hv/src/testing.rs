@@ -33,6 +33,10 @@ pub struct ScriptedVcpu {
     pub root: u64,
     /// RAX at each entry (what the hypervisor returned to the guest).
     pub rax_at_entry: Vec<u64>,
+    /// Vectors injected.
+    pub injected: Vec<u8>,
+    /// Whether an interrupt window is requested.
+    pub window: bool,
 }
 
 impl ScriptedVcpu {
@@ -44,6 +48,8 @@ impl ScriptedVcpu {
             skipped: 0,
             root: 0,
             rax_at_entry: Vec::new(),
+            injected: Vec::new(),
+            window: false,
         }
     }
 }
@@ -70,6 +76,18 @@ impl Vcpu for ScriptedVcpu {
 
     fn skip_instruction(&mut self) {
         self.skipped += 1;
+    }
+
+    fn interrupt_ready(&self) -> bool {
+        self.regs[Reg::Rflags as usize] & (1 << 9) != 0
+    }
+
+    fn inject_interrupt(&mut self, vector: u8) {
+        self.injected.push(vector);
+    }
+
+    fn request_interrupt_window(&mut self, on: bool) {
+        self.window = on;
     }
 }
 

@@ -59,6 +59,9 @@ pub enum VmExit {
     },
     /// HLT.
     Hlt,
+    /// The guest can take an external interrupt now (the window asked for with
+    /// [`Vcpu::request_interrupt_window`] opened).
+    InterruptWindow,
     /// Shutdown (triple fault).
     Shutdown,
     /// An intercepted instruction the guest may not use (VMRUN, XSETBV, ...).
@@ -121,6 +124,16 @@ pub trait Vcpu {
     /// Moves RIP past the instruction that caused the last exit (I/O, hypercall,
     /// CPUID, MSR, HLT).
     fn skip_instruction(&mut self);
+    /// Whether an external interrupt injected now would be delivered at the next
+    /// entry: RFLAGS.IF set, no STI/MOV SS interrupt shadow, and no event (a new one,
+    /// or one whose delivery an exit interrupted) already queued.
+    fn interrupt_ready(&self) -> bool;
+    /// Queues external interrupt `vector` for delivery at the next entry (call only
+    /// when [`Vcpu::interrupt_ready`]).
+    fn inject_interrupt(&mut self, vector: u8);
+    /// Asks for (`true`) or cancels an exit ([`VmExit::InterruptWindow`]) as soon as
+    /// the guest can take an external interrupt.
+    fn request_interrupt_window(&mut self, on: bool);
 }
 
 /// A request, shared between a guest's address space and its vCPU, to invalidate the

@@ -6,7 +6,9 @@ use alloc::string::String;
 use crate::abi::{HypercallStatus, access, hypercall};
 use ept::format::Access;
 
+use crate::exit_stats::ExitCounts;
 use crate::memory::{GuestMemory, MemoryError};
+use crate::system::{FullSystem, SystemStep};
 use crate::outcome::{Expectation, FaultKind, GuestEnd};
 use crate::vcpu::{Reg, Vcpu, VmExit};
 
@@ -47,10 +49,14 @@ pub struct Vm<V: Vcpu, M: GuestMemory> {
     pub vcpu: V,
     /// Its memory.
     pub memory: M,
+    /// The devices of a full-system guest (Linux); `None` for the tiny guests, whose
+    /// only device is the COM1 data port.
+    pub system: Option<FullSystem>,
     line: String,
     lines: u32,
     exits: u64,
     ticks: u64,
+    exit_counts: ExitCounts,
 }
 
 impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
@@ -62,11 +68,18 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
             expect,
             vcpu,
             memory,
+            system: None,
             line: String::new(),
             lines: 0,
             exits: 0,
             ticks: 0,
+            exit_counts: ExitCounts::default(),
         }
+    }
+
+    /// Exits by reason (for the report).
+    pub fn exit_counts(&self) -> &ExitCounts {
+        &self.exit_counts
     }
 
     /// Exits taken so far.
@@ -115,8 +128,16 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
         if self.exits >= max_exits {
             return Step::Ended(GuestEnd::ExitLimit(self.exits));
         }
+        if let Some(system) = &mut self.system {
+            match system.before_entry(&mut self.vcpu) {
+                SystemStep::Wait => return Step::Yield,
+                SystemStep::End(end) => return Step::Ended(end),
+                _ => {}
+            }
+        }
         let exit = self.vcpu.run();
         self.exits += 1;
+        self.exit_counts.count(&exit);
         log::trace!(
             "guest {}: exit {exit:?} at rip {:#x}",
             self.name,
@@ -135,7 +156,19 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
                 size,
                 write,
                 string,
-            } => self.io(port, size, write, string, print),
+            } => match &mut self.system {
+                Some(system) => match system.io(&mut self.vcpu, port, size, write, string) {
+                    SystemStep::Serial(byte) => {
+                        self.out_byte(byte, print);
+                        Step::Continue
+                    }
+                    SystemStep::End(end) => Step::Ended(end),
+                    _ => Step::Continue,
+                },
+                None => self.io(port, size, write, string, print),
+            },
+            // The next entry delivers the interrupt the window was opened for.
+            VmExit::InterruptWindow => Step::Continue,
             VmExit::Hypercall => self.hypercall(),
             VmExit::Interrupt => {
                 self.ticks += 1;
@@ -167,7 +200,13 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
                 self.vcpu.skip_instruction();
                 Step::Continue
             }
-            VmExit::Hlt => Step::Ended(GuestEnd::Halted),
+            VmExit::Hlt => match &mut self.system {
+                Some(system) => match system.hlt(&mut self.vcpu) {
+                    SystemStep::End(end) => Step::Ended(end),
+                    _ => Step::Continue,
+                },
+                None => Step::Ended(GuestEnd::Halted),
+            },
             VmExit::Shutdown => Step::Ended(fault(
                 FaultKind::Shutdown,
                 None,

@@ -117,7 +117,7 @@ fn qemu_command(emulator: Emulator, paths: &Paths, boot: &Boot, serial: &Serial<
         _ => cmd.args(["-accel", "tcg", "-cpu", "max"]),
     };
     cmd.args([
-        "-m", "256M", "-smp", "1", "-display", "none", "-vga", "none",
+        "-m", "512M", "-smp", "1", "-display", "none", "-vga", "none",
     ])
     .args(["-monitor", "none", "-no-reboot"])
     .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);

@@ -23,9 +23,11 @@ pub const WORKLOAD_MIB: u32 = 64;
 /// The kernel command line: serial console, no ACPI, no I/O APIC and no local APIC
 /// (the virtual platform has an 8259A PIC pair and an 8254 PIT, no APIC; see the
 /// README), `panic=-1` reboots at once on a panic, `reboot=k` resets through the
-/// i8042 (which ends the guest as "reset requested", never a pass).
-pub const KERNEL_CMDLINE: &str =
-    "console=ttyS0 earlyprintk=serial,ttyS0 acpi=off noapic nolapic panic=-1 reboot=k";
+/// i8042 (which ends the guest as "reset requested", never a pass); there is no
+/// keyboard or mouse behind the i8042 (`i8042.nokbd i8042.noaux`). No commas: QEMU's
+/// `-initrd` list is comma-separated.
+pub const KERNEL_CMDLINE: &str = "console=ttyS0 earlyprintk=ttyS0 acpi=off noapic nolapic \
+     panic=-1 reboot=k i8042.nokbd i8042.noaux";
 
 /// Our `/init` (busybox `sh`). `MB` MiB of pseudo-random data go to tmpfs, are
 /// checksummed twice and compared; only equal sums print [`FINAL_MARKER`]. `halt -f`

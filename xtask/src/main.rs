@@ -186,7 +186,7 @@ fn guest_modules(paths: &Paths, spec: &str) -> Result<Vec<(std::path::PathBuf, S
             .ok_or("bad initrd file name")?
             .to_string();
         let args = format!(
-            "linux mem=256M initrd={initrd_name} expect=halt {} -- {}",
+            "linux name=linux mem=256M initrd={initrd_name} expect=halt {} -- {}",
             extra.join(" "),
             linux::KERNEL_CMDLINE
         );
@@ -215,8 +215,14 @@ fn run(paths: &Paths, o: &Options) -> Result<(), String> {
         .map(|s| guest_modules(paths, s))
         .collect::<Result<Vec<_>, _>>()?
         .concat();
+    // A Linux guest runs for minutes under an emulator: raise the CPU budget.
+    let budget = if specs.iter().any(|s| s.split_whitespace().next() == Some("linux")) {
+        " cpu-budget=100000"
+    } else {
+        ""
+    };
     let boot = Boot {
-        cmdline: format!("log={}", o.log),
+        cmdline: format!("log={}{budget}", o.log),
         modules,
     };
     let extra: Vec<String> = if o.gdb {

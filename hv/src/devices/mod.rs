@@ -10,7 +10,7 @@
 //! | 0x80 | POST diagnostic port: writes dropped (no POST card), reads 0xFF |
 //! | 0x3F8-0x3FF | [`uart16550`]: COM1, IRQ 4 |
 //! | 0xCF8-0xCFF | [`pci`]: configuration mechanism #1, no device |
-//! | [`ABSENT`] | legacy devices that are not there (COM2-4, LPT, floppy, ISA DMA, VGA, ELCR, game port): reads all ones, writes dropped, as on a PC without them |
+//! | [`ABSENT`] | legacy devices that are not there (COM2-4, LPT, floppy, ISA DMA, VGA, ELCR, game port, Super I/O): reads all ones, writes dropped, as on a PC without them |
 //!
 //! Any other port, a string (`INS`/`OUTS`) access, or a wider access than the device
 //! has ends the guest with the port named ([`IoOutcome::Refused`]). Interrupts go from
@@ -40,9 +40,12 @@ use uart16550::{COM1, COM1_IRQ, Uart};
 /// (0x3E8), COM4 (0x2E8), LPT (0x278, 0x378, 0x3BC), floppy (0x3F0-0x3F7, minus COM1),
 /// the ISA DMA controllers and page registers (0x00-0x1F, 0x81-0x8F, 0xC0-0xDF), VGA
 /// (0x3B0-0x3DF), the edge/level control registers (0x4D0-0x4D1), the game port
-/// (0x201). Reads return all ones (the floating ISA bus), writes are dropped.
+/// (0x201), the Super I/O configuration ports (0x2E-0x2F, 0x4E-0x4F). Reads return all
+/// ones (the floating ISA bus), writes are dropped.
 pub const ABSENT: &[RangeInclusive<u16>] = &[
     0x00..=0x1F,
+    0x2E..=0x2F,
+    0x4E..=0x4F,
     0x81..=0x8F,
     0xC0..=0xDF,
     0x201..=0x201,

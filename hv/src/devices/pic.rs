@@ -155,12 +155,27 @@ impl Chip {
 }
 
 /// The master/slave pair.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PicPair {
     /// The master (IRQ 0-7).
     pub master: Chip,
     /// The slave (IRQ 8-15, on master IRQ 2).
     pub slave: Chip,
+}
+
+impl Default for PicPair {
+    /// As a PC BIOS leaves it: vectors 0x08 and 0x70, every input masked.
+    fn default() -> Self {
+        let chip = |base| Chip {
+            imr: 0xFF,
+            base,
+            ..Chip::default()
+        };
+        Self {
+            master: chip(0x08),
+            slave: chip(0x70),
+        }
+    }
 }
 
 /// The cascade input of the master.

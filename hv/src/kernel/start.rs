@@ -11,7 +11,7 @@ use super::{console, fatal, gdt, heap, idt, timer};
 use crate::kprintln;
 
 /// Size of the kernel heap.
-const HEAP_SIZE: u64 = 32 << 20;
+const HEAP_SIZE: u64 = 64 << 20;
 const TWO_MIB: u64 = 2 << 20;
 
 unsafe extern "C" {
@@ -36,7 +36,11 @@ extern "C" fn hv_main(magic: u32, info: u32) -> ! {
     gdt::init();
     idt::init();
     timer::init();
-    log::info!("stage-2 hypervisor starting");
+    hv::clock::set_tsc_hz(timer::calibrate_tsc());
+    log::info!(
+        "stage-2 hypervisor starting (TSC {} MHz)",
+        hv::clock::tsc_hz() / 1_000_000
+    );
     if magic != BOOTLOADER_MAGIC {
         log::error!("not started by a multiboot loader (magic {magic:#x})");
         fatal::exit(RunStatus::BadConfig);

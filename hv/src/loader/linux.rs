@@ -410,6 +410,57 @@ pub fn zero_page(
     Ok(zp)
 }
 
+/// A Linux guest ready to load: everything validated, the zero page built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinuxBoot {
+    /// The parsed header.
+    pub image: LinuxImage,
+    /// Placement.
+    pub plan: Plan,
+    /// The zero page.
+    pub zero_page: Vec<u8>,
+    /// The command line with its NUL.
+    pub cmdline: Vec<u8>,
+    /// The initrd.
+    pub initrd: Vec<u8>,
+}
+
+impl LinuxBoot {
+    /// Validates `bz_image` and `initrd` and plans a guest of `mem` bytes of RAM.
+    pub fn new(
+        bz_image: &[u8],
+        initrd: Vec<u8>,
+        cmdline: &str,
+        mem: u64,
+    ) -> Result<Self, LinuxError> {
+        let image = LinuxImage::parse(bz_image)?;
+        check_initrd(&initrd)?;
+        let kernel = kernel_bytes(bz_image, &image).len() as u64;
+        let plan = plan(&image, kernel, initrd.len() as u64, mem)?;
+        let zero_page = zero_page(bz_image, &image, &plan, cmdline, &e820(mem))?;
+        let mut line = Vec::from(cmdline.as_bytes());
+        line.push(0);
+        Ok(Self {
+            image,
+            plan,
+            zero_page,
+            cmdline: line,
+            initrd,
+        })
+    }
+
+    /// What to write into the guest: `(gpa, bytes)` for the zero page, the command
+    /// line, the protected-mode kernel of `bz_image` and the initrd.
+    pub fn writes<'a>(&'a self, bz_image: &'a [u8]) -> [(u64, &'a [u8]); 4] {
+        [
+            (layout::ZERO_PAGE, &self.zero_page),
+            (layout::CMDLINE, &self.cmdline),
+            (self.plan.kernel, kernel_bytes(bz_image, &self.image)),
+            (self.plan.initrd, &self.initrd),
+        ]
+    }
+}
+
 /// The protected-mode kernel (everything after the setup sectors).
 pub fn kernel_bytes<'a>(bz_image: &'a [u8], image: &LinuxImage) -> &'a [u8] {
     &bz_image[image.kernel_offset..]

@@ -8,6 +8,8 @@ pub mod code {
     pub const INTR: u64 = 0x60;
     /// CPUID.
     pub const CPUID: u64 = 0x72;
+    /// VINTR: the guest can take the virtual interrupt (APM vol. 2, 15.21.4).
+    pub const VINTR: u64 = 0x64;
     /// HLT.
     pub const HLT: u64 = 0x78;
     /// IN/OUT.
@@ -91,6 +93,7 @@ pub fn decode(exit_code: u64, info1: u64, info2: u64) -> VmExit {
         },
         code::VMMCALL => VmExit::Hypercall,
         code::INTR => VmExit::Interrupt,
+        code::VINTR => VmExit::InterruptWindow,
         code::CPUID => VmExit::Cpuid,
         code::MSR => VmExit::Msr {
             write: info1 & 1 != 0,

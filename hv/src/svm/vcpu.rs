@@ -96,7 +96,8 @@ unsafe extern "C" {
 #[repr(C, align(4096))]
 struct IoPermissionMap([u8; 3 * 4096]);
 
-/// An 8 KiB MSR permission map (APM vol. 2, 15.11): all ones, every MSR intercepted.
+/// An 8 KiB MSR permission map (APM vol. 2, 15.11): every MSR intercepted but those
+/// of [`super::msrpm::PASS_THROUGH`].
 #[repr(C, align(4096))]
 struct MsrPermissionMap([u8; 2 * 4096]);
 
@@ -146,6 +147,10 @@ impl SvmHost {
         // SAFETY: the page is 4 KiB aligned, owned by this struct for as long as SVM
         // runs guests (the host is never torn down), and identity-mapped.
         unsafe { Msr::new(MSR_VM_HSAVE_PA).write(virt_to_phys(&*hsave)) };
+        let mut msrpm = Box::new(MsrPermissionMap([0xFF; 2 * 4096]));
+        for msr in super::msrpm::PASS_THROUGH {
+            super::msrpm::pass_through(&mut msrpm.0, msr);
+        }
         let mut asid_used = alloc::vec![false; caps.asids as usize];
         asid_used[0] = true; // the host's
         Ok(Self {
@@ -153,7 +158,7 @@ impl SvmHost {
             _hsave: hsave,
             host_vmcb: Box::new(Vmcb::default()),
             iopm: Box::new(IoPermissionMap([0xFF; 3 * 4096])),
-            msrpm: Box::new(MsrPermissionMap([0xFF; 2 * 4096])),
+            msrpm,
             asid_used,
         })
     }
@@ -361,6 +366,7 @@ impl Vcpu for SvmVcpu {
         // borrowed for the call; the routine preserves every callee-saved register and
         // the host x87/SSE state, and returns on the next #VMEXIT.
         unsafe { svm_world_switch(state, vmcb_pa, self.host_save_pa) };
+        super::irq::after_exit(&mut self.vmcb);
         let (exit_code, info1, info2) = self.last_exit_raw();
         let rip = self.vmcb.read_u64(save::RIP);
         let nrip = self.vmcb.read_u64(control::NEXT_RIP);
@@ -394,9 +400,23 @@ impl Vcpu for SvmVcpu {
         }
     }
 
+    fn interrupt_ready(&self) -> bool {
+        super::irq::ready(&self.vmcb)
+    }
+
+    fn inject_interrupt(&mut self, vector: u8) {
+        super::irq::inject(&mut self.vmcb, vector);
+    }
+
+    fn request_interrupt_window(&mut self, on: bool) {
+        super::irq::window(&mut self.vmcb, on);
+    }
+
     fn skip_instruction(&mut self) {
         if let Some(next) = self.next_rip.take() {
             self.vmcb.write_u64(save::RIP, next);
+            // Executing an instruction ends an STI/MOV SS shadow (APM 15.21.5).
+            self.vmcb.write_u64(control::INTERRUPT_SHADOW, 0);
         }
     }
 }

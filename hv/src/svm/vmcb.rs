@@ -23,6 +23,8 @@ pub mod control {
     /// Virtual interrupt control (u64); bit 24 = V_INTR_MASKING (APM 15.21.1): the
     /// host's RFLAGS.IF, not the guest's, masks physical interrupts while the guest runs.
     pub const V_INTR: usize = 0x060;
+    /// Guest interrupt state (u64); bit 0 = interrupt shadow (APM 15.21.5).
+    pub const INTERRUPT_SHADOW: usize = 0x068;
     /// Exit code (u64).
     pub const EXIT_CODE: usize = 0x070;
     /// EXITINFO1 (u64).
@@ -97,6 +99,8 @@ pub mod save {
 pub mod intercept3 {
     /// Physical maskable interrupts (INTR).
     pub const INTR: u32 = 1 << 0;
+    /// Virtual interrupt (VINTR) intercept (APM vol. 2, 15.21.4).
+    pub const VINTR: u32 = 1 << 4;
     /// INVD.
     pub const INVD: u32 = 1 << 22;
     /// CPUID.

@@ -12,6 +12,8 @@ pub mod reason {
     pub const EXTERNAL_INTERRUPT: u16 = 1;
     /// Triple fault.
     pub const TRIPLE_FAULT: u16 = 2;
+    /// Interrupt window (SDM vol. 3C 26.7.5).
+    pub const INTERRUPT_WINDOW: u16 = 7;
     /// INIT signal.
     pub const INIT: u16 = 3;
     /// CPUID.
@@ -113,6 +115,7 @@ pub fn decode(exit_reason: u32, qualification: u64, gpa: u64) -> VmExit {
         reason::RDMSR => VmExit::Msr { write: false },
         reason::WRMSR => VmExit::Msr { write: true },
         reason::HLT => VmExit::Hlt,
+        reason::INTERRUPT_WINDOW => VmExit::InterruptWindow,
         reason::TRIPLE_FAULT => VmExit::Shutdown,
         reason::VMCLEAR..=reason::VMXON => VmExit::Forbidden {
             what: "a VMX instruction",

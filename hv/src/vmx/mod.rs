@@ -12,6 +12,7 @@ pub mod caps;
 pub mod exit;
 pub mod fields;
 pub mod instr;
+pub mod irq;
 pub mod vcpu;
 
 pub use caps::{VmxCaps, VmxError};

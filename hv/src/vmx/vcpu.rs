@@ -706,6 +706,7 @@ impl VmxHost {
             rflags: RFLAGS_RESET,
             next_len: None,
             clear_blocking: false,
+            events: super::irq::Events::default(),
             last_exit: (0, 0, 0),
         })
     }
@@ -759,6 +760,7 @@ impl VmxHost {
         child.state.guest_fx = parent.state.guest_fx;
         child.next_len = parent.next_len;
         child.clear_blocking = parent.clear_blocking;
+        child.events = parent.events;
         Some(child)
     }
 
@@ -816,6 +818,8 @@ pub struct VmxVcpu {
     /// An instruction was skipped: clear blocking by STI/MOV SS before the next entry.
     clear_blocking: bool,
     last_exit: (u32, u64, u64),
+    /// Interrupt injection state (see `irq`).
+    events: super::irq::Events,
 }
 
 impl VmxVcpu {
@@ -862,6 +866,7 @@ impl VmxVcpu {
         if let Some((_, e)) = w.failed {
             return Err(e);
         }
+        self.events.before_entry()?;
         let state: *mut SwitchState = &mut *self.state;
         // SAFETY: the VMCS is current and holds valid host state whose HOST_RIP is
         // `vmx_vm_exit`; `state` is exclusively borrowed for the call; the routine
@@ -892,6 +897,7 @@ impl Vcpu for VmxVcpu {
             };
         }
         // After a VM exit this vCPU's VMCS is current.
+        self.events.after_exit();
         let exit_reason = read_current(field32::EXIT_REASON) as u32;
         let qualification = read_current(natural::EXIT_QUALIFICATION);
         let len = read_current(field32::EXIT_INSTRUCTION_LEN);
@@ -933,7 +939,20 @@ impl Vcpu for VmxVcpu {
         if let Some(len) = self.next_len.take() {
             self.rip = self.rip.wrapping_add(len);
             self.clear_blocking = true;
+            self.events.clear_blocking();
         }
+    }
+
+    fn interrupt_ready(&self) -> bool {
+        self.events.ready(self.rflags)
+    }
+
+    fn inject_interrupt(&mut self, vector: u8) {
+        self.events.inject(vector);
+    }
+
+    fn request_interrupt_window(&mut self, on: bool) {
+        self.events.set_window(on);
     }
 }
 
