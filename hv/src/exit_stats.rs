@@ -58,7 +58,7 @@ impl ExitCounts {
             .filter(|(n, _)| **n > 0)
             .map(|(n, name)| (*n, name))
             .collect();
-        seen.sort_by(|a, b| b.0.cmp(&a.0));
+        seen.sort_by_key(|&(n, _)| core::cmp::Reverse(n));
         let mut out = String::new();
         for (i, (n, name)) in seen.iter().enumerate() {
             let sep = if i == 0 { "" } else { ", " };

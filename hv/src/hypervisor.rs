@@ -18,12 +18,12 @@ use crate::memory::{GuestMemory, MemoryError};
 use crate::outcome::{FaultKind, GuestEnd};
 use ept::frame::FrameAlloc;
 
-use crate::platform::{Console, GlobalFrames, frame_usage};
 use crate::loader::linux::{self, LinuxBoot};
+use crate::platform::{Console, GlobalFrames, frame_usage};
 use crate::settings::{GuestKind, GuestSettings, HvSettings, SelfTest, parse_guest_cmdline};
-use crate::system::FullSystem;
 use crate::space_memory::SpaceMemory;
 use crate::svm::{SvmHost, SvmVcpu};
+use crate::system::FullSystem;
 use crate::vcpu::{FlushRequest, Reg, StartState, Vcpu};
 use crate::vm::{Step, Vm, end_of};
 
@@ -123,7 +123,9 @@ fn prepare(module: BootModule) -> Result<Prepared, String> {
     prepare_with(module, &mut Vec::new())
 }
 
-/// As [`prepare`]; a Linux guest takes its initrd from `data` (modules by file name).
+/// Checks one module: settings, then the image header and that the image fits in RAM,
+/// or for a Linux guest the bzImage and its initrd, taken from `data` (modules by
+/// file name).
 fn prepare_with(module: BootModule, data: &mut Vec<(String, Vec<u8>)>) -> Result<Prepared, String> {
     let settings = parse_guest_cmdline(&module.cmdline).map_err(|e| format!("{e}"))?;
     if let GuestKind::Linux { initrd, cmdline } = &settings.kind {
@@ -174,9 +176,9 @@ pub fn start(
     let mut prepared = Vec::new();
     let mut refused = 0;
     // `data` modules (initrds) first, by file name; guests take theirs from here.
-    let (data_modules, modules): (Vec<_>, Vec<_>) = modules.into_iter().partition(|m| {
-        parse_guest_cmdline(&m.cmdline).is_ok_and(|s| s.kind == GuestKind::Data)
-    });
+    let (data_modules, modules): (Vec<_>, Vec<_>) = modules
+        .into_iter()
+        .partition(|m| parse_guest_cmdline(&m.cmdline).is_ok_and(|s| s.kind == GuestKind::Data));
     let mut data: Vec<(String, Vec<u8>)> = data_modules
         .into_iter()
         .filter_map(|m| {

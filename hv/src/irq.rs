@@ -47,7 +47,13 @@ mod tests {
 
     fn platform_with_irq0() -> Platform {
         let mut p = Platform::default();
-        for (port, v) in [(0x20, 0x11), (0x21, 0x30), (0x21, 4), (0x21, 1), (0x21, 0xFE)] {
+        for (port, v) in [
+            (0x20, 0x11),
+            (0x21, 0x30),
+            (0x21, 4),
+            (0x21, 1),
+            (0x21, 0xFE),
+        ] {
             assert_eq!(p.io(port, 1, true, v, 0), IoOutcome::Written);
         }
         p.pic.raise(0);

@@ -25,9 +25,9 @@ pub mod outcome;
 pub mod platform;
 pub mod settings;
 pub mod space_memory;
-pub mod system;
 pub mod svm;
 mod switch;
+pub mod system;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod vcpu;

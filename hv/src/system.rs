@@ -60,8 +60,9 @@ impl FullSystem {
                     return SystemStep::End(GuestEnd::Fault {
                         kind: FaultKind::Instruction,
                         gpa: None,
-                        detail: "HLT with interrupts enabled but no timer armed: nothing can wake it"
-                            .into(),
+                        detail:
+                            "HLT with interrupts enabled but no timer armed: nothing can wake it"
+                                .into(),
                     });
                 };
                 let until = next.min(now + MAX_WAIT_NS);
@@ -201,13 +202,25 @@ mod tests {
         assert_eq!(s.io(&mut v, 0xCFC, 4, false, false), SystemStep::Continue);
         assert_eq!(v.reg(Reg::Rax), 0xFFFF_FFFF);
         v.set_reg(Reg::Rax, u64::from(b'x'));
-        assert_eq!(s.io(&mut v, 0x3F8, 1, true, false), SystemStep::Serial(b'x'));
-        assert!(matches!(s.io(&mut v, 0x3F8, 1, true, true), SystemStep::End(_)));
-        assert!(matches!(s.io(&mut v, 0x1F0, 1, false, false), SystemStep::End(_)));
+        assert_eq!(
+            s.io(&mut v, 0x3F8, 1, true, false),
+            SystemStep::Serial(b'x')
+        );
+        assert!(matches!(
+            s.io(&mut v, 0x3F8, 1, true, true),
+            SystemStep::End(_)
+        ));
+        assert!(matches!(
+            s.io(&mut v, 0x1F0, 1, false, false),
+            SystemStep::End(_)
+        ));
         v.set_reg(Reg::Rax, 0xFE);
         assert!(matches!(
             s.io(&mut v, 0x64, 1, true, false),
-            SystemStep::End(GuestEnd::Fault { kind: FaultKind::Shutdown, .. })
+            SystemStep::End(GuestEnd::Fault {
+                kind: FaultKind::Shutdown,
+                ..
+            })
         ));
     }
 }

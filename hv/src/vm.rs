@@ -8,8 +8,8 @@ use ept::format::Access;
 
 use crate::exit_stats::ExitCounts;
 use crate::memory::{GuestMemory, MemoryError};
-use crate::system::{FullSystem, SystemStep};
 use crate::outcome::{Expectation, FaultKind, GuestEnd};
+use crate::system::{FullSystem, SystemStep};
 use crate::vcpu::{Reg, Vcpu, VmExit};
 
 /// COM1 data port and the registers around it (16550 UART).

@@ -194,7 +194,9 @@ fn is_meta(p: &Path) -> bool {
 /// The initramfs: directories, `/dev/console`, busybox and our `/init`.
 fn initramfs(busybox: &[u8], init: &str) -> Vec<u8> {
     let mut cpio = Cpio::default();
-    for dir in ["bin", "sbin", "dev", "proc", "sys", "tmp", "mnt", "usr", "usr/bin", "usr/sbin"] {
+    for dir in [
+        "bin", "sbin", "dev", "proc", "sys", "tmp", "mnt", "usr", "usr/bin", "usr/sbin",
+    ] {
         cpio.entry(dir, 0o040_755, (0, 0), &[]);
     }
     // The kernel opens /dev/console for init before devtmpfs is mounted.

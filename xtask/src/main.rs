@@ -118,7 +118,11 @@ fn main() -> ExitCode {
     let result = match command.as_str() {
         "build" => build::build_all(&paths),
         "linux-files" => linux::prepare(&paths, linux::WORKLOAD_MIB).map(|f| {
-            println!("kernel {}\ninitrd {}", f.kernel.display(), f.initrd.display());
+            println!(
+                "kernel {}\ninitrd {}",
+                f.kernel.display(),
+                f.initrd.display()
+            );
         }),
         "run" => build::build_all(&paths).and_then(|()| run(&paths, &options)),
         "boot-test" => build::build_all(&paths).and_then(|()| boot_tests(&paths, &options)),
@@ -216,7 +220,10 @@ fn run(paths: &Paths, o: &Options) -> Result<(), String> {
         .collect::<Result<Vec<_>, _>>()?
         .concat();
     // A Linux guest runs for minutes under an emulator: raise the CPU budget.
-    let budget = if specs.iter().any(|s| s.split_whitespace().next() == Some("linux")) {
+    let budget = if specs
+        .iter()
+        .any(|s| s.split_whitespace().next() == Some("linux"))
+    {
         " cpu-budget=100000"
     } else {
         ""

@@ -41,7 +41,20 @@ fn civil(mut days: u64) -> (u64, u64, u64) {
         let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
         let len = if leap { 366 } else { 365 };
         if days < len {
-            let months = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+            let months = [
+                31,
+                if leap { 29 } else { 28 },
+                31,
+                30,
+                31,
+                30,
+                31,
+                31,
+                30,
+                31,
+                30,
+                31,
+            ];
             let mut month = 1;
             for m in months {
                 if days < m {

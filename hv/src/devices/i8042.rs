@@ -61,7 +61,11 @@ impl I8042 {
         if port == 0x64 {
             let obf = if self.output.is_some() { STATUS_OBF } else { 0 };
             let cmd = if self.last_was_command { STATUS_CMD } else { 0 };
-            let aux = if self.output.is_some() && self.output_aux { STATUS_AUX } else { 0 };
+            let aux = if self.output.is_some() && self.output_aux {
+                STATUS_AUX
+            } else {
+                0
+            };
             return obf | cmd | aux | STATUS_SYS | STATUS_UNLOCKED;
         }
         self.output.take().unwrap_or(0)
@@ -117,7 +121,10 @@ mod tests {
         // Mouse loopback: the byte comes back flagged as mouse data.
         k.write(0x64, 0xD3).unwrap();
         k.write(0x60, 0x5A).unwrap();
-        assert_eq!(k.read(0x64) & (STATUS_OBF | STATUS_AUX), STATUS_OBF | STATUS_AUX);
+        assert_eq!(
+            k.read(0x64) & (STATUS_OBF | STATUS_AUX),
+            STATUS_OBF | STATUS_AUX
+        );
         assert_eq!(k.read(0x60), 0x5A);
         assert_eq!(k.read(0x64) & STATUS_UNLOCKED, STATUS_UNLOCKED);
     }

@@ -127,14 +127,20 @@ impl Platform {
         let result = match port {
             p if PicPair::PORTS.contains(&p) => {
                 if write {
-                    self.pic.write(p, byte).map(|()| IoOutcome::Written).map_err(|e| e.0)
+                    self.pic
+                        .write(p, byte)
+                        .map(|()| IoOutcome::Written)
+                        .map_err(|e| e.0)
                 } else {
                     Ok(IoOutcome::Read(u32::from(self.pic.read(p))))
                 }
             }
             p if Pit::PORTS.contains(&p) || p == Pit::PORT_B => {
                 if write {
-                    self.pit.write(p, byte, now).map(|()| IoOutcome::Written).map_err(|e| e.0)
+                    self.pit
+                        .write(p, byte, now)
+                        .map(|()| IoOutcome::Written)
+                        .map_err(|e| e.0)
                 } else {
                     Ok(IoOutcome::Read(u32::from(self.pit.read(p, now))))
                 }
@@ -152,14 +158,19 @@ impl Platform {
             }
             p if Cmos::PORTS.contains(&p) => {
                 if write {
-                    self.cmos.write(p, byte).map(|()| IoOutcome::Written).map_err(|e| e.0)
+                    self.cmos
+                        .write(p, byte)
+                        .map(|()| IoOutcome::Written)
+                        .map_err(|e| e.0)
                 } else {
                     Ok(IoOutcome::Read(u32::from(self.cmos.read(p, now))))
                 }
             }
             p if (COM1..COM1 + 8).contains(&p) => {
                 let out = if write {
-                    self.uart.write(p - COM1, byte).map_or(IoOutcome::Written, IoOutcome::Serial)
+                    self.uart
+                        .write(p - COM1, byte)
+                        .map_or(IoOutcome::Written, IoOutcome::Serial)
                 } else {
                     IoOutcome::Read(u32::from(self.uart.read(p - COM1)))
                 };
@@ -208,27 +219,46 @@ mod tests {
     use super::*;
 
     fn out(p: &mut Platform, port: u16, v: u8) {
-        assert_eq!(p.io(port, 1, true, u32::from(v), 0), IoOutcome::Written, "port {port:#x}");
+        assert_eq!(
+            p.io(port, 1, true, u32::from(v), 0),
+            IoOutcome::Written,
+            "port {port:#x}"
+        );
     }
 
     #[test]
     fn routes_ports_and_refuses_the_rest() {
         let mut p = Platform::default();
-        assert_eq!(p.io(0x3F8, 1, true, u32::from(b'k'), 0), IoOutcome::Serial(b'k'));
+        assert_eq!(
+            p.io(0x3F8, 1, true, u32::from(b'k'), 0),
+            IoOutcome::Serial(b'k')
+        );
         assert_eq!(p.io(0x3FD, 1, false, 0, 0), IoOutcome::Read(0x60));
         assert_eq!(p.io(0x2F8 + 5, 1, false, 0, 0), IoOutcome::Read(u32::MAX));
         out(&mut p, 0x80, 0x12);
         assert_eq!(p.io(0xCFC, 4, false, 0, 0), IoOutcome::Read(u32::MAX));
         assert_eq!(p.io(0x64, 1, true, 0xFE, 0), IoOutcome::Reset);
-        assert!(matches!(p.io(0x1234, 1, false, 0, 0), IoOutcome::Refused(_)));
+        assert!(matches!(
+            p.io(0x1234, 1, false, 0, 0),
+            IoOutcome::Refused(_)
+        ));
         assert!(matches!(p.io(0x40, 2, false, 0, 0), IoOutcome::Refused(_)));
-        assert!(matches!(p.io(0x43, 1, true, 0x32, 0), IoOutcome::Refused(_)));
+        assert!(matches!(
+            p.io(0x43, 1, true, 0x32, 0),
+            IoOutcome::Refused(_)
+        ));
     }
 
     #[test]
     fn timer_interrupt_reaches_the_pic() {
         let mut p = Platform::default();
-        for (port, v) in [(0x20, 0x11), (0x21, 0x30), (0x21, 4), (0x21, 1), (0x21, 0xEE)] {
+        for (port, v) in [
+            (0x20, 0x11),
+            (0x21, 0x30),
+            (0x21, 4),
+            (0x21, 1),
+            (0x21, 0xEE),
+        ] {
             out(&mut p, port, v);
         }
         out(&mut p, 0x43, 0x34);

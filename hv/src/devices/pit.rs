@@ -369,7 +369,6 @@ mod tests {
         assert_eq!(p.read(0x61, 51 * MS) & 0x20, 0x20);
         assert_eq!(p.read(0x61, 51 * MS) & 0x03, 0x01);
         // quick_pit_calibrate reads the MSB in mode 0 with access "MSB only".
-        p.write(0x43, 0xB0 | 0x00, 0).unwrap();
         p.write(0x43, 0xA0, 0).unwrap(); // channel 2, MSB only, mode 0
         p.write(0x42, 0xFF, 0).unwrap();
         let a = p.read(0x42, MS);

@@ -120,7 +120,10 @@ impl fmt::Display for LinuxError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Truncated { needed, len } => {
-                write!(f, "bzImage truncated: {len} bytes, at least {needed} needed")
+                write!(
+                    f,
+                    "bzImage truncated: {len} bytes, at least {needed} needed"
+                )
             }
             Self::BadBootFlag(v) => write!(f, "not a bzImage: boot flag {v:#06x}, not 0xaa55"),
             Self::NotBzImage(v) => write!(f, "not a bzImage: header {v:#010x}, not \"HdrS\""),
@@ -247,7 +250,8 @@ impl LinuxImage {
         let kernel_offset = (sects + 1) * 512;
         // The header ends at 0x202 + the jump's offset byte (boot.rst); never past
         // `boot_params`' header area (0x1F1..0x280) into the fields that follow.
-        let header_end = (off::HEADER + usize::from(u8_at(image, off::JUMP + 1))).min(HEADER_AREA_END);
+        let header_end =
+            (off::HEADER + usize::from(u8_at(image, off::JUMP + 1))).min(HEADER_AREA_END);
         let needed = kernel_offset.max(header_end) + 1;
         if image.len() < needed {
             return Err(LinuxError::Truncated {
@@ -388,14 +392,19 @@ pub fn zero_page(
         });
     }
     let mut zp = vec![0u8; ZERO_PAGE_SIZE];
-    zp[off::SETUP_SECTS..image.header_end].copy_from_slice(&bz_image[off::SETUP_SECTS..image.header_end]);
+    zp[off::SETUP_SECTS..image.header_end]
+        .copy_from_slice(&bz_image[off::SETUP_SECTS..image.header_end]);
     zp[off::TYPE_OF_LOADER] = LOADER_UNDEFINED;
     put_u32(&mut zp, off::CMD_LINE_PTR, layout::CMDLINE as u32);
     put_u32(&mut zp, off::EXT_CMD_LINE_PTR, 0);
     put_u32(&mut zp, off::RAMDISK_IMAGE, plan.initrd as u32);
     put_u32(&mut zp, off::RAMDISK_SIZE, plan.initrd_size as u32);
     put_u32(&mut zp, off::EXT_RAMDISK_IMAGE, (plan.initrd >> 32) as u32);
-    put_u32(&mut zp, off::EXT_RAMDISK_SIZE, (plan.initrd_size >> 32) as u32);
+    put_u32(
+        &mut zp,
+        off::EXT_RAMDISK_SIZE,
+        (plan.initrd_size >> 32) as u32,
+    );
     let entries = e820.iter().take(E820_MAX);
     for (i, &(addr, size, kind)) in entries.enumerate() {
         let at = off::E820_TABLE + i * 20;
@@ -505,12 +514,31 @@ mod tests {
     #[test]
     fn refuses_every_malformed_header() {
         let good = bz(4096);
-        let cases: [(fn(&mut Vec<u8>), LinuxError); 7] = [
-            (|b| b.truncate(0x100), LinuxError::Truncated { needed: 0x264, len: 0x100 }),
-            (|b| b.truncate(5 * 512), LinuxError::Truncated { needed: 5 * 512 + 1, len: 5 * 512 }),
+        type Damage = fn(&mut Vec<u8>);
+        let cases: [(Damage, LinuxError); 7] = [
+            (
+                |b| b.truncate(0x100),
+                LinuxError::Truncated {
+                    needed: 0x264,
+                    len: 0x100,
+                },
+            ),
+            (
+                |b| b.truncate(5 * 512),
+                LinuxError::Truncated {
+                    needed: 5 * 512 + 1,
+                    len: 5 * 512,
+                },
+            ),
             (|b| b[off::BOOT_FLAG] = 0, LinuxError::BadBootFlag(0xAA00)),
-            (|b| b[off::HEADER] = b'X', LinuxError::NotBzImage(0x5372_6458)),
-            (|b| put_u16(b, off::VERSION, 0x020B), LinuxError::OldProtocol(0x020B)),
+            (
+                |b| b[off::HEADER] = b'X',
+                LinuxError::NotBzImage(0x5372_6458),
+            ),
+            (
+                |b| put_u16(b, off::VERSION, 0x020B),
+                LinuxError::OldProtocol(0x020B),
+            ),
             (|b| b[off::LOADFLAGS] = 0, LinuxError::NotLoadedHigh),
             (|b| put_u16(b, off::XLOADFLAGS, 0), LinuxError::No64BitEntry),
         ];
@@ -521,7 +549,10 @@ mod tests {
         }
         let mut b = good.clone();
         put_u32(&mut b, off::KERNEL_ALIGNMENT, 0x30_0000);
-        assert!(matches!(LinuxImage::parse(&b), Err(LinuxError::BadAlignment { .. })));
+        assert!(matches!(
+            LinuxImage::parse(&b),
+            Err(LinuxError::BadAlignment { .. })
+        ));
     }
 
     #[test]
@@ -563,14 +594,19 @@ mod tests {
         let long = "x".repeat(2048);
         assert_eq!(
             zero_page(&b, &i, &p, &long, &map),
-            Err(LinuxError::CmdlineTooLong { len: 2048, max: 2047 })
+            Err(LinuxError::CmdlineTooLong {
+                len: 2048,
+                max: 2047
+            })
         );
     }
 
     #[test]
     fn initrd_check() {
         assert!(check_initrd(b"070701000000").is_ok());
-        assert!(check_initrd(&[0x1F, 0x8B, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).is_ok());
+        assert!(
+            check_initrd(&[0x1F, 0x8B, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).is_ok()
+        );
         assert_eq!(check_initrd(&[]), Err(LinuxError::BadInitrd("empty")));
         assert!(check_initrd(&[0x1F, 0x8B, 8]).is_err());
         assert!(check_initrd(b"hello world").is_err());

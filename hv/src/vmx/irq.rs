@@ -68,40 +68,43 @@ impl Events {
     /// Writes the event and the window control into the current VMCS.
     pub fn before_entry(&mut self) -> Result<(), VmFail> {
         let (info, error, len) = self.pending.take().unwrap_or((0, 0, 0));
-        // SAFETY: the vCPU's VMCS is current (called from its entry path); these
-        // fields exist in every VMCS.
-        unsafe {
-            instr::vmwrite(field32::ENTRY_INTERRUPTION_INFO, u64::from(info))?;
-            if info & ERROR_CODE != 0 {
-                instr::vmwrite(ENTRY_EXCEPTION_ERROR, u64::from(error))?;
-            }
-            instr::vmwrite(ENTRY_INSTRUCTION_LEN, u64::from(len))?;
-            let controls = instr::vmread(field32::PROC_CONTROLS) as u32;
-            let controls = if self.window {
-                controls | INTERRUPT_WINDOW_EXITING
-            } else {
-                controls & !INTERRUPT_WINDOW_EXITING
-            };
-            instr::vmwrite(field32::PROC_CONTROLS, u64::from(controls))?;
+        write(field32::ENTRY_INTERRUPTION_INFO, info)?;
+        if info & ERROR_CODE != 0 {
+            write(ENTRY_EXCEPTION_ERROR, error)?;
         }
-        Ok(())
+        write(ENTRY_INSTRUCTION_LEN, len)?;
+        let controls = read(field32::PROC_CONTROLS);
+        let controls = if self.window {
+            controls | INTERRUPT_WINDOW_EXITING
+        } else {
+            controls & !INTERRUPT_WINDOW_EXITING
+        };
+        write(field32::PROC_CONTROLS, controls)
     }
 
     /// Reads the interrupted event and the interruptibility state after an exit.
     pub fn after_exit(&mut self) {
-        // SAFETY: after a VM exit the vCPU's VMCS is current; VMREAD only reads it.
-        let (info, error, len, blocking) = unsafe {
-            (
-                instr::vmread(IDT_VECTORING_INFO) as u32,
-                instr::vmread(IDT_VECTORING_ERROR) as u32,
-                instr::vmread(field32::EXIT_INSTRUCTION_LEN) as u32,
-                instr::vmread(field32::GUEST_INTERRUPTIBILITY) as u32,
-            )
-        };
-        self.blocking = blocking;
+        self.blocking = read(field32::GUEST_INTERRUPTIBILITY);
+        let info = read(IDT_VECTORING_INFO);
         if info & VALID != 0 {
-            // Bit 12 of IDT-vectoring info is undefined; bits 0-11 and 31 carry over.
+            // Bits 0-11 and 31 carry over (bit 12 is undefined here).
+            let error = read(IDT_VECTORING_ERROR);
+            let len = read(field32::EXIT_INSTRUCTION_LEN);
             self.pending = Some((info & (VALID | 0x0FFF), error, len));
         }
     }
+}
+
+/// Reads a 32-bit field of the current VMCS.
+fn read(field: u32) -> u32 {
+    // SAFETY: callers run while this vCPU's VMCS is current (entry and exit paths);
+    // VMREAD only reads it, and every field used here exists in every VMCS.
+    unsafe { instr::vmread(field) as u32 }
+}
+
+/// Writes a 32-bit field of the current VMCS.
+fn write(field: u32, value: u32) -> Result<(), VmFail> {
+    // SAFETY: as for `read`; the values written are valid for their fields (SDM vol.
+    // 3C 27.2.1.3 checks the event injection fields at entry).
+    unsafe { instr::vmwrite(field, u64::from(value)) }
 }
