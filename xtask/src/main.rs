@@ -263,6 +263,9 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// The least time a boot test with a Linux guest gets.
+const LINUX_TIMEOUT_SECS: u64 = 1800;
+
 /// Boots one test and decides: `Ok((passed, report line(s)))`.
 fn boot_test(
     paths: &Paths,
@@ -285,6 +288,12 @@ fn boot_test(
     let log = logs.join(format!("{}-{}.log", emulator.name(), test.name));
     let _ = std::fs::remove_file(&log);
     let start = Instant::now();
+    // A Linux boot takes minutes under an emulator (and longer beside other boots).
+    let timeout = if test.guests.iter().any(|g| g.starts_with("linux")) {
+        timeout.max(Duration::from_secs(LINUX_TIMEOUT_SECS))
+    } else {
+        timeout
+    };
     let end = emulator::run(emulator, paths, &boot, Serial::File(&log), timeout, &[])?;
     let elapsed = start.elapsed();
     let output = std::fs::read_to_string(&log).unwrap_or_default();
