@@ -1,8 +1,9 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(not(test), no_std)]
 //!
-//! Modules: [`settings`], [`outcome`], [`frames`], [`platform`], [`layout`], [`vcpu`],
-//! [`svm`], [`vmx`] (with their shared `switch` module), [`memory`], [`space_memory`],
+//! Modules: [`settings`], [`outcome`], [`frames`], [`platform`], [`layout`], [`vcpu`]
+//! (with the per-vCPU state), [`cpu`] (the virtual CPU: CPUID, MSRs, instruction
+//! decoding), [`svm`], [`vmx`] (with their shared `switch` module), [`memory`], [`space_memory`],
 //! [`vm`], [`hypervisor`]; shared with the guest images: [`abi`] (the image format and
 //! hypercalls), [`baremetal`] (the C runtime symbols of every bare-metal binary) and
 //! [`guest_rt`] (the guest-side hardware primitives, so that guest images are free of
@@ -12,6 +13,7 @@ extern crate alloc;
 
 pub mod abi;
 pub mod baremetal;
+pub mod cpu;
 pub mod frames;
 pub mod guest_rt;
 pub mod hypervisor;
