@@ -102,11 +102,18 @@ impl DirtyBitmap {
         if lo >= hi {
             return;
         }
-        let (mut i, end) = ((lo - self.base) / PAGE_SIZE_4K, (hi - self.base).div_ceil(PAGE_SIZE_4K));
+        let (mut i, end) = (
+            (lo - self.base) / PAGE_SIZE_4K,
+            (hi - self.base).div_ceil(PAGE_SIZE_4K),
+        );
         while i < end {
             let w = i / 64;
             let n = (end - i).min(64 - i % 64);
-            let mask = if n == 64 { u64::MAX } else { ((1u64 << n) - 1) << (i % 64) };
+            let mask = if n == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << n) - 1) << (i % 64)
+            };
             let old = self.words[w];
             self.words[w] = old | mask;
             self.count += (mask & !old).count_ones() as usize;
@@ -129,7 +136,12 @@ impl DirtyBitmap {
             // The next non-empty word, through the summary.
             let s = (w + 1) / 64;
             let first = (w + 1) % 64;
-            let mut sum = self.summary.get(s)? & if first == 0 { u64::MAX } else { u64::MAX << first };
+            let mut sum = self.summary.get(s)?
+                & if first == 0 {
+                    u64::MAX
+                } else {
+                    u64::MAX << first
+                };
             let mut si = s;
             while sum == 0 {
                 si += 1;

@@ -189,7 +189,9 @@ where
         };
         inner.st.finish(flush, false);
         // Page sizes may have changed, and cached translations may carry dirty flags.
-        inner.st.invalidate_now(range_scope(range.start(), range.size()));
+        inner
+            .st
+            .invalidate_now(range_scope(range.start(), range.size()));
         inner.st.track.log = Some(Log {
             range,
             mode,
@@ -259,10 +261,10 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
             return;
         }
         let populated = matches!(outcome, FaultOutcome::Populated { .. });
-        if populated || access.contains(Access::WRITE) {
-            if let Some(t) = self.table.translate(gpa) {
-                self.track.record(t.leaf_gpa.as_usize(), t.size.size());
-            }
+        if (populated || access.contains(Access::WRITE))
+            && let Some(t) = self.table.translate(gpa)
+        {
+            self.track.record(t.leaf_gpa.as_usize(), t.size.size());
         }
     }
 
@@ -366,15 +368,18 @@ where
         for &(gpa, size) in &huge {
             for b in 0..blocks(size) {
                 let at = GuestPhysAddr::new(gpa.as_usize() + b * PAGE_SIZE_2M);
-                let r = self
-                    .st
-                    .metered(at, |table, meter| Size4K::ensure_chain_for(table, meter, at).map(|_| ()));
+                let r = self.st.metered(at, |table, meter| {
+                    Size4K::ensure_chain_for(table, meter, at).map(|_| ())
+                });
                 if r.is_err() {
                     result = r;
                 }
             }
         }
-        debug_assert!(result.is_ok() && self.st.reserve.is_empty(), "split plan mismatch");
+        debug_assert!(
+            result.is_ok() && self.st.reserve.is_empty(),
+            "split plan mismatch"
+        );
         self.st.drain_reserve();
         result
     }

@@ -68,6 +68,13 @@
 //! # Owned regions
 //! See [`OwnedRegion`]: a handle that owns a populated range and unmaps it on drop.
 //!
+//! # Dirty logging and snapshots
+//! [`AddressSpace::start_dirty_log`] / [`AddressSpace::harvest_dirty`] /
+//! [`AddressSpace::stop_dirty_log`] track written 4 KiB pages with the hardware's dirty
+//! flags or with write protection ([`dirty`]). [`AddressSpace::snapshot`] freezes the
+//! memory contents copy-on-write and [`AddressSpace::restore`] rolls back only the
+//! pages changed since ([`snapshot`]).
+//!
 //! # Example
 //! ```
 //! use ept::caps::Stage2Caps;
@@ -112,7 +119,7 @@ mod access;
 mod backend;
 mod bitmap;
 mod clone;
-mod dirty;
+pub mod dirty;
 mod error;
 mod fault;
 mod frames;
@@ -121,7 +128,7 @@ mod meter;
 mod pod;
 mod region;
 mod report;
-mod snapshot;
+pub mod snapshot;
 mod state;
 
 use alloc::sync::Arc;

@@ -268,8 +268,11 @@ where
         return AddrRange::from_start_size(inner.window.start(), 0).unwrap_or(inner.window);
     };
     let start = first.start();
-    let last = ram.last().unwrap_or(first);
-    let end = last.va_range().last().map_or(start.as_usize(), |l| l.as_usize() + 1);
+    let last = ram.next_back().unwrap_or(first);
+    let end = last
+        .va_range()
+        .last()
+        .map_or(start.as_usize(), |l| l.as_usize() + 1);
     AddrRange::from_start_size(start, end - start.as_usize()).unwrap_or(inner.window)
 }
 
@@ -323,7 +326,9 @@ where
                     steps.push(Step::Unmap(l));
                 }
                 (Some(l), Some(s)) if l.hpa == s.hpa => stats.pages_unchanged += 1,
-                (Some(l), Some(s)) if l.size == LeafSize::Size4K => steps.push(Step::Copy(l, s.hpa)),
+                (Some(l), Some(s)) if l.size == LeafSize::Size4K => {
+                    steps.push(Step::Copy(l, s.hpa))
+                }
                 _ => return stale(),
             }
         }
@@ -356,7 +361,9 @@ where
         if self.st.track.log.is_some() {
             for step in &steps {
                 let (Step::Copy(l, _) | Step::Unmap(l)) = step;
-                self.st.track.record_log(l.leaf_gpa.as_usize(), l.size.size());
+                self.st
+                    .track
+                    .record_log(l.leaf_gpa.as_usize(), l.size.size());
             }
         }
         Ok(stats)

@@ -38,7 +38,11 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
                         return None;
                     }
                     if self.caps.accessed_dirty {
-                        let d = if access.contains(Access::WRITE) { F::DIRTY } else { 0 };
+                        let d = if access.contains(Access::WRITE) {
+                            F::DIRTY
+                        } else {
+                            0
+                        };
                         t.set_bits(i, F::ACCESSED | d);
                     }
                     let sz = lsize(level);
