@@ -6,7 +6,7 @@ use core::fmt::Write;
 use crate::vcpu::VmExit;
 
 /// Reasons, in report order.
-const NAMES: [&str; 14] = [
+const NAMES: [&str; 15] = [
     "stage-2 fault",
     "I/O",
     "hypercall",
@@ -21,6 +21,7 @@ const NAMES: [&str; 14] = [
     "invalid state",
     "other",
     "XSETBV",
+    "WBINVD",
 ];
 
 /// Exit counts by reason.
@@ -40,6 +41,7 @@ impl ExitCounts {
             VmExit::Msr { write: false } => 6,
             VmExit::Msr { write: true } => 7,
             VmExit::Hlt => 8,
+            VmExit::Wbinvd => 14,
             VmExit::Shutdown => 9,
             VmExit::Forbidden { what: "XSETBV" } => 13,
             VmExit::Forbidden { .. } => 10,

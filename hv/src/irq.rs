@@ -66,11 +66,11 @@ mod tests {
         let mut v = ScriptedVcpu::new(Vec::new());
         assert_eq!(deliver(&mut v, &mut p), Delivery::Waiting, "IF = 0");
         assert!(v.window);
-        assert!(v.injected.is_empty());
+        assert!(v.interrupts.is_empty());
         v.set_reg(Reg::Rflags, 0x202);
         assert_eq!(deliver(&mut v, &mut p), Delivery::Injected(0x30));
         assert!(!v.window);
-        assert_eq!(v.injected, [0x30]);
+        assert_eq!(v.interrupts, [0x30]);
         // In service until EOI: nothing more.
         assert_eq!(deliver(&mut v, &mut p), Delivery::Idle);
     }

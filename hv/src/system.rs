@@ -189,7 +189,7 @@ mod tests {
             steps += 1;
             assert!(steps < 10_000, "never woke");
         }
-        assert_eq!(v.injected, [0x30]);
+        assert_eq!(v.interrupts, [0x30]);
     }
 
     #[test]

@@ -3,13 +3,11 @@
 //! * [`vmcb`]: the VMCB layout, accessed by offset.
 //! * [`exit`]: decoding exit codes into [`crate::vcpu::VmExit`].
 //! * [`irq`]: interrupt injection and the interrupt window in VMCB terms.
-//! * [`msrpm`]: which MSRs the guest reaches directly.
 //! * [`vcpu`]: [`SvmVcpu`], the world switch, and [`SvmHost`], the per-CPU state
 //!   (host save areas, permission maps, ASIDs).
 
 pub mod exit;
 pub mod irq;
-pub mod msrpm;
 pub mod vcpu;
 pub mod vmcb;
 
