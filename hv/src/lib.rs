@@ -15,9 +15,9 @@ use baremetal as _;
 
 pub use hv_abi as abi;
 pub mod clock;
+pub mod cpu;
 pub mod devices;
 pub mod exit_stats;
-pub mod cpu;
 pub mod frames;
 pub mod hypervisor;
 pub mod irq;

@@ -9,9 +9,9 @@ use ept::format::Access;
 use crate::cpu::decode::{self, Op};
 use crate::cpu::msr::{self, MsrFile};
 use crate::cpu::{cpuid, vector};
+use crate::exit_stats::ExitCounts;
 use crate::memory::{GuestMemory, MemoryError};
 use crate::outcome::{Expectation, FaultKind, GuestEnd};
-use crate::exit_stats::ExitCounts;
 use crate::system::{FullSystem, SystemStep};
 use crate::vcpu::{ArchReg, Reg, Vcpu, VmExit};
 
