@@ -367,7 +367,18 @@ fn boot_tests(paths: &Paths, o: &Options) -> Result<(), String> {
             }
             return Err(reason);
         }
-        jobs.extend(tests.iter().map(|t| (emulator, *t)));
+        for test in &tests {
+            if matches!(emulator, Emulator::Bochs(_)) && !test.bochs {
+                println!(
+                    "boot-test [{}] {}: NOT RUN ({})",
+                    emulator.name(),
+                    test.name,
+                    scenarios::LINUX_UNDER_BOCHS
+                );
+                continue;
+            }
+            jobs.push((emulator, *test));
+        }
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results = std::sync::Mutex::new(Vec::new());
