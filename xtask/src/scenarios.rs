@@ -107,12 +107,14 @@ pub const BOOT_TESTS: &[BootTest] = &[
         status: RunStatus::AllPassed,
         marker: "HV: ALL 4 GUESTS PASSED",
     },
+    // Two instances: the second starts after the first (and its clone) wrote their
+    // own values into every register and MSR, and must see the reset state.
     BootTest {
         name: "registers",
         cmdline: "log=info",
-        guests: &["registers"],
+        guests: &["registers", "registers name=registers2"],
         status: RunStatus::AllPassed,
-        marker: "HV: ALL 2 GUESTS PASSED",
+        marker: "HV: ALL 4 GUESTS PASSED",
     },
     // Every scenario in one boot: each guest has its own address space and ASID, the
     // misbehaving ones end alone and the others go on.
