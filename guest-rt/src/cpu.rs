@@ -182,6 +182,8 @@ pub enum Forbidden {
     Invd,
     /// XSETBV: XCR0 is host state (sets CR4.OSXSAVE first).
     Xsetbv,
+    /// RDPMC: the host's performance counters.
+    Rdpmc,
     /// AMD: INVLPGA of ASID 0 (the host's translations).
     Invlpga,
     /// AMD: VMRUN (nested virtualization).
@@ -223,44 +225,51 @@ pub fn try_forbidden(what: Forbidden, page: u64) {
     if what == Forbidden::Xsetbv {
         set_cr4_bits(CR4_OSXSAVE);
     }
-    // SAFETY: every instruction here is intercepted by the hypervisor (AMD APM vol. 2
-    // 15.9-15.14; the VMX ones exit unconditionally, SDM vol. 3C 26.1.2) before it has
-    // any effect, and ends this guest; if one were not intercepted it would act on the
-    // guest's own page `page` (a VMCB/VMCS region or descriptor) or its own ASID 0
-    // view, which is exactly the breach the scenario reports.
-    unsafe {
-        match what {
-            Forbidden::Invd => asm!("invd", options(nostack)),
-            Forbidden::Xsetbv => {
-                asm!("xsetbv", in("ecx") 0, in("eax") 3, in("edx") 0, options(nostack))
-            }
-            Forbidden::Invlpga => {
-                asm!("invlpga rax, ecx", in("rax") page, in("ecx") 0, options(nostack))
-            }
-            Forbidden::Vmrun => asm!("vmrun rax", in("rax") page, options(nostack)),
-            Forbidden::Vmload => asm!("vmload rax", in("rax") page, options(nostack)),
-            Forbidden::Vmsave => asm!("vmsave rax", in("rax") page, options(nostack)),
-            Forbidden::Stgi => asm!("stgi", options(nostack)),
-            Forbidden::Clgi => asm!("clgi", options(nostack)),
-            Forbidden::Skinit => asm!("skinit eax", in("eax") page as u32, options(nostack)),
-            Forbidden::Vmxon => asm!("vmxon [{}]", in(reg) &page, options(nostack)),
-            Forbidden::Vmclear => asm!("vmclear [{}]", in(reg) &page, options(nostack)),
-            Forbidden::Vmptrld => asm!("vmptrld [{}]", in(reg) &page, options(nostack)),
-            Forbidden::Vmread => {
-                asm!("vmread {}, {}", out(reg) _, in(reg) 0x681Eu64, options(nostack))
-            }
-            Forbidden::Vmwrite => {
-                asm!("vmwrite {}, {}", in(reg) 0x681Eu64, in(reg) page, options(nostack))
-            }
-            Forbidden::Vmlaunch => asm!("vmlaunch", options(nostack)),
-            Forbidden::Invept => {
-                let descriptor = [0u64; 2];
-                asm!("invept {}, [{}]", in(reg) 2u64, in(reg) &descriptor, options(nostack))
-            }
-            Forbidden::Invvpid => {
-                let descriptor = [0u64; 2];
-                asm!("invvpid {}, [{}]", in(reg) 2u64, in(reg) &descriptor, options(nostack))
-            }
+    /// Runs one forbidden instruction.
+    macro_rules! forbidden {
+        ($($asm:tt)*) => {
+            // SAFETY: every instruction here is intercepted by the hypervisor (AMD APM
+            // vol. 2 15.9-15.14; the VMX ones exit unconditionally, SDM vol. 3C 26.1.2)
+            // before it has any effect, and ends this guest; if one were not
+            // intercepted it would act on the guest's own page `page` (a VMCB/VMCS
+            // region or descriptor) or TLB, which is exactly the breach the scenario
+            // reports.
+            unsafe { asm!($($asm)*) }
+        };
+    }
+    let descriptor = [0u64; 2];
+    match what {
+        Forbidden::Invd => forbidden!("invd", options(nostack)),
+        Forbidden::Rdpmc => {
+            forbidden!("rdpmc", in("ecx") 0, out("eax") _, out("edx") _, options(nostack))
+        }
+        Forbidden::Xsetbv => {
+            forbidden!("xsetbv", in("ecx") 0, in("eax") 3, in("edx") 0, options(nostack))
+        }
+        Forbidden::Invlpga => {
+            forbidden!("invlpga rax, ecx", in("rax") page, in("ecx") 0, options(nostack))
+        }
+        Forbidden::Vmrun => forbidden!("vmrun rax", in("rax") page, options(nostack)),
+        Forbidden::Vmload => forbidden!("vmload rax", in("rax") page, options(nostack)),
+        Forbidden::Vmsave => forbidden!("vmsave rax", in("rax") page, options(nostack)),
+        Forbidden::Stgi => forbidden!("stgi", options(nostack)),
+        Forbidden::Clgi => forbidden!("clgi", options(nostack)),
+        Forbidden::Skinit => forbidden!("skinit eax", in("eax") page as u32, options(nostack)),
+        Forbidden::Vmxon => forbidden!("vmxon [{}]", in(reg) &page, options(nostack)),
+        Forbidden::Vmclear => forbidden!("vmclear [{}]", in(reg) &page, options(nostack)),
+        Forbidden::Vmptrld => forbidden!("vmptrld [{}]", in(reg) &page, options(nostack)),
+        Forbidden::Vmread => {
+            forbidden!("vmread {}, {}", out(reg) _, in(reg) 0x681Eu64, options(nostack))
+        }
+        Forbidden::Vmwrite => {
+            forbidden!("vmwrite {}, {}", in(reg) 0x681Eu64, in(reg) page, options(nostack))
+        }
+        Forbidden::Vmlaunch => forbidden!("vmlaunch", options(nostack)),
+        Forbidden::Invept => {
+            forbidden!("invept {}, [{}]", in(reg) 2u64, in(reg) &descriptor, options(nostack))
+        }
+        Forbidden::Invvpid => {
+            forbidden!("invvpid {}, [{}]", in(reg) 2u64, in(reg) &descriptor, options(nostack))
         }
     }
 }
