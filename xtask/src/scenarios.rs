@@ -165,9 +165,7 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["spin", "hello", "clone"],
         status: RunStatus::AllPassed,
         marker: "HV: ALL 4 GUESTS PASSED",
-        lines: &[
-            "guest spin: PASS (ended: fault:timeout: still running after its CPU budget of 100 timer ticks)",
-        ],
+        lines: &["guest spin: PASS (ended: fault:timeout: still running after its CPU budget of "],
         vendor_lines: (&[], &[]),
         reports: &[],
     },
