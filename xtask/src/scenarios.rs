@@ -2,6 +2,8 @@
 
 use guest_images::abi::RunStatus;
 
+use crate::checks::ReportCheck;
+
 /// Default module settings for each guest image (`cargo xtask run NAME` uses them;
 /// extra words on the command line are appended and win).
 pub const GUEST_DEFAULTS: &[(&str, &str)] = &[
@@ -23,13 +25,15 @@ pub const GUEST_DEFAULTS: &[(&str, &str)] = &[
     ),
     ("clone", "area=0x1000000+64K:rw"),
     ("badcall", "expect=fault:hypercall"),
-    ("portio", "expect=fault:io"),
+    ("portio", "expect=fault:io@0xf4"),
     ("triple", "expect=fault:shutdown"),
     ("hostile", "area=0x1000000+64K:rw"),
     ("registers", ""),
     ("populated", "populate area=0x4000000+4M:rwp"),
     ("spin", "expect=fault:timeout"),
     ("realmode", ""),
+    ("intercepts", "expect=fault:instruction"),
+    ("badmsr", "expect=fault:shutdown"),
 ];
 
 /// The default settings of guest `name` ("" for an unknown guest).
@@ -45,9 +49,6 @@ pub fn default_args(name: &str) -> &'static str {
 /// read-only area while the others go on.
 pub const DEMO: &[&str] = &["hello", "ondemand", "huge", "clone", "readonly"];
 
-/// The Linux guest's final line as the hypervisor prints it.
-pub const LINUX_MARKER: &str = "[guest linux] LINUX-INIT: CHECKSUMS MATCH, ALL DONE";
-
 /// One boot test: guests to boot, and the exact status and marker that mean "pass".
 #[derive(Debug, Clone)]
 pub struct BootTest {
@@ -61,8 +62,14 @@ pub struct BootTest {
     pub status: RunStatus,
     /// A line the serial log must contain.
     pub marker: &'static str,
-    /// More lines the serial log must contain (e.g. a guest's own final line).
-    pub also: &'static [&'static str],
+    /// Text that must appear in the serial log (each in some line), under every
+    /// back-end: the detail of an expected end, a check the hypervisor made.
+    pub lines: &'static [&'static str],
+    /// Text that must appear under SVM, and under VMX (`(svm, vmx)`).
+    pub vendor_lines: (&'static [&'static str], &'static [&'static str]),
+    /// Claims checked against guests' stage-2 reports (every report must also end
+    /// with `validator: OK`).
+    pub reports: &'static [ReportCheck],
     /// Under Bochs too (false: QEMU and KVM only, see [`LINUX_UNDER_BOCHS`]).
     pub bochs: bool,
 }
@@ -70,6 +77,9 @@ pub struct BootTest {
 /// Why the Linux boot tests do not run under Bochs yet.
 pub const LINUX_UNDER_BOCHS: &str =
     "Linux under Bochs (VMX + EPT) is not part of the test set yet; see the README";
+
+/// The Linux guest's final line as the hypervisor prints it.
+pub const LINUX_MARKER: &str = "[guest linux] LINUX-INIT: CHECKSUMS MATCH, ALL DONE";
 
 macro_rules! single {
     ($name:literal) => {
@@ -79,8 +89,18 @@ macro_rules! single {
             guests: &[$name],
             status: RunStatus::AllPassed,
             marker: "HV: ALL 1 GUESTS PASSED",
-            also: &[],
+            lines: &[],
+            vendor_lines: (&[], &[]),
+            reports: &[],
             bochs: true,
+        }
+    };
+    ($name:literal, lines: $lines:expr, reports: $reports:expr) => {
+        BootTest {
+            lines: $lines,
+            reports: $reports,
+            bochs: true,
+            ..single!($name)
         }
     };
 }
@@ -88,13 +108,33 @@ macro_rules! single {
 /// Every boot test.
 pub const BOOT_TESTS: &[BootTest] = &[
     single!("hello"),
-    single!("ondemand"),
-    single!("huge"),
+    // The guest says it got 2 MiB and 4 KiB leaves on demand; its report must agree:
+    // 24 + 3 leaves of 2 MiB (its 48 MiB and the middle of its 8 MiB area), and a fault
+    // served for each of them and each of the area's 512 edge pages.
+    single!(
+        "ondemand",
+        lines: &[],
+        reports: &[ReportCheck {
+            guest: "ondemand",
+            leaves_2m: 27,
+            faults: 539,
+        }]
+    ),
+    single!(
+        "huge",
+        lines: &[],
+        reports: &[ReportCheck {
+            guest: "huge",
+            leaves_2m: 2,
+            faults: 2,
+        }]
+    ),
     single!("readonly"),
     single!("noexec"),
     single!("mmio"),
     single!("outofrange"),
-    single!("quota"),
+    // The running guest hit its quota at an address (not: it could not be created).
+    single!("quota", lines: &["guest quota: PASS (ended: fault:quota@0x"], reports: &[]),
     single!("protect"),
     single!("unmap"),
     BootTest {
@@ -103,12 +143,28 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["clone"],
         status: RunStatus::AllPassed,
         marker: "HV: ALL 2 GUESTS PASSED",
-        also: &[],
+        lines: &[],
+        vendor_lines: (&[], &[]),
+        reports: &[],
         bochs: true,
     },
     single!("badcall"),
-    single!("portio"),
-    single!("triple"),
+    single!(
+        "portio",
+        lines: &["guest portio: PASS (ended: fault:io@0xf4: OUT of 1 byte(s) to port 0xf4 refused)"],
+        reports: &[]
+    ),
+    single!(
+        "triple",
+        lines: &["guest triple: PASS (ended: fault:shutdown: triple fault (shutdown) at rip 0x"],
+        reports: &[]
+    ),
+    // An unknown MSR gets #GP(0); without an IDT that is a triple fault, which names it.
+    single!(
+        "badmsr",
+        lines: &["after #GP injected for RDMSR of MSR 0xc0011234 (no such MSR on this virtual CPU)"],
+        reports: &[]
+    ),
     single!("hostile"),
     single!("populated"),
     // A 16-bit real-mode guest (VMX: unrestricted guest; SVM: natively).
@@ -121,16 +177,59 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["spin", "hello", "clone"],
         status: RunStatus::AllPassed,
         marker: "HV: ALL 4 GUESTS PASSED",
-        also: &[],
+        lines: &["guest spin: PASS (ended: fault:timeout: still running after its CPU budget of "],
+        vendor_lines: (&[], &[]),
+        reports: &[],
+        bochs: true,
+    },
+    // Two instances: the second starts after the first (and its clone) wrote their
+    // own values into every register and MSR, and must see the reset state.
+    // One guest per instruction a guest could use against the host: each ends, named.
+    BootTest {
+        name: "intercepts",
+        cmdline: "log=info",
+        guests: &["intercepts"],
+        status: RunStatus::AllPassed,
+        marker: "HV: ALL 10 GUESTS PASSED",
+        lines: &[],
+        vendor_lines: (
+            &[
+                "fault:instruction: VMRUN is not allowed",
+                "fault:instruction: VMLOAD is not allowed",
+                "fault:instruction: VMSAVE is not allowed",
+                "fault:instruction: STGI is not allowed",
+                "fault:instruction: CLGI is not allowed",
+                "fault:instruction: SKINIT is not allowed",
+                "fault:instruction: INVLPGA is not allowed",
+                "fault:instruction: INVD is not allowed",
+                "fault:instruction: XSETBV",
+                "fault:instruction: RDPMC is not allowed",
+            ],
+            &[
+                "fault:instruction: VMXON is not allowed",
+                "fault:instruction: VMCLEAR is not allowed",
+                "fault:instruction: VMPTRLD is not allowed",
+                "fault:instruction: VMREAD is not allowed",
+                "fault:instruction: VMWRITE is not allowed",
+                "fault:instruction: VMLAUNCH is not allowed",
+                "fault:instruction: INVEPT is not allowed",
+                "fault:instruction: INVVPID is not allowed",
+                "fault:instruction: INVD is not allowed",
+                "fault:instruction: XSETBV",
+            ],
+        ),
+        reports: &[],
         bochs: true,
     },
     BootTest {
         name: "registers",
         cmdline: "log=info",
-        guests: &["registers"],
+        guests: &["registers", "registers name=registers2"],
         status: RunStatus::AllPassed,
-        marker: "HV: ALL 2 GUESTS PASSED",
-        also: &[],
+        marker: "HV: ALL 4 GUESTS PASSED",
+        lines: &[],
+        vendor_lines: (&[], &[]),
+        reports: &[],
         bochs: true,
     },
     // Every scenario in one boot: each guest has its own address space and ASID, the
@@ -157,7 +256,9 @@ pub const BOOT_TESTS: &[BootTest] = &[
         ],
         status: RunStatus::AllPassed,
         marker: "HV: ALL 16 GUESTS PASSED",
-        also: &[],
+        lines: &[],
+        vendor_lines: (&[], &[]),
+        reports: &[],
         bochs: true,
     },
     // A guest whose outcome differs from its expectation fails the run (and only it).
@@ -167,7 +268,9 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["hello", "readonly expect=ok", "hello name=hello2"],
         status: RunStatus::GuestFailed,
         marker: "HV: 1 GUEST(S) FAILED",
-        also: &[],
+        lines: &[],
+        vendor_lines: (&[], &[]),
+        reports: &[],
         bochs: true,
     },
     // More guests than SVM offers ASIDs (15 under QEMU): they are admitted as others end.
@@ -198,7 +301,9 @@ pub const BOOT_TESTS: &[BootTest] = &[
         ],
         status: RunStatus::AllPassed,
         marker: "HV: ALL 21 GUESTS PASSED",
-        also: &[],
+        lines: &[],
+        vendor_lines: (&[], &[]),
+        reports: &[],
         bochs: true,
     },
     // Debian's stock kernel to our busybox init, whose memory workload must end with
@@ -209,7 +314,9 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["linux"],
         status: RunStatus::AllPassed,
         marker: "HV: ALL 1 GUESTS PASSED",
-        also: &[LINUX_MARKER],
+        lines: &[LINUX_MARKER, "guest linux: PASS (ended: halted)"],
+        vendor_lines: (&[], &[]),
+        reports: &[],
         bochs: false,
     },
     // Linux and tiny guests share the machine, time-sliced.
@@ -219,7 +326,9 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["hello", "linux", "ondemand", "clone"],
         status: RunStatus::AllPassed,
         marker: "HV: ALL 5 GUESTS PASSED",
-        also: &[LINUX_MARKER],
+        lines: &[LINUX_MARKER, "guest linux: PASS (ended: halted)"],
+        vendor_lines: (&[], &[]),
+        reports: &[],
         bochs: false,
     },
     // The host's own failures end the run with their own status.
@@ -229,7 +338,9 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["hello"],
         status: RunStatus::HostFault,
         marker: "HV: HOST FAULT (exception 6), status 37",
-        also: &[],
+        lines: &[],
+        vendor_lines: (&[], &[]),
+        reports: &[],
         bochs: true,
     },
     BootTest {
@@ -238,7 +349,9 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["hello"],
         status: RunStatus::HostFault,
         marker: "HV: HOST FAULT (panic), status 37",
-        also: &[],
+        lines: &[],
+        vendor_lines: (&[], &[]),
+        reports: &[],
         bochs: true,
     },
     BootTest {
@@ -247,7 +360,9 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["hello"],
         status: RunStatus::Leak,
         marker: "HV: FRAME LEAK (1 frames)",
-        also: &[],
+        lines: &[],
+        vendor_lines: (&[], &[]),
+        reports: &[],
         bochs: true,
     },
     // A malformed configuration is refused before any guest runs.
@@ -257,7 +372,9 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["hello mem=3M"],
         status: RunStatus::BadConfig,
         marker: "HV: CONFIGURATION REFUSED",
-        also: &[],
+        lines: &[],
+        vendor_lines: (&[], &[]),
+        reports: &[],
         bochs: true,
     },
     BootTest {
@@ -266,7 +383,9 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["hello", "corrupt"],
         status: RunStatus::BadConfig,
         marker: "HV: CONFIGURATION REFUSED",
-        also: &[],
+        lines: &[],
+        vendor_lines: (&[], &[]),
+        reports: &[],
         bochs: true,
     },
     BootTest {
@@ -275,7 +394,9 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["hello"],
         status: RunStatus::BadConfig,
         marker: "HV: CONFIGURATION REFUSED",
-        also: &[],
+        lines: &[],
+        vendor_lines: (&[], &[]),
+        reports: &[],
         bochs: true,
     },
 ];

@@ -339,8 +339,8 @@ where
                 Step::Copy(l, src) => {
                     // Both are whole frames this space and the snapshot hold.
                     let _ = copy_frame(self.st.table.mapper(), l.hpa, *src);
-                    if l.attr.access.contains(Access::WRITE) {
-                        flush = flush.merge(self.st.write_protect_leaf(l));
+                    if let Some((leaf, size)) = self.st.table.clear_write(l.leaf_gpa) {
+                        flush.add_range(leaf, size.size());
                     }
                     stats.pages_copied += 1;
                 }

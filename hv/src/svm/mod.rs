@@ -8,6 +8,7 @@
 
 pub mod exit;
 pub mod irq;
+mod state;
 pub mod vcpu;
 pub mod vmcb;
 
