@@ -24,12 +24,19 @@ pub const WORKLOAD_MIB: u32 = 64;
 /// (the virtual platform has an 8259A PIC pair and an 8254 PIT, no APIC; see the
 /// README), `panic=-1` reboots at once on a panic, `reboot=k` resets through the
 /// i8042 (which ends the guest as "reset requested", never a pass); there is no
-/// keyboard or mouse behind the i8042 (`i8042.nokbd i8042.noaux`). No commas: QEMU's
-/// `-initrd` list is comma-separated.
+/// keyboard or mouse behind the i8042 (`i8042.nokbd i8042.noaux`). `tsc=unstable`:
+/// the guest reads the host's TSC but its timer ticks come from the virtual PIT, whose
+/// lost periods coalesce when the emulator is starved; Linux would then find the TSC
+/// skewed against jiffies after it switched to it and to one-shot ticks, and fall back
+/// to the jiffies clocksource, where time stops advancing in one-shot mode (seen under
+/// load: soft lockups in idle). With the TSC unstable from the start, Linux keeps the
+/// PIT periodic. No commas: QEMU's `-initrd` list is comma-separated.
 pub const KERNEL_CMDLINE: &str = "console=ttyS0 earlyprintk=ttyS0 acpi=off noapic nolapic \
-     panic=-1 reboot=k i8042.nokbd i8042.noaux";
+     tsc=unstable panic=-1 reboot=k i8042.nokbd i8042.noaux";
 
-/// Our `/init` (busybox `sh`). `MB` MiB of pseudo-random data go to tmpfs, are
+/// Our `/init` (busybox `sh`). `MB` MiB of pseudo-random data (default
+/// `workload_mib`; the kernel argument `workload=N` overrides it: the kernel hands
+/// unknown `name=value` arguments to init as environment variables) go to tmpfs, are
 /// checksummed twice and compared; only equal sums print [`FINAL_MARKER`]. `halt -f`
 /// then stops the CPU with interrupts off (`HLT` with IF = 0): the hypervisor ends the
 /// guest as "halted", which the boot test expects.
@@ -43,7 +50,7 @@ mount -t devtmpfs dev /dev
 echo "LINUX-INIT: userspace is up"
 uname -a
 cat /proc/meminfo
-MB={workload_mib}
+MB=${{workload:-{workload_mib}}}
 mount -t tmpfs -o size=$((MB + 16))m tmpfs /mnt
 echo "LINUX-INIT: writing $MB MiB of pseudo-random data to tmpfs"
 dd if=/dev/urandom of=/mnt/seed bs=64k count=16 2>/dev/null

@@ -177,12 +177,17 @@ fn host_tests(paths: &Paths) -> Result<(), String> {
 }
 
 /// Turns `NAME [settings]` into boot modules: an image path and settings (defaults
-/// first). `linux` is Debian's kernel plus our initramfs (a `data` module it names).
+/// first). `linux [settings] [-- kernel args]` is Debian's kernel plus our initramfs (a
+/// `data` module it names); kernel args are appended to the default command line.
 fn guest_modules(paths: &Paths, spec: &str) -> Result<Vec<(std::path::PathBuf, String)>, String> {
     let mut words = spec.split_whitespace();
     let name = words.next().ok_or("empty guest spec")?;
     if name == "linux" {
-        let extra: Vec<&str> = words.collect();
+        let rest: Vec<&str> = words.collect();
+        let (extra, kernel_args) = match rest.iter().position(|w| *w == "--") {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (&rest[..], &[][..]),
+        };
         let files = linux::prepare(paths, linux::WORKLOAD_MIB)?;
         let initrd_name = files
             .initrd
@@ -191,9 +196,10 @@ fn guest_modules(paths: &Paths, spec: &str) -> Result<Vec<(std::path::PathBuf, S
             .ok_or("bad initrd file name")?
             .to_string();
         let args = format!(
-            "linux name=linux mem=256M initrd={initrd_name} expect=halt {} -- {}",
+            "linux name=linux mem=256M initrd={initrd_name} expect=halt {} -- {} {}",
             extra.join(" "),
-            linux::KERNEL_CMDLINE
+            linux::KERNEL_CMDLINE,
+            kernel_args.join(" ")
         );
         return Ok(vec![(files.kernel, args), (files.initrd, "data".into())]);
     }
