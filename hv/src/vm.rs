@@ -302,6 +302,10 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
             VmExit::Msr { write: false } => &[Op::Rdmsr],
             VmExit::Msr { write: true } => &[Op::Wrmsr],
             VmExit::Wbinvd => &[Op::Wbinvd],
+            // A full-system guest resumes after its HLT: without the length, the
+            // interrupt that wakes it would return onto the HLT and the idle loop
+            // would never see its work (seen: Linux soft lockups in idle).
+            VmExit::Hlt if self.system.is_some() => &[Op::Hlt],
             _ => return Ok(()),
         };
         if self.vcpu.instruction_length_known() {
@@ -530,6 +534,19 @@ mod tests {
                 return steps;
             }
         }
+    }
+
+    #[test]
+    fn hlt_of_a_full_system_guest_is_decoded_and_skipped_without_nrips() {
+        let mut v = vm(vec![(
+            vec![(Reg::Rip, 0x2000), (Reg::Rflags, 0x202)],
+            VmExit::Hlt,
+        )]);
+        v.vcpu.length_known = false;
+        v.memory.write(0x2000, &[0xF4]).unwrap();
+        v.system = Some(FullSystem::default());
+        assert_eq!(v.step(100, 100, &mut |_| {}), Step::Continue);
+        assert_eq!(v.vcpu.reg(Reg::Rip), 0x2001, "RIP past the HLT");
     }
 
     #[test]
