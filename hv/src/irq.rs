@@ -41,21 +41,12 @@ mod tests {
     use alloc::vec::Vec;
 
     use super::*;
-    use crate::devices::IoOutcome;
     use crate::testing::ScriptedVcpu;
     use crate::vcpu::Reg;
 
     fn platform_with_irq0() -> Platform {
         let mut p = Platform::default();
-        for (port, v) in [
-            (0x20, 0x11),
-            (0x21, 0x30),
-            (0x21, 4),
-            (0x21, 1),
-            (0x21, 0xFE),
-        ] {
-            assert_eq!(p.io(port, 1, true, v, 0), IoOutcome::Written);
-        }
+        crate::devices::init_master_pic(&mut p, 0xFE);
         p.pic.raise(0);
         p
     }

@@ -214,6 +214,21 @@ impl Platform {
     }
 }
 
+/// Test support: the master PIC initialized as Linux does (vectors 0x30-0x37, 8086
+/// mode), with `mask` as its interrupt mask.
+#[cfg(test)]
+pub(crate) fn init_master_pic(p: &mut Platform, mask: u8) {
+    for (port, v) in [
+        (0x20, 0x11),
+        (0x21, 0x30),
+        (0x21, 4),
+        (0x21, 1),
+        (0x21, mask),
+    ] {
+        assert_eq!(p.io(port, 1, true, u32::from(v), 0), IoOutcome::Written);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,15 +267,7 @@ mod tests {
     #[test]
     fn timer_interrupt_reaches_the_pic() {
         let mut p = Platform::default();
-        for (port, v) in [
-            (0x20, 0x11),
-            (0x21, 0x30),
-            (0x21, 4),
-            (0x21, 1),
-            (0x21, 0xEE),
-        ] {
-            out(&mut p, port, v);
-        }
+        init_master_pic(&mut p, 0xEE);
         out(&mut p, 0x43, 0x34);
         out(&mut p, 0x40, 0xA9);
         out(&mut p, 0x40, 0x04); // 1193 ticks: 1 ms
