@@ -29,6 +29,8 @@ use harness::Recorder;
 
 struct Options {
     rounds: usize,
+    /// A phase repeats inside its sample until it has taken this long.
+    min_sample_ns: u64,
     large_searches: usize,
     only: Vec<String>,
     only_contender: Option<String>,
@@ -58,6 +60,7 @@ impl Options {
         }
         Ok(Options {
             rounds: rounds.unwrap_or(if quick { 5 } else { 9 }).max(1),
+            min_sample_ns: if quick { 5_000_000 } else { 20_000_000 },
             large_searches: if quick { 200 } else { 1000 },
             only,
             only_contender,
@@ -95,16 +98,27 @@ fn main() -> ExitCode {
     let table_arena = Arena::new(4);
     let fault_arena = opts.runs("W4").then(|| Arena::new(w4::ARENA_BLOCKS));
     let fault_order = rng::permutation(w1::PAGES, 0xfa17);
+    let lookup_order: Vec<u32> = rng::permutation(w1::PAGES, 0x100c)
+        .into_iter()
+        .map(|i| i as u32)
+        .collect();
     let mut rec = Recorder::new();
     rec.only = opts.only_contender.clone();
+    rec.min_sample_ns = opts.min_sample_ns;
     rec.use_clock(opts.clock);
     for round in 0..=opts.rounds {
         rec.recording = round > 0;
         if opts.runs("W1") {
-            w1::round(&mut rec, &table_arena, w1::Leaf::Small, round);
+            w1::round(
+                &mut rec,
+                &table_arena,
+                w1::Leaf::Small,
+                &lookup_order,
+                round,
+            );
         }
         if opts.runs("W2") {
-            w1::round(&mut rec, &table_arena, w1::Leaf::Huge, round);
+            w1::round(&mut rec, &table_arena, w1::Leaf::Huge, &lookup_order, round);
         }
         if opts.runs("W3") {
             let inputs = w3::Inputs::new(round, opts.large_searches);
