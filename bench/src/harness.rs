@@ -176,7 +176,8 @@ pub struct Recorder {
     order: Vec<String>,
     /// While false (warm-up rounds) samples are dropped.
     pub recording: bool,
-    /// Run only this contender (for profiling): `ours`, `floor` or an anchor's name.
+    /// Run only these contenders (comma-separated, for profiling): `ours`, `floor` or an
+    /// anchor's name.
     pub only: Option<String>,
     /// [`Recorder::repeat`] runs its passes until every phase in them has taken at
     /// least this long (ns, on the sampling clock).
@@ -229,11 +230,14 @@ impl Recorder {
 
     /// Whether `who` should run at all.
     pub fn runs(&self, who: Who) -> bool {
-        self.only.as_deref().is_none_or(|only| match who {
-            Who::Ours => only == "ours",
-            Who::Floor => only == "floor",
-            Who::Anchor(name) => only == name,
-        })
+        let name = match who {
+            Who::Ours => "ours",
+            Who::Floor => "floor",
+            Who::Anchor(name) => name,
+        };
+        self.only
+            .as_deref()
+            .is_none_or(|only| only.split(',').any(|o| o == name))
     }
 
     /// Remembers `id` in first-seen order.

@@ -8,7 +8,7 @@
 //! the spread (interquartile range over median) and the ratios; then one `BENCH` line per
 //! measurement. Arguments: `--quick` (fewer rounds, well under a minute), `--wall`
 //! (wall-clock instead of thread CPU time), `--rounds N`,
-//! `--only ours|floor|<anchor name>` (run one contender, for profiling) and workload names (`W1` .. `W5`) to run only those.
+//! `--only ours|floor|<anchor name>[,...]` (run only those contenders, for profiling) and workload names (`W1` .. `W5`) to run only those.
 
 mod anchors;
 mod arena;
@@ -86,7 +86,7 @@ fn main() -> ExitCode {
         Ok(o) => o,
         Err(e) => {
             eprintln!(
-                "bench: {e}\nusage: bench [--quick] [--wall] [--rounds N] [--only ours|floor|<anchor>] [W1 .. W5]"
+                "bench: {e}\nusage: bench [--quick] [--wall] [--rounds N] [--only ours|floor|<anchor>[,...]] [W1 .. W5]"
             );
             return ExitCode::from(2);
         }
