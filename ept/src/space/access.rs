@@ -51,6 +51,7 @@ where
         inner.check_ram(range, Access::WRITE)?;
         inner.make_writable(range)?;
         inner.copy_in(gpa, data);
+        inner.note_written(range);
         Ok(())
     }
 

@@ -68,7 +68,7 @@ where
     A: FrameAlloc + Clone,
     I: Invalidate,
 {
-    fn clone_parts(
+    pub(crate) fn clone_parts(
         &mut self,
         invalidate: I,
         quota: usize,

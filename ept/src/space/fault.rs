@@ -75,6 +75,7 @@ where
             Some(size) => FaultOutcome::Populated { size },
             None => inner.st.serve_fault(area, flags.attr, kind, gpa, access)?,
         };
+        inner.st.note_fault(gpa, access, outcome);
         inner.st.counters.faults_handled += 1;
         if outcome == FaultOutcome::Spurious {
             inner.st.counters.spurious += 1;

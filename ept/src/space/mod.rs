@@ -68,6 +68,13 @@
 //! # Owned regions
 //! See [`OwnedRegion`]: a handle that owns a populated range and unmaps it on drop.
 //!
+//! # Dirty logging and snapshots
+//! [`AddressSpace::start_dirty_log`] / [`AddressSpace::harvest_dirty`] /
+//! [`AddressSpace::stop_dirty_log`] track written 4 KiB pages with the hardware's dirty
+//! flags or with write protection ([`dirty`]). [`AddressSpace::snapshot`] freezes the
+//! memory contents copy-on-write and [`AddressSpace::restore`] rolls back only the
+//! pages changed since ([`snapshot`]).
+//!
 //! # Example
 //! ```
 //! use ept::caps::Stage2Caps;
@@ -110,7 +117,9 @@
 
 mod access;
 mod backend;
+mod bitmap;
 mod clone;
+pub mod dirty;
 mod error;
 mod fault;
 mod frames;
@@ -119,6 +128,7 @@ mod meter;
 mod pod;
 mod region;
 mod report;
+pub mod snapshot;
 mod state;
 
 use alloc::sync::Arc;
@@ -135,11 +145,14 @@ use backend::{AreaFlags, Backend, BackendKind};
 use lock::SpinLock;
 use state::{Inner, State};
 
-pub use error::{OomReason, RangeProblem, SpaceError};
+pub use bitmap::DirtyBitmap;
+pub use dirty::{DirtyMode, HugeLeaves};
+pub use error::{OomReason, RangeProblem, SpaceError, TrackingProblem};
 pub use fault::FaultOutcome;
 pub use pod::Pod;
 pub use region::{OwnedRegion, ViewError};
 pub use report::{AreaInfo, AreaKind, SpaceReport, SpaceStats};
+pub use snapshot::{RestoreStats, Snapshot};
 
 /// How the hypervisor invalidates cached stage-2 translations of one address space
 /// (INVEPT single-context on Intel, the VMCB TLB_CONTROL / ASID flush on AMD).
@@ -379,6 +392,9 @@ where
         let mut inner = self.inner.lock();
         let range = inner.check_range(gpa, size)?;
         let result = inner.populate_range(range);
+        if result.is_ok() {
+            inner.note_area_change(range);
+        }
         debug_validated(&inner, result)
     }
 

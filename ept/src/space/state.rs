@@ -47,6 +47,8 @@ pub(crate) struct State<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invali
     pub(crate) replay: bool,
     /// The last owned-region id handed out.
     pub(crate) last_owner: u64,
+    /// Dirty logging and snapshot tracking (`dirty.rs`, `snapshot.rs`).
+    pub(crate) track: super::dirty::Tracking,
 }
 
 /// An area as [`Inner::area_at`] reports it: its range, flags and backend.
@@ -153,12 +155,16 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
             counters: Counters::default(),
             replay: false,
             last_owner: 0,
+            track: Default::default(),
         })
     }
 
-    /// Frames this space holds: RAM, tables, and any reserve.
+    /// Frames this space holds: RAM, tables, any reserve, and an attached snapshot's.
     pub(crate) fn used(&self) -> usize {
-        self.book.ram_frames() + self.table.table_frames() + self.reserve.len()
+        self.book.ram_frames()
+            + self.table.table_frames()
+            + self.reserve.len()
+            + self.track.charged_frames()
     }
 
     /// The table and a metered allocator for one operation.
@@ -680,7 +686,9 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
         self.last_area.set(None);
         self.set
             .map(area, &mut self.st, false)
-            .map_err(|e| set_err(e, start, size))
+            .map_err(|e| set_err(e, start, size))?;
+        self.note_area_change(range);
+        Ok(())
     }
 
     /// The areas overlapping `range` as (piece, flags, kind), checking that they cover
@@ -792,7 +800,9 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
             .unmap(range.start(), range.size(), &mut self.st)
             .map_err(|e| set_err(e, range.start(), range.size()));
         self.st.drain_reserve();
-        r
+        r?;
+        self.note_area_change(range);
+        Ok(())
     }
 
     /// Changes the rights (and, with `owner`, the owner label) of the areas in `range`.
@@ -826,7 +836,9 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
             )
             .map_err(|e| set_err(e, range.start(), range.size()));
         self.st.drain_reserve();
-        r
+        r?;
+        self.note_area_change(range);
+        Ok(())
     }
 
     /// Unmaps every area no region owns. Whole areas never need a split.

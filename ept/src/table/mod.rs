@@ -13,6 +13,7 @@
 
 mod cursor;
 mod error;
+mod hw;
 mod map;
 mod raw;
 mod reserve;
