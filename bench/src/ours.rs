@@ -142,11 +142,8 @@ pub fn w4(rec: &mut Recorder, arena: &Arena, mode: Mode, order: &[usize]) {
         )
         .expect("area");
     let mut covered = vec![false; PAGES];
-    rec.time(mode.id(), Who::Ours, PAGES, || {
-        for &i in order {
-            if covered[i] {
-                continue; // mapped already: the guest would not fault
-            }
+    let mapped = rec.time(mode.id(), Who::Ours, PAGES, || {
+        crate::w4::touch_all(order, mode, &mut covered, |i| {
             let fault = Stage2Fault {
                 gpa: GuestPhysAddr::new(GPA + i * SIZE_4K),
                 access: Access::WRITE,
@@ -154,19 +151,12 @@ pub fn w4(rec: &mut Recorder, arena: &Arena, mode: Mode, order: &[usize]) {
                 in_guest_walk: false,
             };
             match space.handle_fault(fault).expect("fault") {
-                FaultOutcome::Populated {
-                    size: LeafSize::Size4K,
-                } => covered[i] = true,
-                FaultOutcome::Populated {
-                    size: LeafSize::Size2M,
-                } => {
-                    let first = i & !511;
-                    covered[first..first + 512].fill(true);
-                }
+                FaultOutcome::Populated { size } => size.size() / SIZE_4K,
                 other => panic!("W4: unexpected fault outcome {other:?}"),
             }
-        }
+        })
     });
+    assert_eq!(mapped, PAGES, "every page faulted in once");
     let stats = space.stats();
     assert_eq!(stats.ram_frames, PAGES);
     let expected = match mode {
