@@ -164,8 +164,10 @@ impl Guest {
             let iterations = (4096 / k).clamp(3, 100);
             for c in 0..2 {
                 match (c + round) % 2 {
-                    0 if rec.runs(Who::Ours) => self.ours(rec, k, iterations),
-                    1 if rec.runs(Who::Floor) => self.floor(rec, k, iterations),
+                    0 if rec.runs(Who::Ours) => rec.repeat(|rec| self.ours(rec, k, iterations)),
+                    1 if rec.runs(Who::Floor) => {
+                        rec.repeat(|rec| self.floor(rec, k, iterations))
+                    }
                     _ => {}
                 }
             }
