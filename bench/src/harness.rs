@@ -199,7 +199,18 @@ impl Recorder {
     /// again until every phase timed in it has taken at least [`Recorder::min_sample_ns`]
     /// in total, then records one sample per phase: the total time over the total units.
     /// Returns the last pass's result. Passes cannot nest.
-    pub fn repeat<T>(&mut self, mut pass: impl FnMut(&mut Recorder) -> T) -> T {
+    pub fn repeat<T>(&mut self, pass: impl FnMut(&mut Recorder) -> T) -> T {
+        self.repeat_upto(MAX_PASSES, pass)
+    }
+
+    /// Runs `pass` once and records one sample per phase timed in it (the total time
+    /// over the total units): for a pass that already repeats its phases and must not
+    /// run more often (it changes state that later passes would see).
+    pub fn one_sample<T>(&mut self, pass: impl FnMut(&mut Recorder) -> T) -> T {
+        self.repeat_upto(1, pass)
+    }
+
+    fn repeat_upto<T>(&mut self, max_passes: usize, mut pass: impl FnMut(&mut Recorder) -> T) -> T {
         assert!(self.pending.is_none(), "Recorder::repeat cannot nest");
         self.pending = Some(Pending::new());
         let mut passes = 0;
@@ -207,7 +218,7 @@ impl Recorder {
             let out = pass(self);
             passes += 1;
             let pending = self.pending.as_ref().expect("inside repeat");
-            if passes >= MAX_PASSES || pending.values().all(|&(ns, _)| ns >= self.min_sample_ns) {
+            if passes >= max_passes || pending.values().all(|&(ns, _)| ns >= self.min_sample_ns) {
                 break out;
             }
         };

@@ -164,9 +164,9 @@ impl Guest {
             let iterations = (4096 / k).clamp(3, 100);
             for c in 0..2 {
                 match (c + round) % 2 {
-                    0 if rec.runs(Who::Ours) => rec.repeat(|rec| self.ours(rec, k, iterations)),
+                    0 if rec.runs(Who::Ours) => rec.one_sample(|rec| self.ours(rec, k, iterations)),
                     1 if rec.runs(Who::Floor) => {
-                        rec.repeat(|rec| self.floor(rec, k, iterations))
+                        rec.one_sample(|rec| self.floor(rec, k, iterations))
                     }
                     _ => {}
                 }
