@@ -30,6 +30,7 @@ pub const GUEST_DEFAULTS: &[(&str, &str)] = &[
     ("populated", "populate area=0x4000000+4M:rwp"),
     ("spin", "expect=fault:timeout"),
     ("realmode", ""),
+    ("snapshot", "area=0x1000000+1M:rw"),
 ];
 
 /// The default settings of guest `name` ("" for an unknown guest).
@@ -98,6 +99,8 @@ pub const BOOT_TESTS: &[BootTest] = &[
     single!("populated"),
     // A 16-bit real-mode guest (VMX: unrestricted guest; SVM: natively).
     single!("realmode"),
+    // 1,000 resets to a snapshot of memory and vCPU (issue 14).
+    single!("snapshot"),
     // A guest that never exits is preempted by the timer (the others finish first) and
     // stopped after its CPU budget (1 s here; the others need a few ms each).
     BootTest {

@@ -1,0 +1,151 @@
+//! Whole-guest snapshot and reset (SNAPSHOT and RESET hypercalls, issue 14).
+//!
+//! SNAPSHOT freezes the guest's memory contents copy-on-write
+//! ([`GuestMemory::snapshot`], i.e. `ept::space::AddressSpace::snapshot`) and keeps a
+//! copy of its vCPU made by the back-end's fork ([`VcpuHost::fork`]: the whole VMCB or
+//! VMCS guest state, so general, control and segment registers, the MSRs the CPU
+//! switches, the software-switched state and x87/SSE), plus the MSRs only the
+//! hypervisor models ([`crate::cpu::msr::MsrFile`]). The copy sits at the instruction
+//! after the hypercall with RAX = 0, and never runs.
+//!
+//! RESET restores the memory (only the pages changed since: `AddressSpace::restore`)
+//! and replaces the running vCPU with a fresh fork of the saved copy, with RAX = the
+//! number of resets so far: the guest resumes after its SNAPSHOT call as if it had just
+//! returned, and cannot tell the iterations apart except by RAX. The fresh vCPU has a
+//! new ASID/VPID and the memory's flush request, so no stale translation survives.
+//!
+//! Both calls change nothing when they fail (RAX = a negative [`HypercallStatus`]):
+//! no snapshot, a stale one (the guest changed its areas since), no vCPU slot.
+
+use alloc::format;
+use alloc::string::String;
+
+use crate::abi::HypercallStatus;
+use crate::cpu::msr::MsrFile;
+use crate::hypervisor::VcpuHost;
+use crate::memory::GuestMemory;
+use crate::vcpu::{FlushRequest, Reg, Vcpu};
+use crate::vm::{Vm, status_of};
+
+/// Timer ticks per second (`kernel::timer::HZ`): the unit of [`Vm::ticks`].
+const TICKS_PER_SECOND: u64 = 100;
+
+/// The saved vCPU of a guest's snapshot.
+struct Saved<V> {
+    vcpu: V,
+    msrs: MsrFile,
+}
+
+/// A guest's snapshot (its saved vCPU; the memory keeps its own part) and what its
+/// resets cost.
+pub struct Snapshots<V> {
+    saved: Option<Saved<V>>,
+    resets: u64,
+    pages: u64,
+    ticks_at_snapshot: u64,
+    ticks_at_reset: u64,
+}
+
+impl<V> Default for Snapshots<V> {
+    fn default() -> Self {
+        Self {
+            saved: None,
+            resets: 0,
+            pages: 0,
+            ticks_at_snapshot: 0,
+            ticks_at_reset: 0,
+        }
+    }
+}
+
+impl<V> Snapshots<V> {
+    /// Resets done since the last snapshot.
+    pub fn resets(&self) -> u64 {
+        self.resets
+    }
+
+    /// One line for the guest's report: resets per second of guest time and pages
+    /// restored per reset (`None` before the first reset).
+    pub fn report(&self) -> Option<String> {
+        if self.resets == 0 {
+            return None;
+        }
+        let ticks = self.ticks_at_reset - self.ticks_at_snapshot;
+        let per_reset = self.pages as f64 / self.resets as f64;
+        let rate = if ticks == 0 {
+            format!("within one timer tick (> {} resets/s)", self.resets * TICKS_PER_SECOND)
+        } else {
+            let seconds = ticks as f64 / TICKS_PER_SECOND as f64;
+            format!("in {seconds:.2} s ({:.0} resets/s)", self.resets as f64 / seconds)
+        };
+        Some(format!(
+            "{} resets {rate}, {per_reset:.1} pages restored per reset",
+            self.resets
+        ))
+    }
+
+    /// The saved vCPU, for its release.
+    pub fn into_saved(self) -> Option<V> {
+        self.saved.map(|s| s.vcpu)
+    }
+}
+
+/// SNAPSHOT: saves the vCPU (RIP is past the hypercall) and the memory contents.
+pub fn snapshot<H: VcpuHost, M: GuestMemory>(host: &mut H, vm: &mut Vm<H::Vcpu, M>) {
+    vm.vcpu.set_reg(Reg::Rax, 0);
+    // The copy never runs: it needs no flush request of its own.
+    let Some(copy) = host.fork(&vm.vcpu, vm.memory.root_pointer(), FlushRequest::new()) else {
+        vm.vcpu
+            .set_reg(Reg::Rax, HypercallStatus::Unsupported as i64 as u64);
+        return;
+    };
+    if let Err(e) = vm.memory.snapshot() {
+        host.destroy(copy);
+        log::warn!("guest {}: snapshot refused: {}", vm.name, e.detail);
+        vm.vcpu.set_reg(Reg::Rax, status_of(e) as i64 as u64);
+        return;
+    }
+    let saved = Saved {
+        vcpu: copy,
+        msrs: vm.msrs.clone(),
+    };
+    if let Some(old) = vm.snapshots.saved.replace(saved) {
+        host.destroy(old.vcpu);
+    }
+    let now = vm.ticks();
+    let s = &mut vm.snapshots;
+    (s.resets, s.pages, s.ticks_at_snapshot, s.ticks_at_reset) = (0, 0, now, now);
+}
+
+/// RESET: restores the memory and replaces the vCPU with a fork of the saved one.
+pub fn reset<H: VcpuHost, M: GuestMemory>(host: &mut H, vm: &mut Vm<H::Vcpu, M>) {
+    let fail = |vm: &mut Vm<H::Vcpu, M>, status: HypercallStatus| {
+        vm.vcpu.set_reg(Reg::Rax, status as i64 as u64);
+    };
+    let Some(saved) = &vm.snapshots.saved else {
+        return fail(vm, HypercallStatus::InvalidArgument);
+    };
+    // The new vCPU first: without a slot nothing has changed yet.
+    let Some(mut fresh) = host.fork(&saved.vcpu, vm.memory.root_pointer(), vm.flush.clone())
+    else {
+        return fail(vm, HypercallStatus::Unsupported);
+    };
+    let msrs = saved.msrs.clone();
+    let pages = match vm.memory.reset() {
+        Ok(pages) => pages,
+        Err(e) => {
+            host.destroy(fresh);
+            log::warn!("guest {}: reset refused: {}", vm.name, e.detail);
+            return fail(vm, status_of(e));
+        }
+    };
+    let s = &mut vm.snapshots;
+    s.resets += 1;
+    s.pages += pages;
+    fresh.set_reg(Reg::Rax, s.resets);
+    let old = core::mem::replace(&mut vm.vcpu, fresh);
+    host.destroy(old);
+    vm.msrs = msrs;
+    vm.snapshots.ticks_at_reset = vm.ticks();
+    vm.flush.request();
+}
