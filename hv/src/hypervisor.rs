@@ -222,13 +222,7 @@ fn create_vm<H: VcpuHost, M: GuestMemory>(
         .ok_or_else(|| {
             MemoryError::new(FaultKind::Instruction, None, "no free ASID/VPID".into())
         })?;
-    let mut vm = Vm::new(
-        id,
-        p.settings.name.clone(),
-        p.settings.expect,
-        vcpu,
-        memory,
-    );
+    let mut vm = Vm::new(id, p.settings.name.clone(), p.settings.expect, vcpu, memory);
     vm.flush = flush;
     Ok(vm)
 }

@@ -73,10 +73,16 @@ impl<V> Snapshots<V> {
         let ticks = self.ticks_at_reset - self.ticks_at_snapshot;
         let per_reset = self.pages as f64 / self.resets as f64;
         let rate = if ticks == 0 {
-            format!("within one timer tick (> {} resets/s)", self.resets * TICKS_PER_SECOND)
+            format!(
+                "within one timer tick (> {} resets/s)",
+                self.resets * TICKS_PER_SECOND
+            )
         } else {
             let seconds = ticks as f64 / TICKS_PER_SECOND as f64;
-            format!("in {seconds:.2} s ({:.0} resets/s)", self.resets as f64 / seconds)
+            format!(
+                "in {seconds:.2} s ({:.0} resets/s)",
+                self.resets as f64 / seconds
+            )
         };
         Some(format!(
             "{} resets {rate}, {per_reset:.1} pages restored per reset",
@@ -126,8 +132,7 @@ pub fn reset<H: VcpuHost, M: GuestMemory>(host: &mut H, vm: &mut Vm<H::Vcpu, M>)
         return fail(vm, HypercallStatus::InvalidArgument);
     };
     // The new vCPU first: without a slot nothing has changed yet.
-    let Some(mut fresh) = host.fork(&saved.vcpu, vm.memory.root_pointer(), vm.flush.clone())
-    else {
+    let Some(mut fresh) = host.fork(&saved.vcpu, vm.memory.root_pointer(), vm.flush.clone()) else {
         return fail(vm, HypercallStatus::Unsupported);
     };
     let msrs = saved.msrs.clone();
@@ -148,4 +153,95 @@ pub fn reset<H: VcpuHost, M: GuestMemory>(host: &mut H, vm: &mut Vm<H::Vcpu, M>)
     vm.msrs = msrs;
     vm.snapshots.ticks_at_reset = vm.ticks();
     vm.flush.request();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::Expectation;
+    use crate::testing::{FakeHost, FakeMemory, ScriptedVcpu};
+    use crate::vcpu::StartState;
+
+    fn guest(host: &mut FakeHost) -> Vm<ScriptedVcpu, FakeMemory> {
+        let start = StartState::Long64 {
+            entry: 0x10_0040,
+            rsp: 0x10_0000,
+            cr3: 0x1000,
+        };
+        let vcpu = host.create(&start, 0x1000, FlushRequest::new()).unwrap();
+        let mut memory = FakeMemory::default();
+        memory
+            .areas
+            .push((0x1000, 4 << 20, ept::format::Access::RWX));
+        Vm::new(1, "g".into(), Expectation::Ok, vcpu, memory)
+    }
+
+    fn rax(vm: &Vm<ScriptedVcpu, FakeMemory>) -> i64 {
+        vm.vcpu.reg(Reg::Rax) as i64
+    }
+
+    #[test]
+    fn reset_brings_back_memory_registers_and_msrs() {
+        let mut host = FakeHost::new(4, alloc::vec![]);
+        let mut vm = guest(&mut host);
+        vm.vcpu.set_reg(Reg::Rbx, 7);
+        vm.vcpu.set_reg(Reg::Rip, 0x10_1000);
+        vm.memory.write(0x5000, &[1]).unwrap();
+        vm.msrs.misc_enable = 1;
+        snapshot(&mut host, &mut vm);
+        assert_eq!(rax(&vm), 0);
+        for round in 1..=3 {
+            vm.vcpu.set_reg(Reg::Rbx, 9);
+            vm.vcpu.set_reg(Reg::Rip, 0x10_2000);
+            vm.memory.write(0x5000, &[2]).unwrap();
+            vm.msrs.misc_enable = 2;
+            reset(&mut host, &mut vm);
+            assert_eq!(rax(&vm), round, "the reset count comes back in RAX");
+            assert_eq!(vm.vcpu.reg(Reg::Rbx), 7);
+            assert_eq!(vm.vcpu.reg(Reg::Rip), 0x10_1000);
+            let mut b = [0];
+            vm.memory.read(0x5000, &mut b).unwrap();
+            assert_eq!(b, [1]);
+            assert_eq!(vm.msrs.misc_enable, 1);
+            assert!(vm.flush.take(), "a reset invalidates before the next entry");
+        }
+        assert_eq!(vm.snapshots.resets(), 3);
+        let line = vm.snapshots.report().unwrap();
+        assert!(line.starts_with("3 resets"), "{line}");
+        assert!(line.contains("1.0 pages restored per reset"), "{line}");
+        // Two vCPUs alive (the guest's and the saved copy): both go back.
+        let Vm {
+            vcpu, snapshots, ..
+        } = vm;
+        host.destroy(vcpu);
+        host.destroy(snapshots.into_saved().unwrap());
+        assert_eq!(host.slots, 4);
+    }
+
+    #[test]
+    fn refusals_change_nothing() {
+        let mut host = FakeHost::new(2, alloc::vec![]);
+        let mut vm = guest(&mut host);
+        // No snapshot yet.
+        vm.vcpu.set_reg(Reg::Rbx, 5);
+        reset(&mut host, &mut vm);
+        assert_eq!(rax(&vm), HypercallStatus::InvalidArgument as i64);
+        assert_eq!(vm.vcpu.reg(Reg::Rbx), 5);
+        // The saved copy takes the last slot: a reset finds none for the new vCPU.
+        snapshot(&mut host, &mut vm);
+        assert_eq!(rax(&vm), 0);
+        vm.memory.write(0x5000, &[2]).unwrap();
+        reset(&mut host, &mut vm);
+        assert_eq!(rax(&vm), HypercallStatus::Unsupported as i64);
+        let mut b = [0];
+        vm.memory.read(0x5000, &mut b).unwrap();
+        assert_eq!(b, [2], "memory untouched by a refused reset");
+        assert_eq!(vm.snapshots.report(), None);
+        // No slot for the saved copy: the snapshot is refused.
+        let mut full = FakeHost::new(1, alloc::vec![]);
+        let mut other = guest(&mut full);
+        snapshot(&mut full, &mut other);
+        assert_eq!(rax(&other), HypercallStatus::Unsupported as i64);
+        assert!(other.memory.frozen.is_none());
+    }
 }

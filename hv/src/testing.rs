@@ -251,15 +251,19 @@ impl GuestMemory for FakeMemory {
     }
 
     fn reset(&mut self) -> Result<u64, MemoryError> {
-        let frozen = self.frozen.clone().ok_or_else(|| {
-            MemoryError::new(FaultKind::Hypercall, None, "no snapshot".into())
-        })?;
+        let frozen = self
+            .frozen
+            .clone()
+            .ok_or_else(|| MemoryError::new(FaultKind::Hypercall, None, "no snapshot".into()))?;
         let changed = self
             .bytes
             .iter()
             .filter(|(a, b)| frozen.get(a) != Some(b))
             .count()
-            + frozen.keys().filter(|a| !self.bytes.contains_key(a)).count();
+            + frozen
+                .keys()
+                .filter(|a| !self.bytes.contains_key(a))
+                .count();
         self.bytes = frozen;
         Ok(changed as u64)
     }

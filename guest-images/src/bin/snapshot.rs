@@ -1,4 +1,4 @@
-//! Scenario `snapshot`: fills 16 pages with a pattern, fills its registers (and an
+//! Scenario `snapshot`: fills 4 pages with a pattern, fills its registers (and an
 //! MSR) with known values and asks for a snapshot; then, 1,000 times, dirties a
 //! varying set of those pages and of pages it never touched before, scribbles over
 //! every register and asks for a reset. After each reset it resumes at the snapshot
@@ -15,7 +15,7 @@ use guest_images::{check, println};
 /// The RAM area of the scenario (`area=0x1000000+1M:rw`).
 const DATA: u64 = 0x100_0000;
 /// Pages filled before the snapshot and checksummed after every reset.
-const DATA_PAGES: u64 = 16;
+const DATA_PAGES: u64 = 4;
 /// Pages first touched after the snapshot: a reset must unmap them again.
 const FRESH: u64 = DATA + 128 * 4096;
 const FRESH_PAGES: u64 = 8;
@@ -74,7 +74,10 @@ fn scenario() {
     for j in 0..n % 3 {
         write_u64(FRESH + (n + j) % FRESH_PAGES * 4096, n);
     }
-    check!(read_u64(DATA + (n * 5 % DATA_PAGES) * 4096 + (n * 8 % 4096)) == n ^ 0xD1E7, "write lost");
+    check!(
+        read_u64(DATA + (n * 5 % DATA_PAGES) * 4096 + (n * 8 % 4096)) == n ^ 0xD1E7,
+        "write lost"
+    );
     let status = reset_scribbled(n.wrapping_mul(0xBAD0_BAD0_BAD0_BAD1));
     check!(false, "reset {} refused: {status}", n + 1);
 }
