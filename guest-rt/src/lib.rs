@@ -27,6 +27,7 @@ use baremetal as _;
 
 use hv_abi::hypercall as hypercall_nr;
 
+pub mod cpu;
 mod snapshot;
 pub use snapshot::{reset_scribbled, snapshot_point};
 

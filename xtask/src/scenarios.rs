@@ -30,6 +30,7 @@ pub const GUEST_DEFAULTS: &[(&str, &str)] = &[
     ("populated", "populate area=0x4000000+4M:rwp"),
     ("spin", "expect=fault:timeout"),
     ("realmode", ""),
+    ("intercepts", "expect=fault:instruction"),
     ("snapshot", "area=0x1000000+1M:rw"),
 ];
 
@@ -59,6 +60,11 @@ pub struct BootTest {
     pub status: RunStatus,
     /// A line the serial log must contain.
     pub marker: &'static str,
+    /// Text that must appear in the serial log (each in some line), under every
+    /// back-end: the detail of an expected end, a check the hypervisor made.
+    pub lines: &'static [&'static str],
+    /// Text that must appear under SVM, and under VMX (`(svm, vmx)`).
+    pub vendor_lines: (&'static [&'static str], &'static [&'static str]),
 }
 
 macro_rules! single {
@@ -69,6 +75,8 @@ macro_rules! single {
             guests: &[$name],
             status: RunStatus::AllPassed,
             marker: "HV: ALL 1 GUESTS PASSED",
+            lines: &[],
+            vendor_lines: (&[], &[]),
         }
     };
 }
@@ -91,6 +99,8 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["clone"],
         status: RunStatus::AllPassed,
         marker: "HV: ALL 2 GUESTS PASSED",
+        lines: &[],
+        vendor_lines: (&[], &[]),
     },
     single!("badcall"),
     single!("portio"),
@@ -109,13 +119,54 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["spin", "hello", "clone"],
         status: RunStatus::AllPassed,
         marker: "HV: ALL 4 GUESTS PASSED",
+        lines: &[],
+        vendor_lines: (&[], &[]),
+    },
+    // Two instances: the second starts after the first (and its clone) wrote their
+    // own values into every register and MSR, and must see the reset state.
+    // One guest per instruction a guest could use against the host: each ends, named.
+    BootTest {
+        name: "intercepts",
+        cmdline: "log=info",
+        guests: &["intercepts"],
+        status: RunStatus::AllPassed,
+        marker: "HV: ALL 10 GUESTS PASSED",
+        lines: &[],
+        vendor_lines: (
+            &[
+                "fault:instruction: VMRUN is not allowed",
+                "fault:instruction: VMLOAD is not allowed",
+                "fault:instruction: VMSAVE is not allowed",
+                "fault:instruction: STGI is not allowed",
+                "fault:instruction: CLGI is not allowed",
+                "fault:instruction: SKINIT is not allowed",
+                "fault:instruction: INVLPGA is not allowed",
+                "fault:instruction: INVD is not allowed",
+                "fault:instruction: XSETBV",
+                "fault:instruction: RDPMC is not allowed",
+            ],
+            &[
+                "fault:instruction: VMXON is not allowed",
+                "fault:instruction: VMCLEAR is not allowed",
+                "fault:instruction: VMPTRLD is not allowed",
+                "fault:instruction: VMREAD is not allowed",
+                "fault:instruction: VMWRITE is not allowed",
+                "fault:instruction: VMLAUNCH is not allowed",
+                "fault:instruction: INVEPT is not allowed",
+                "fault:instruction: INVVPID is not allowed",
+                "fault:instruction: INVD is not allowed",
+                "fault:instruction: XSETBV",
+            ],
+        ),
     },
     BootTest {
         name: "registers",
         cmdline: "log=info",
-        guests: &["registers"],
+        guests: &["registers", "registers name=registers2"],
         status: RunStatus::AllPassed,
-        marker: "HV: ALL 2 GUESTS PASSED",
+        marker: "HV: ALL 4 GUESTS PASSED",
+        lines: &[],
+        vendor_lines: (&[], &[]),
     },
     // Every scenario in one boot: each guest has its own address space and ASID, the
     // misbehaving ones end alone and the others go on.
@@ -141,6 +192,8 @@ pub const BOOT_TESTS: &[BootTest] = &[
         ],
         status: RunStatus::AllPassed,
         marker: "HV: ALL 16 GUESTS PASSED",
+        lines: &[],
+        vendor_lines: (&[], &[]),
     },
     // A guest whose outcome differs from its expectation fails the run (and only it).
     BootTest {
@@ -149,6 +202,8 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["hello", "readonly expect=ok", "hello name=hello2"],
         status: RunStatus::GuestFailed,
         marker: "HV: 1 GUEST(S) FAILED",
+        lines: &[],
+        vendor_lines: (&[], &[]),
     },
     // More guests than SVM offers ASIDs (15 under QEMU): they are admitted as others end.
     BootTest {
@@ -178,6 +233,8 @@ pub const BOOT_TESTS: &[BootTest] = &[
         ],
         status: RunStatus::AllPassed,
         marker: "HV: ALL 21 GUESTS PASSED",
+        lines: &[],
+        vendor_lines: (&[], &[]),
     },
     // The host's own failures end the run with their own status.
     BootTest {
@@ -186,6 +243,8 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["hello"],
         status: RunStatus::HostFault,
         marker: "HV: HOST FAULT (exception 6), status 37",
+        lines: &[],
+        vendor_lines: (&[], &[]),
     },
     BootTest {
         name: "host-panic",
@@ -193,6 +252,8 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["hello"],
         status: RunStatus::HostFault,
         marker: "HV: HOST FAULT (panic), status 37",
+        lines: &[],
+        vendor_lines: (&[], &[]),
     },
     BootTest {
         name: "leak-check",
@@ -200,6 +261,8 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["hello"],
         status: RunStatus::Leak,
         marker: "HV: FRAME LEAK (1 frames)",
+        lines: &[],
+        vendor_lines: (&[], &[]),
     },
     // A malformed configuration is refused before any guest runs.
     BootTest {
@@ -208,6 +271,8 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["hello mem=3M"],
         status: RunStatus::BadConfig,
         marker: "HV: CONFIGURATION REFUSED",
+        lines: &[],
+        vendor_lines: (&[], &[]),
     },
     BootTest {
         name: "refuses-bad-image",
@@ -215,6 +280,8 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["hello", "corrupt"],
         status: RunStatus::BadConfig,
         marker: "HV: CONFIGURATION REFUSED",
+        lines: &[],
+        vendor_lines: (&[], &[]),
     },
     BootTest {
         name: "refuses-bad-cmdline",
@@ -222,5 +289,7 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["hello"],
         status: RunStatus::BadConfig,
         marker: "HV: CONFIGURATION REFUSED",
+        lines: &[],
+        vendor_lines: (&[], &[]),
     },
 ];
