@@ -758,12 +758,15 @@ fn clone_is_transactional() {
         drop(a);
         assert_eq!(arena.in_use(), 0);
     }
-    // Quota of the clone.
-    let (mut a, arena, _) = space(8192, 8192);
+    // The clone's tables come out of the family's quota: with 16 populated frames
+    // and 4 tables held, a quota of 22 leaves 2 frames, fewer than the clone's 4
+    // tables; the parent is untouched.
+    let (mut a, arena, _) = space(8192, 22);
     a.map_alloc(g(0), 0x10000, Access::RW, true).unwrap();
+    assert_eq!(a.stats().frames(), 20);
     let before = snapshot(&a, &arena);
     assert!(matches!(
-        a.try_clone_with(Inv::default(), 10),
+        a.try_clone_with(Inv::default()),
         Err(SpaceError::OutOfMemory {
             reason: OomReason::Quota { .. },
             ..

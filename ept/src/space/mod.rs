@@ -110,6 +110,8 @@
 
 mod access;
 mod backend;
+mod budget;
+mod ceiling;
 mod clone;
 mod error;
 mod fault;
@@ -135,11 +137,12 @@ use backend::{AreaFlags, Backend, BackendKind};
 use lock::SpinLock;
 use state::{Inner, State};
 
+pub use budget::{ENTRY_BYTES, Limits, MIN_METADATA_ENTRIES, MetadataPool};
 pub use error::{OomReason, RangeProblem, SpaceError};
 pub use fault::FaultOutcome;
 pub use pod::Pod;
 pub use region::{OwnedRegion, ViewError};
-pub use report::{AreaInfo, AreaKind, SpaceReport, SpaceStats};
+pub use report::{AreaInfo, AreaKind, REPORT_AREAS, SpaceReport, SpaceStats};
 
 /// How the hypervisor invalidates cached stage-2 translations of one address space
 /// (INVEPT single-context on Intel, the VMCB TLB_CONTROL / ASID flush on AMD).
@@ -228,7 +231,7 @@ where
 {
     /// An empty space over `[base, base + size)` (both 4 KiB aligned, inside the GPA
     /// width of `caps`), with an empty stage-2 table whose root counts against
-    /// `quota_frames`.
+    /// `quota_frames`, and the default bookkeeping budget ([`Limits::quota`]).
     pub fn new(
         base: GuestPhysAddr,
         size: usize,
@@ -238,8 +241,25 @@ where
         invalidate: I,
         quota_frames: usize,
     ) -> Result<Self, SpaceError> {
+        let limits = Limits::quota(quota_frames);
+        Self::with_limits(base, size, caps, mapper, alloc, invalidate, limits)
+    }
+
+    /// [`AddressSpace::new`] with explicit frame and bookkeeping limits, which the new
+    /// space and all its clones share (see [`Limits`]).
+    pub fn with_limits(
+        base: GuestPhysAddr,
+        size: usize,
+        caps: Stage2Caps,
+        mapper: M,
+        alloc: A,
+        invalidate: I,
+        limits: Limits,
+    ) -> Result<Self, SpaceError> {
         let window = window_range(base, size, &caps)?;
-        let state = State::new(mapper, alloc, invalidate, caps, quota_frames)?;
+        let budget = budget::Budget::new(limits);
+        budget.metadata_room(0)?;
+        let state = State::new(mapper, alloc, invalidate, caps, budget)?;
         Ok(Self::from_state(window, MemorySet::new(), state))
     }
 
@@ -395,7 +415,9 @@ where
 
     /// Gives every area in `[gpa, gpa + size)` the rights `access` (memory types are
     /// kept), cutting areas that cross an end. Holes are fine. Shared copy-on-write
-    /// frames stay read-only until written.
+    /// frames stay read-only until written. Rights above what an area was mapped with
+    /// are refused ([`SpaceError::RightsExceeded`]); a protect that changes nothing
+    /// needs no frame and always succeeds.
     pub fn protect(
         &mut self,
         gpa: GuestPhysAddr,
@@ -406,6 +428,7 @@ where
         let range = inner.check_range(gpa, size)?;
         inner.st.check_attr(LeafAttr::ram(access))?;
         inner.check_not_owned(range)?;
+        inner.check_ceiling(range, access)?;
         let result = inner.protect_range(range, access, None);
         debug_validated(&inner, result)
     }

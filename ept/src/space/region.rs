@@ -135,7 +135,7 @@ where
     ) -> Result<OwnedRegion<F, M, A, I>, SpaceError> {
         let mut inner = self.inner.lock();
         let range = inner.region_range(gpa, size)?;
-        let owner = inner.map_owned(range, access)?;
+        let owner = inner.map_owned(range, access, access)?;
         drop(inner);
         Ok(OwnedRegion {
             inner: self.inner.clone(),
@@ -181,11 +181,17 @@ where
         &mut self,
         range: AddrRange<GuestPhysAddr>,
         access: Access,
+        ceiling: Access,
     ) -> Result<u64, SpaceError> {
         let attr = LeafAttr::ram(access);
         self.st.check_attr(attr)?;
+        super::ceiling::within(range.start(), access, ceiling)?;
         let owner = self.st.last_owner + 1;
-        let flags = AreaFlags { attr, owner };
+        let flags = AreaFlags {
+            attr,
+            owner,
+            ceiling,
+        };
         self.map_area(range, flags, BackendKind::Alloc { populate: true })?;
         self.st.last_owner = owner;
         Ok(owner)
@@ -336,8 +342,13 @@ where
     pub fn deep_copy(&self, access: Option<Access>) -> Result<Self, SpaceError> {
         let access = access.unwrap_or(self.access);
         let mut inner = self.inner.lock();
+        // The copy's ceiling is the source's (the rights all of its areas allow).
+        let ceiling = inner
+            .set
+            .iter_overlapping(self.range)
+            .fold(Access::all(), |c, a| c.intersection(a.flags().ceiling));
         let range = inner.region_range(None, self.size())?;
-        let owner = inner.map_owned(range, access)?;
+        let owner = inner.map_owned(range, access, ceiling)?;
         let table = &inner.st.table;
         for off in (0..self.size()).step_by(PAGE_SIZE_4K) {
             let src = GuestPhysAddr::new(self.start().as_usize() + off);
@@ -364,6 +375,7 @@ where
         }
         let mut inner = self.inner.lock();
         inner.st.check_attr(LeafAttr::ram(access))?;
+        inner.check_ceiling(self.range, access)?;
         inner.protect_range(self.range, access, None)?;
         self.access = access;
         Ok(())
