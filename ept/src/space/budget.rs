@@ -85,6 +85,14 @@ impl Limits {
         }
     }
 
+    /// These limits with a bookkeeping budget of `entries`.
+    pub fn metadata(self, entries: usize) -> Self {
+        Self {
+            metadata_entries: entries,
+            ..self
+        }
+    }
+
     /// The default bookkeeping budget of a quota: one entry per quota frame (enough
     /// to share every frame of a full guest with one clone), at least
     /// [`MIN_METADATA_ENTRIES`].

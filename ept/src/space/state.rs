@@ -840,25 +840,35 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
         Ok(())
     }
 
-    /// Takes the frames that splitting huge leaves at the ends of `range` needs, at
-    /// the ends where `cut_here` says the area there is cut.
-    fn reserve_splits(
-        &mut self,
+    /// The ends of `range` that cut an area in two, where `cut_here` says that
+    /// area changes (at most two addresses).
+    fn cuts(
+        &self,
         range: AddrRange<GuestPhysAddr>,
         cut_here: impl Fn(&AreaFlags) -> bool,
-    ) -> Result<(), SpaceError> {
+    ) -> Vec<GuestPhysAddr> {
         let mut cuts = Vec::new();
         let ends = [Some(range.start()), range.end()];
         let inside = [Some(range.start()), range.last()];
         for (end, inside) in ends.into_iter().zip(inside) {
             if let (Some(end), Some(inside)) = (end, inside)
-                && self.set.find(inside).is_some_and(|a| cut_here(&a.flags()))
+                && self.set.find(inside).is_some_and(|a| {
+                    let r = a.va_range();
+                    cut_here(&a.flags())
+                        && r.start() < end
+                        && r.last().is_some_and(|l| l >= end)
+                })
             {
                 cuts.push(end);
             }
         }
-        let need = self.st.split_need(&cuts);
-        self.st.fill_reserve(need, range.start())
+        cuts
+    }
+
+    /// Takes the frames that splitting huge leaves at the cut points `cuts` needs.
+    fn reserve_splits(&mut self, cuts: &[GuestPhysAddr]) -> Result<(), SpaceError> {
+        let need = self.st.split_need(cuts);
+        self.st.fill_reserve(need, cuts.first().copied().unwrap_or_default())
     }
 
     /// Unmaps `range` (ownership already checked).
@@ -866,9 +876,13 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
         &mut self,
         range: AddrRange<GuestPhysAddr>,
     ) -> Result<(), SpaceError> {
-        // Cutting a hole into one area leaves two.
-        self.metadata_room(1)?;
-        self.reserve_splits(range, |_| true)?;
+        // Cutting a hole into one area leaves two; anything else leaves fewer areas.
+        let inside_one = self.set.find(range.start()).is_some_and(|a| {
+            a.start() < range.start() && range.end().is_some_and(|e| a.va_range().contains(e))
+        });
+        self.metadata_room(usize::from(inside_one))?;
+        let cuts = self.cuts(range, |_| true);
+        self.reserve_splits(&cuts)?;
         self.last_area.set(None);
         let r = self
             .set
@@ -905,9 +919,10 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
         if !self.set.iter_overlapping(range).any(|a| changes(&a.flags())) {
             return Ok(());
         }
-        // Relabelling the middle of one area leaves three.
-        self.metadata_room(2)?;
-        self.reserve_splits(range, changes)?;
+        // Each end that cuts a changing area adds one area.
+        let cuts = self.cuts(range, changes);
+        self.metadata_room(cuts.len())?;
+        self.reserve_splits(&cuts)?;
         self.last_area.set(None);
         let r = self
             .set
