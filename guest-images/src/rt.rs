@@ -6,16 +6,16 @@
 //! [`STACK_TOP`], just below the image; interrupts stay disabled.
 //!
 //! The hardware primitives (port I/O, hypercalls, `hlt`, `ud2`, raw guest-physical
-//! accesses, calls into a GPA) are safe functions of [`hv::guest_rt`], re-exported here;
+//! accesses, calls into a GPA) are safe functions of [`guest_rt`], re-exported here;
 //! this crate adds what guests build on them, without `unsafe`.
 
 use core::fmt;
 
-pub use hv::guest_rt::{
+pub use guest_rt::{
     NoHeap, call_at, hypercall, invalid_opcode, port_write, read_u64, write_u64,
     yield_keeps_registers,
 };
-pub use hv::layout::STACK_TOP;
+pub use hv_abi::STACK_TOP;
 
 use crate::abi::{access, hypercall as nr};
 
@@ -72,7 +72,7 @@ pub fn exit(code: u64) -> ! {
     hypercall(nr::EXIT, code, 0, 0);
     // The hypervisor never resumes a guest after EXIT; if it did, stop here.
     loop {
-        hv::guest_rt::halt();
+        guest_rt::halt();
     }
 }
 
@@ -119,7 +119,7 @@ pub fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     exit(2)
 }
 
-/// Assembly: the 64-byte image header ([`hv::abi::ImageHeader`], layout there) with
+/// Assembly: the 64-byte image header ([`crate::abi::ImageHeader`], layout there) with
 /// the flags word `$flags` (an assembly expression), at the current location; the
 /// checksum stays 0 until `cargo xtask build` seals the image. Part of [`guest_main!`]
 /// and [`real_mode_guest!`]; not for direct use.
@@ -165,7 +165,7 @@ macro_rules! guest_runtime_items {
 
 /// Defines the image header, `_start`, the allocator and the panic handler of a guest
 /// whose body is `$scenario: fn()`; returning from `$scenario` ends the guest with 0.
-/// The C runtime symbols come from [`hv::baremetal`].
+/// The C runtime symbols come from the `baremetal` crate (through `guest-rt`).
 ///
 /// All of that only in the bare-metal build (`--cfg hv_kernel`, set by `cargo xtask
 /// build`); a host build (a workspace-wide `cargo clippy` or `cargo build`, where

@@ -33,8 +33,8 @@ use alloc::vec::Vec;
 use crate::vcpu::StartState;
 
 /// Where the hypervisor points a guest's RSP at entry (the stack grows down from here;
-/// the image starts here).
-pub const STACK_TOP: u64 = 0x10_0000;
+/// the image starts here); part of the guest contract, [`crate::abi::STACK_TOP`].
+pub const STACK_TOP: u64 = crate::abi::STACK_TOP;
 
 /// First GPA of guest RAM.
 pub const LOW_RAM_START: u64 = 0x1000;

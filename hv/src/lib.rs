@@ -3,17 +3,16 @@
 //!
 //! Modules: [`settings`], [`outcome`], [`frames`], [`platform`], [`layout`], [`vcpu`],
 //! [`svm`], [`vmx`] (with their shared `switch` module), [`memory`], [`space_memory`],
-//! [`vm`], [`hypervisor`]; shared with the guest images: [`abi`] (the image format and
-//! hypercalls), [`baremetal`] (the C runtime symbols of every bare-metal binary) and
-//! [`guest_rt`] (the guest-side hardware primitives, so that guest images are free of
-//! `unsafe`).
+//! [`vm`], [`hypervisor`]. The contract with the guests and the build tool is the
+//! `hv-abi` crate, re-exported as [`abi`]; the C runtime symbols of every bare-metal
+//! binary come from the `baremetal` crate, shared with the guests' runtime (`guest-rt`).
 
 extern crate alloc;
+// The C runtime symbols (`memcpy` and family) the kernel binary needs.
+use baremetal as _;
 
-pub mod abi;
-pub mod baremetal;
+pub use hv_abi as abi;
 pub mod frames;
-pub mod guest_rt;
 pub mod hypervisor;
 pub mod layout;
 pub mod memory;

@@ -1,6 +1,6 @@
 //! The guest-side runtime: the hardware primitives the test guests use, as safe
 //! functions. **The guest-side runtime lives here so that guest images are free of
-//! `unsafe`**: the project keeps `unsafe` in `ept` and `hv` alone, and the
+//! `unsafe`**: the project keeps `unsafe` in `ept`, `hv` and this small runtime, and the
 //! `guest-images` crate (`#![forbid(unsafe_code)]`) builds its serial printing, result
 //! reporting and scenarios on these functions.
 //!
@@ -8,7 +8,7 @@
 //!
 //! Only guest images call them. A guest starts in 64-bit long mode at CPL 0 with
 //! interrupts disabled, on identity page tables the hypervisor built over the first
-//! 4 GiB of guest-physical memory (see [`crate::layout`]): a guest pointer is its
+//! 4 GiB of guest-physical memory (see `hv::layout`): a guest pointer is its
 //! guest-physical address (GPA). Every port access, hypercall, `hlt` and triple fault
 //! exits to the hypervisor, and a guest-physical access either succeeds or causes a
 //! stage-2 fault that the hypervisor resolves or turns into the end of the guest. So a
@@ -18,9 +18,14 @@
 //!
 //! The entry point (`_start`) and the image header are `global_asm!` in the guest's
 //! `guest_main!` macro (assembly outside functions needs no `unsafe`); the C runtime
-//! symbols come from [`crate::baremetal`], shared with the kernel.
+//! symbols come from the `baremetal` crate, shared with the kernel and linked here.
+//! This crate links only the ABI ([`hv_abi`]) and `baremetal`, never the hypervisor.
+#![cfg_attr(not(test), no_std)]
 
-use crate::abi::hypercall as hypercall_nr;
+// The C runtime symbols (`memcpy` and family) every guest binary needs.
+use baremetal as _;
+
+use hv_abi::hypercall as hypercall_nr;
 
 /// Writes `value` to I/O port `port` (`OUT DX, AL`; AMD APM vol. 3, "OUT"). The
 /// hypervisor intercepts every port (AMD APM vol. 2, §15.10 "I/O Interception").
@@ -61,7 +66,7 @@ fn on_intel() -> bool {
 ///
 /// The instruction is `VMMCALL` on AMD (AMD APM vol. 3, "VMMCALL"; intercepted per
 /// vol. 2, §15.9) and `VMCALL` on Intel (SDM vol. 2B, "VMCALL"; an unconditional VM
-/// exit, vol. 3C 26.1.2), the hypercall convention of [`crate::abi`].
+/// exit, vol. 3C 26.1.2), the hypercall convention of [`hv_abi`].
 pub fn hypercall(number: u64, a0: u64, a1: u64, a2: u64) -> i64 {
     let ret: u64;
     if on_intel() {
@@ -227,8 +232,8 @@ pub fn yield_keeps_registers(seed: u64) -> u64 {
 
 /// The guests' global allocator: guests have no heap, so every allocation fails.
 ///
-/// The `hv` library uses `alloc`, so every binary that links it needs a
-/// `#[global_allocator]`; a guest declares this one (declaring it needs no `unsafe`). A
+/// A guest binary that pulls in `alloc` needs a `#[global_allocator]`; a guest
+/// declares this one (declaring it needs no `unsafe`). A
 /// failed allocation ends in the guest's panic handler.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoHeap;

@@ -7,9 +7,19 @@
 //! * The **exit statuses** of a whole run ([`RunStatus`]), written by the hypervisor to
 //!   QEMU's `isa-debug-exit` port and checked by the boot tests.
 //!
-//! Everything here is plain data and pure functions, usable on the host and in guests.
+//! * The guest's **start layout** that guests rely on ([`STACK_TOP`]).
+//!
+//! Everything here is plain data and pure functions, usable on the host and in guests:
+//! the hypervisor (`hv::abi` re-exports this crate), the guest images and `xtask` all
+//! link it, so a guest never links hypervisor code.
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
 
 use core::fmt;
+
+/// Where the hypervisor points a 64-bit guest's RSP at entry (the stack grows down from
+/// here; the image starts here).
+pub const STACK_TOP: u64 = 0x10_0000;
 
 /// First bytes of every guest image.
 pub const IMAGE_MAGIC: [u8; 8] = *b"S2GUEST\0";

@@ -2,8 +2,8 @@
 //! C memory functions that the prebuilt `compiler_builtins` lacks, and the unwinding
 //! symbols the prebuilt `core` and `alloc` refer to.
 //!
-//! One copy serves both the hypervisor kernel and the guest images (which link the `hv`
-//! library for [`crate::guest_rt`]). The symbols are exported under their C names only
+//! One copy serves both the hypervisor kernel (`hv`) and the guest images (through
+//! `guest-rt`); each links this crate with `use baremetal as _`. The symbols are exported under their C names only
 //! in the bare-metal build (`--cfg hv_kernel`, set by `cargo xtask build` for the kernel
 //! and the guests alike): a host build that links this library keeps its C library's
 //! versions, and sees these as ordinary functions (which the unit tests below exercise).
@@ -12,6 +12,7 @@
 //! loops that LLVM could turn back into calls to themselves. They rely on the direction
 //! flag being clear on entry, as the System V ABI guarantees (AMD APM vol. 3, "MOVS",
 //! "STOS", "CMPS"; Intel SDM vol. 2B, "REP/REPE/REPZ/REPNE/REPNZ").
+#![cfg_attr(not(test), no_std)]
 
 /// Copies `n` bytes from `src` to `dst` (the regions must not overlap).
 ///
