@@ -440,6 +440,11 @@ where
         debug_validated(&inner, result)
     }
 
+    /// Whether any area shares an address with `range`.
+    pub fn overlaps(&self, range: AddrRange<GuestPhysAddr>) -> bool {
+        self.inner.lock().set.overlaps(range)
+    }
+
     /// Checks that every byte of `range` lies in an area allowing `access`.
     pub fn check_region_access(
         &self,
