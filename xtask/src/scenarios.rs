@@ -30,6 +30,11 @@ pub const GUEST_DEFAULTS: &[(&str, &str)] = &[
     ("populated", "populate area=0x4000000+4M:rwp"),
     ("spin", "expect=fault:timeout"),
     ("realmode", ""),
+    ("areaflood", "area=0x40000000+1G:rw expect=fault:metadata"),
+    (
+        "cloneflood",
+        "area=0x4000000+16M:rw area=0x40000000+1G:rw expect=fault:metadata",
+    ),
 ];
 
 /// The default settings of guest `name` ("" for an unknown guest).
@@ -98,6 +103,22 @@ pub const BOOT_TESTS: &[BootTest] = &[
     single!("populated"),
     // A 16-bit real-mode guest (VMX: unrestricted guest; SVM: natively).
     single!("realmode"),
+    // Guests that grow the hypervisor's bookkeeping (areas; entries for frames shared
+    // by clones) end alone at their budget; the guest beside them passes.
+    BootTest {
+        name: "areaflood",
+        cmdline: "log=info",
+        guests: &["areaflood", "hello"],
+        status: RunStatus::AllPassed,
+        marker: "HV: ALL 2 GUESTS PASSED",
+    },
+    BootTest {
+        name: "cloneflood",
+        cmdline: "log=info",
+        guests: &["cloneflood", "hello"],
+        status: RunStatus::AllPassed,
+        marker: "HV: ALL 4 GUESTS PASSED",
+    },
     // A guest that never exits is preempted by the timer (the others finish first) and
     // stopped after its CPU budget (1 s here; the others need a few ms each).
     BootTest {
