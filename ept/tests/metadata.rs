@@ -28,7 +28,11 @@ static SERIAL: Mutex<()> = Mutex::new(());
 struct Counting;
 
 fn class(layout: Layout) -> usize {
-    layout.size().max(layout.align()).max(16).next_power_of_two()
+    layout
+        .size()
+        .max(layout.align())
+        .max(16)
+        .next_power_of_two()
 }
 
 // SAFETY: forwards to the system allocator unchanged; only counts.

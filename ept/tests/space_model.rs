@@ -644,7 +644,7 @@ fn run(steps: Vec<Step>, huge: bool, quota: usize) -> Result<(), TestCaseError> 
                             SpaceError::OutOfMemory {
                                 reason: OomReason::Quota { .. },
                                 ..
-                            }
+                            } | SpaceError::OutOfMetadata { .. }
                         )
                         || arena.free_frames() < 1024,
                     "spurious out of memory: {e}"

@@ -87,7 +87,7 @@ fn protect_and_unmap_return_the_documented_codes() {
     for r in [
         m.protect(0x10_0001, 0x1000, Access::READ),
         m.unmap(0x10_0000, 0),
-        m.unmap(u64::MAX & !0xfff, 0x2000),
+        m.unmap(!0xfff, 0x2000),
         m.protect(0x10_0000, 0x1000, Access::WRITE),
     ] {
         assert_eq!(status(r.unwrap_err()), HypercallStatus::InvalidArgument);
@@ -134,7 +134,10 @@ fn clones_share_their_parents_quota() {
     };
     assert_eq!(e.kind, FaultKind::Quota);
     assert!(c.space.stats().family_frames <= 35);
-    assert!(copied as usize <= 35 - held, "{copied} copies, parent held {held}");
+    assert!(
+        copied as usize <= 35 - held,
+        "{copied} copies, parent held {held}"
+    );
     drop((m, c));
     assert_eq!(in_use(), 0);
 }
@@ -151,7 +154,11 @@ fn the_guest_that_asks_when_the_host_is_out_ends_with_the_hosts_reason() {
     let mut m = m;
     let e = m.write(0x10_0000, &[1]).unwrap_err();
     assert_eq!(e.kind, FaultKind::HostMemory, "{e:?}");
-    assert!(e.detail.contains("host frame allocator exhausted"), "{}", e.detail);
+    assert!(
+        e.detail.contains("host frame allocator exhausted"),
+        "{}",
+        e.detail
+    );
     assert!(status_or_end(e).is_err(), "the guest ends");
     for f in taken {
         alloc.dealloc_frame(f);

@@ -283,9 +283,7 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
             hypercall::UNMAP => self.memory.unmap(a0, a1).map(|()| 0),
             hypercall::HOST_READ => {
                 let mut b = [0u8; 8];
-                self.memory
-                    .read(a0, &mut b)
-                    .map(|()| u64::from_le_bytes(b))
+                self.memory.read(a0, &mut b).map(|()| u64::from_le_bytes(b))
             }
             _ => {
                 return Step::Ended(fault(

@@ -123,11 +123,9 @@ where
                 access: flags.attr.access.difference(Access::WRITE),
                 ..flags.attr
             };
-            let r = self
-                .st
-                .metered(range.start(), |table, meter| {
-                    table.protect_range(meter, range.start(), range.size(), ro)
-                });
+            let r = self.st.metered(range.start(), |table, meter| {
+                table.protect_range(meter, range.start(), range.size(), ro)
+            });
             match r {
                 Ok(f) => flush = flush.merge(f),
                 Err(e) => {

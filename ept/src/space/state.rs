@@ -11,8 +11,8 @@ use memory_set::{
 };
 
 use super::backend::{AreaFlags, Backend, BackendKind};
-use super::error::{OomReason, RangeProblem, SpaceError};
 use super::budget::{Budget, Charged};
+use super::error::{OomReason, RangeProblem, SpaceError};
 use super::frames::FrameBook;
 use super::meter::{Meter, ReserveSink};
 use super::{Invalidate, page_range, range_scope};
@@ -854,9 +854,7 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
             if let (Some(end), Some(inside)) = (end, inside)
                 && self.set.find(inside).is_some_and(|a| {
                     let r = a.va_range();
-                    cut_here(&a.flags())
-                        && r.start() < end
-                        && r.last().is_some_and(|l| l >= end)
+                    cut_here(&a.flags()) && r.start() < end && r.last().is_some_and(|l| l >= end)
                 })
             {
                 cuts.push(end);
@@ -868,7 +866,8 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
     /// Takes the frames that splitting huge leaves at the cut points `cuts` needs.
     fn reserve_splits(&mut self, cuts: &[GuestPhysAddr]) -> Result<(), SpaceError> {
         let need = self.st.split_need(cuts);
-        self.st.fill_reserve(need, cuts.first().copied().unwrap_or_default())
+        self.st
+            .fill_reserve(need, cuts.first().copied().unwrap_or_default())
     }
 
     /// Unmaps `range` (ownership already checked).
@@ -916,7 +915,11 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
         // Areas whose flags stay as they are are neither cut nor touched: a relabel
         // that changes nothing needs no frame and no bookkeeping.
         let changes = |f: &AreaFlags| update(*f) != *f;
-        if !self.set.iter_overlapping(range).any(|a| changes(&a.flags())) {
+        if !self
+            .set
+            .iter_overlapping(range)
+            .any(|a| changes(&a.flags()))
+        {
             return Ok(());
         }
         // Each end that cuts a changing area adds one area.
