@@ -25,9 +25,19 @@
 //! their host frames.
 //!
 //! Frames are counted per space ([`SpaceStats`]): RAM frames (a frame shared with a
-//! clone counts in both) and table frames (root included). `quota_frames` bounds their
-//! sum; going over it is [`SpaceError::OutOfMemory`] with [`OomReason::Quota`] for this
-//! guest alone.
+//! clone counts in both) and table frames (root included). The quota ([`Limits`])
+//! bounds the host frames a space and its clones (its *family*) hold together, each
+//! shared frame once; going over it is [`SpaceError::OutOfMemory`] with
+//! [`OomReason::Quota`] for this guest alone, and an empty host allocator is
+//! [`OomReason::HostFrames`].
+//!
+//! # Budgets and host policy
+//! Bookkeeping the guest can grow (areas, gap index, entries for shared and 2 MiB
+//! frames) counts against the family's entry budget and an optional host-wide
+//! [`MetadataPool`]; an operation that would pass either is refused before it changes
+//! anything ([`SpaceError::OutOfMetadata`]); see `budget.rs`. The rights an area was
+//! mapped with are its ceiling: [`AddressSpace::protect`] and the region operations
+//! never go above it ([`SpaceError::RightsExceeded`]); see `ceiling.rs`.
 //!
 //! # Transactions
 //! An error changes nothing: areas, tables, frame counts and guest memory are as before.
