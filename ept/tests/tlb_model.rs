@@ -169,9 +169,7 @@ const RAM: usize = 8 * MIB;
 
 fn guest(arena: &HeapArena) -> Guest {
     let mut gu = Guest::new(arena);
-    gu.space
-        .map_alloc(g(0), RAM, Access::RWX, false)
-        .unwrap();
+    gu.space.map_alloc(g(0), RAM, Access::RWX, false).unwrap();
     gu
 }
 
@@ -193,7 +191,9 @@ fn protect_drops_cached_write_rights() {
         gu.access(0x5000, Access::EXECUTE),
         Outcome::Done(_)
     ));
-    gu.space.protect(g(0x5000), PAGE_SIZE_4K, Access::RW).unwrap();
+    gu.space
+        .protect(g(0x5000), PAGE_SIZE_4K, Access::RW)
+        .unwrap();
     assert_eq!(gu.access(0x5000, Access::EXECUTE), Outcome::Refused);
 }
 
@@ -228,7 +228,10 @@ fn clone_write_protects_the_parent_in_its_tlb_too() {
     let Outcome::Done(c) = child.read(0x2000) else {
         panic!()
     };
-    assert_ne!(p, c, "the parent wrote into the frame it shares with the child");
+    assert_ne!(
+        p, c,
+        "the parent wrote into the frame it shares with the child"
+    );
     let Outcome::Done(p) = parent.write(2 * MIB + 0x1000) else {
         panic!()
     };

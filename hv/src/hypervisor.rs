@@ -419,7 +419,9 @@ fn clone_vm<H: VcpuHost, M: GuestMemory>(
         .ok_or(Ok(HypercallStatus::Unsupported))?;
     vcpu.set_reg(Reg::Rax, 0);
     let name = format!("{}.child{id}", parent.name);
-    Ok(Vm::new(id, name, parent.expect, vcpu, memory))
+    let mut child = Vm::new(id, name, parent.expect, vcpu, memory);
+    child.msrs = parent.msrs.clone();
+    Ok(child)
 }
 
 #[cfg(test)]

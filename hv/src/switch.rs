@@ -5,8 +5,20 @@
 //! state, so both world switches keep them in a [`SwitchState`] and move them with the
 //! same instructions: the `load_guest_gprs!` and `store_guest_gprs!` assembly
 //! fragments and FXSAVE/FXRSTOR on the two [`FxArea`]s.
+//!
+//! The rest of what neither vendor switches lives in [`SoftRegs`] and is moved by
+//! [`enter_guest`] before and [`leave_guest`] after each world switch: DR0-DR3 (both
+//! vendors), PKRU and TSC_AUX (both, where the CPU has them), and on VMX also DR6,
+//! CR2, KERNEL_GS_BASE and the SYSCALL MSRs (SVM keeps those in the VMCB: DR6 and CR2
+//! by VMRUN/#VMEXIT, the others by VMLOAD/VMSAVE, APM vol. 2 15.5.2).
 
+use core::arch::asm;
 use core::mem::offset_of;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use x86_64::registers::model_specific::Msr;
+
+use crate::cpu::msr::number;
 
 /// A 512-byte FXSAVE area (Intel SDM vol. 1 10.5.1; AMD APM vol. 2 11.4.4).
 #[derive(Clone, Copy)]
@@ -29,6 +41,43 @@ impl FxArea {
     }
 }
 
+/// Guest state that neither VMRUN/#VMEXIT nor VM entry/exit switches, kept while the
+/// host runs (which of it a vendor uses: [`Vendor`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub(crate) struct SoftRegs {
+    /// DR0-DR3 (Intel SDM vol. 3B 18.2.1).
+    pub(crate) dr: [u64; 4],
+    /// DR6 (VMX only).
+    pub(crate) dr6: u64,
+    /// CR2 (VMX only).
+    pub(crate) cr2: u64,
+    /// CR8 (VMX only: emulated, as MOV CR8 exits).
+    pub(crate) cr8: u64,
+    /// IA32_KERNEL_GS_BASE (VMX only).
+    pub(crate) kernel_gs_base: u64,
+    /// IA32_STAR, LSTAR, CSTAR, FMASK (VMX only).
+    pub(crate) syscall: [u64; 4],
+    /// IA32_TSC_AUX.
+    pub(crate) tsc_aux: u64,
+    /// PKRU.
+    pub(crate) pkru: u64,
+}
+
+impl SoftRegs {
+    /// The values at reset (Intel SDM vol. 3A 10.1.1, table 10-1).
+    pub(crate) const RESET: Self = Self {
+        dr: [0; 4],
+        dr6: crate::vcpu::state::DR6_RESET,
+        cr2: 0,
+        cr8: 0,
+        kernel_gs_base: 0,
+        syscall: [0; 4],
+        tsc_aux: 0,
+        pkru: 0,
+    };
+}
+
 /// Everything the world switch saves besides the VMCB or VMCS.
 #[repr(C, align(16))]
 pub(crate) struct SwitchState {
@@ -39,25 +88,182 @@ pub(crate) struct SwitchState {
     pub(crate) guest_fx: FxArea,
     /// The host's x87/SSE state while the guest runs.
     pub(crate) host_fx: FxArea,
+    /// The rest of the guest state switched in software.
+    pub(crate) soft: SoftRegs,
 }
 
 impl SwitchState {
-    /// The state of a new vCPU: zeroed GPRs and the reset x87/SSE state.
+    /// The state of a new vCPU: zeroed GPRs and the reset x87/SSE and soft state.
     pub(crate) fn new() -> Self {
         Self {
             gprs: [0; 16],
             guest_fx: FxArea::initial(),
             host_fx: FxArea::zeroed(),
+            soft: SoftRegs::RESET,
         }
     }
 
-    /// A copy of `parent`'s guest registers and x87/SSE state, for a forked vCPU.
+    /// A copy of `parent`'s guest registers, x87/SSE and soft state, for a forked vCPU.
     pub(crate) fn fork(parent: &Self) -> Self {
         Self {
             gprs: parent.gprs,
             guest_fx: parent.guest_fx,
             host_fx: FxArea::zeroed(),
+            soft: parent.soft,
         }
+    }
+}
+
+/// Which vendor's world switch the software part completes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Vendor {
+    /// SVM: the VMCB holds DR6, DR7, CR2, CR8 (V_TPR), and (VMLOAD/VMSAVE) the
+    /// SYSCALL MSRs and KERNEL_GS_BASE.
+    Svm,
+    /// VMX: the VMCS holds DR7 only.
+    Vmx,
+}
+
+/// The optional host features the software switch uses, found once by
+/// [`detect_host_features`].
+static HAS_PKU: AtomicBool = AtomicBool::new(false);
+static HAS_TSC_AUX: AtomicBool = AtomicBool::new(false);
+/// The value of each load-only MSR now in the CPU (STAR, LSTAR, CSTAR, FMASK,
+/// TSC_AUX), so an entry writes only what changed; `u64::MAX` = unknown.
+static LOADED: [AtomicU64; 5] = [const { AtomicU64::new(u64::MAX) }; 5];
+
+/// CR4.PKE (Intel SDM vol. 3A 2.5).
+const CR4_PKE: u64 = 1 << 22;
+
+/// Finds out whether the CPU has PKU (CPUID.7.0:ECX bit 3) and IA32_TSC_AUX (RDTSCP,
+/// CPUID.8000_0001:EDX bit 27, or RDPID, CPUID.7.0:ECX bit 22), and enables CR4.PKE in
+/// the host so that the world switch can read and write PKRU (RDPKRU/WRPKRU need it;
+/// the host maps no user pages, so keys never restrict it). Call once, before any
+/// vCPU is created (VMX copies the host's CR4 into each VMCS).
+pub(crate) fn detect_host_features() {
+    use core::arch::x86_64::{__cpuid, __cpuid_count};
+    let max = __cpuid(0).eax;
+    let leaf7 = if max >= 7 { __cpuid_count(7, 0).ecx } else { 0 };
+    let ext = if __cpuid(0x8000_0000).eax >= 0x8000_0001 {
+        __cpuid(0x8000_0001).edx
+    } else {
+        0
+    };
+    let pku = leaf7 & (1 << 3) != 0;
+    HAS_TSC_AUX.store(
+        ext & (1 << 27) != 0 || leaf7 & (1 << 22) != 0,
+        Ordering::Relaxed,
+    );
+    if pku {
+        // SAFETY: setting CR4.PKE, which the CPU offers, only makes RDPKRU/WRPKRU usable
+        // and applies keys to user pages, which the host does not map.
+        unsafe {
+            asm!(
+                "mov {0}, cr4",
+                "or {0}, {pke}",
+                "mov cr4, {0}",
+                out(reg) _,
+                pke = in(reg) CR4_PKE,
+                options(nostack)
+            );
+        }
+    }
+    HAS_PKU.store(pku, Ordering::Relaxed);
+}
+
+/// Whether the world switch saves and restores PKRU (so PKU may be shown to guests).
+pub(crate) fn pkru_switched() -> bool {
+    HAS_PKU.load(Ordering::Relaxed)
+}
+
+/// Writes `value` to `msr` unless [`LOADED`]`[slot]` says the CPU holds it already.
+fn load_msr(slot: usize, msr: u32, value: u64) {
+    if LOADED[slot].load(Ordering::Relaxed) != value {
+        // SAFETY: the MSRs written here exist on every x86_64 CPU (TSC_AUX only when
+        // `HAS_TSC_AUX`), the values were checked by `crate::cpu::msr::write` (canonical
+        // addresses, no reserved bits), and the host uses neither SYSCALL nor TSC_AUX.
+        unsafe { Msr::new(msr).write(value) };
+        LOADED[slot].store(value, Ordering::Relaxed);
+    }
+}
+
+/// Loads the guest's software-switched state into the CPU, right before the world
+/// switch. The host uses no debug registers (its DR7 disables DR0-DR3), no SYSCALL, no
+/// KERNEL_GS_BASE, no TSC_AUX and no user pages, so their host values need no saving.
+pub(crate) fn enter_guest(soft: &SoftRegs, vendor: Vendor) {
+    // SAFETY: with the host's DR7 (breakpoints disabled), DR0-DR3 only hold addresses.
+    unsafe {
+        asm!(
+            "mov dr0, {}", "mov dr1, {}", "mov dr2, {}", "mov dr3, {}",
+            in(reg) soft.dr[0], in(reg) soft.dr[1], in(reg) soft.dr[2], in(reg) soft.dr[3],
+            options(nomem, nostack, preserves_flags)
+        )
+    };
+    if vendor == Vendor::Vmx {
+        // SAFETY: DR6 is only status; CR2 is only read by the host's page-fault handler,
+        // which ends the run anyway.
+        unsafe {
+            asm!("mov dr6, {}", "mov cr2, {}", in(reg) soft.dr6, in(reg) soft.cr2,
+                options(nomem, nostack, preserves_flags));
+        }
+        // SAFETY: KERNEL_GS_BASE exists on every x86_64 CPU; the value was checked to be
+        // canonical by `crate::cpu::msr::write` (or saved from the CPU).
+        unsafe { Msr::new(number::KERNEL_GS_BASE).write(soft.kernel_gs_base) };
+        for (i, (msr, value)) in [number::STAR, number::LSTAR, number::CSTAR, number::SFMASK]
+            .into_iter()
+            .zip(soft.syscall)
+            .enumerate()
+        {
+            load_msr(i, msr, value);
+        }
+    }
+    if HAS_TSC_AUX.load(Ordering::Relaxed) {
+        load_msr(4, number::TSC_AUX, soft.tsc_aux);
+    }
+    if HAS_PKU.load(Ordering::Relaxed) {
+        // SAFETY: CR4.PKE is set in the host (`detect_host_features`); WRPKRU needs ECX
+        // = EDX = 0 and only changes the access rights of user pages.
+        unsafe {
+            asm!("wrpkru", in("eax") soft.pkru as u32, in("ecx") 0, in("edx") 0,
+                options(nomem, nostack, preserves_flags))
+        };
+    }
+}
+
+/// Saves the guest's software-switched state that the guest can change without an
+/// exit (debug registers, PKRU; on VMX also DR6, CR2 and KERNEL_GS_BASE, which SWAPGS
+/// changes), right after the world switch.
+pub(crate) fn leave_guest(soft: &mut SoftRegs, vendor: Vendor) {
+    let (d0, d1, d2, d3): (u64, u64, u64, u64);
+    // SAFETY: reading debug registers has no side effects.
+    unsafe {
+        asm!(
+            "mov {}, dr0", "mov {}, dr1", "mov {}, dr2", "mov {}, dr3",
+            out(reg) d0, out(reg) d1, out(reg) d2, out(reg) d3,
+            options(nomem, nostack, preserves_flags)
+        )
+    };
+    soft.dr = [d0, d1, d2, d3];
+    if vendor == Vendor::Vmx {
+        let (dr6, cr2): (u64, u64);
+        // SAFETY: reading DR6 and CR2 has no side effects.
+        unsafe {
+            asm!("mov {}, dr6", "mov {}, cr2", out(reg) dr6, out(reg) cr2,
+                options(nomem, nostack, preserves_flags));
+        }
+        // SAFETY: KERNEL_GS_BASE exists on every x86_64 CPU; reading it has no effect.
+        soft.kernel_gs_base = unsafe { Msr::new(number::KERNEL_GS_BASE).read() };
+        soft.dr6 = dr6;
+        soft.cr2 = cr2;
+    }
+    if HAS_PKU.load(Ordering::Relaxed) {
+        let pkru: u32;
+        // SAFETY: CR4.PKE is set in the host; RDPKRU needs ECX = 0 and only reads.
+        unsafe {
+            asm!("rdpkru", out("eax") pkru, in("ecx") 0, out("edx") _,
+                options(nomem, nostack, preserves_flags))
+        };
+        soft.pkru = u64::from(pkru);
     }
 }
 

@@ -16,7 +16,7 @@ use crate::memory::{GuestMemory, MemoryError, permission_kind};
 use crate::outcome::FaultKind;
 use crate::platform::Console;
 use crate::settings::{AreaKind, GuestSettings};
-use crate::vcpu::{FlushRequest, Reg, StartState, Vcpu, VmExit};
+use crate::vcpu::{ArchReg, CodeSegment, FlushRequest, Reg, StartState, Vcpu, VmExit};
 
 /// One scripted exit: registers the "guest" sets, then the exit it takes.
 pub type ScriptStep = (Vec<(Reg, u64)>, VmExit);
@@ -33,6 +33,16 @@ pub struct ScriptedVcpu {
     pub root: u64,
     /// RAX at each entry (what the hypervisor returned to the guest).
     pub rax_at_entry: Vec<u64>,
+    /// Architectural state by [`ArchReg`] number.
+    pub arch: [u64; ArchReg::ALL.len()],
+    /// Exceptions injected: `(vector, error code)`.
+    pub injected: Vec<(u8, Option<u32>)>,
+    /// Whether exits report their instruction length (false: like SVM without NRIPS).
+    pub length_known: bool,
+    /// The length set by the exit handler for the last exit.
+    pub length_set: Option<u64>,
+    /// The code segment.
+    pub cs: CodeSegment,
 }
 
 impl ScriptedVcpu {
@@ -44,6 +54,15 @@ impl ScriptedVcpu {
             skipped: 0,
             root: 0,
             rax_at_entry: Vec::new(),
+            arch: [0; ArchReg::ALL.len()],
+            injected: Vec::new(),
+            length_known: true,
+            length_set: None,
+            cs: CodeSegment {
+                base: 0,
+                long: true,
+                default32: false,
+            },
         }
     }
 }
@@ -70,6 +89,33 @@ impl Vcpu for ScriptedVcpu {
 
     fn skip_instruction(&mut self) {
         self.skipped += 1;
+        if let Some(len) = self.length_set.take() {
+            self.regs[Reg::Rip as usize] += len;
+        }
+    }
+
+    fn instruction_length_known(&self) -> bool {
+        self.length_known
+    }
+
+    fn set_instruction_length(&mut self, len: u64) {
+        self.length_set = Some(len);
+    }
+
+    fn code_segment(&self) -> CodeSegment {
+        self.cs
+    }
+
+    fn arch(&self, reg: ArchReg) -> u64 {
+        self.arch[reg as usize]
+    }
+
+    fn set_arch(&mut self, reg: ArchReg, value: u64) {
+        self.arch[reg as usize] = value;
+    }
+
+    fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        self.injected.push((vector, error_code));
     }
 }
 

@@ -6,9 +6,12 @@ use alloc::string::String;
 use crate::abi::{HypercallStatus, access, hypercall};
 use ept::format::Access;
 
+use crate::cpu::decode::{self, Op};
+use crate::cpu::msr::{self, MsrFile};
+use crate::cpu::{cpuid, vector};
 use crate::memory::{GuestMemory, MemoryError};
 use crate::outcome::{Expectation, FaultKind, GuestEnd};
-use crate::vcpu::{Reg, Vcpu, VmExit};
+use crate::vcpu::{ArchReg, Reg, Vcpu, VmExit};
 
 /// COM1 data port and the registers around it (16550 UART).
 const SERIAL_BASE: u16 = 0x3f8;
@@ -47,6 +50,10 @@ pub struct Vm<V: Vcpu, M: GuestMemory> {
     pub vcpu: V,
     /// Its memory.
     pub memory: M,
+    /// The MSRs only the hypervisor models, for its vCPU.
+    pub msrs: MsrFile,
+    /// The last exception injected (for the report of a triple fault that follows).
+    injected: Option<String>,
     line: String,
     lines: u32,
     exits: u64,
@@ -62,6 +69,8 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
             expect,
             vcpu,
             memory,
+            msrs: MsrFile::default(),
+            injected: None,
             line: String::new(),
             lines: 0,
             exits: 0,
@@ -122,6 +131,9 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
             self.name,
             self.vcpu.reg(Reg::Rip)
         );
+        if let Err(end) = self.find_instruction_length(&exit) {
+            return Step::Ended(end);
+        }
         match exit {
             VmExit::Stage2Fault(fault) => match self.memory.handle_fault(fault) {
                 Ok(()) => {
@@ -153,27 +165,25 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
                 Step::Continue
             }
             VmExit::Msr { write } => {
-                // Reads give 0 and writes are ignored: the guests need no MSRs.
-                let msr = self.vcpu.reg(Reg::Rcx) as u32;
-                log::debug!(
-                    "guest {}: {} MSR {msr:#x} ignored",
-                    self.name,
-                    if write { "WRMSR" } else { "RDMSR" }
-                );
-                if !write {
-                    self.vcpu.set_reg(Reg::Rax, 0);
-                    self.vcpu.set_reg(Reg::Rdx, 0);
-                }
-                self.vcpu.skip_instruction();
+                self.msr(write);
                 Step::Continue
             }
             VmExit::Hlt => Step::Ended(GuestEnd::Halted),
+            VmExit::Wbinvd => {
+                // Guest memory is write-back and coherent: nothing to write back.
+                self.vcpu.skip_instruction();
+                Step::Continue
+            }
             VmExit::Shutdown => Step::Ended(fault(
                 FaultKind::Shutdown,
                 None,
                 format!(
-                    "triple fault (shutdown) at rip {:#x}",
-                    self.vcpu.reg(Reg::Rip)
+                    "triple fault (shutdown) at rip {:#x}{}",
+                    self.vcpu.reg(Reg::Rip),
+                    self.injected
+                        .as_deref()
+                        .map(|what| format!(" after {what}"))
+                        .unwrap_or_default()
                 ),
             )),
             VmExit::Forbidden { what } => Step::Ended(fault(
@@ -243,22 +253,97 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
         Step::Continue
     }
 
+    /// For an exit whose instruction must be skipped but whose length the hardware did
+    /// not report (SVM without NRIPS), decodes it from guest memory and checks that it
+    /// is the instruction that exited; a guest whose bytes do not decode so ends.
+    fn find_instruction_length(&mut self, exit: &VmExit) -> Result<(), GuestEnd> {
+        let expected: &[Op] = match exit {
+            VmExit::Hypercall => &[Op::Vmmcall, Op::Vmcall],
+            VmExit::Cpuid => &[Op::Cpuid],
+            VmExit::Msr { write: false } => &[Op::Rdmsr],
+            VmExit::Msr { write: true } => &[Op::Wrmsr],
+            VmExit::Wbinvd => &[Op::Wbinvd],
+            _ => return Ok(()),
+        };
+        if self.vcpu.instruction_length_known() {
+            return Ok(());
+        }
+        let refuse = |why: String| {
+            fault(
+                FaultKind::Instruction,
+                None,
+                format!("instruction refused: its length is unknown and {why}"),
+            )
+        };
+        let cs = self.vcpu.code_segment();
+        let rip = self.vcpu.reg(Reg::Rip);
+        let paging = decode::Paging {
+            cr0: self.vcpu.arch(ArchReg::Cr0),
+            cr3: self.vcpu.arch(ArchReg::Cr3),
+            cr4: self.vcpu.arch(ArchReg::Cr4),
+            efer: self.vcpu.arch(ArchReg::Efer),
+        };
+        let mut bytes = [0u8; decode::MAX_LENGTH];
+        let memory = &mut self.memory;
+        let mut read = |gpa: u64, buf: &mut [u8]| memory.read(gpa, buf).is_ok();
+        let n = decode::fetch(cs, rip, paging, &mut read, &mut bytes)
+            .map_err(|e| refuse(format!("its bytes at rip {rip:#x} cannot be read: {e}")))?;
+        let d = decode::decode(&bytes[..n], cs)
+            .map_err(|e| refuse(format!("the bytes at rip {rip:#x} do not decode: {e}")))?;
+        if !expected.contains(&d.op) {
+            return Err(refuse(format!(
+                "the bytes at rip {rip:#x} are {:?}, not the {exit:?} that exited",
+                d.op
+            )));
+        }
+        self.vcpu.set_instruction_length(d.len);
+        Ok(())
+    }
+
     fn cpuid(&mut self) {
         let leaf = self.vcpu.reg(Reg::Rax) as u32;
         let sub = self.vcpu.reg(Reg::Rcx) as u32;
-        let mut r = core::arch::x86_64::__cpuid_count(leaf, sub);
-        match leaf {
-            // Leaf 1 ECX: clear VMX (bit 5), set "hypervisor present" (bit 31).
-            1 => r.ecx = (r.ecx & !(1 << 5)) | (1 << 31),
-            // Leaf 8000_0001 ECX: clear SVM (bit 2): no nested virtualization.
-            0x8000_0001 => r.ecx &= !(1 << 2),
-            _ => {}
-        }
-        self.vcpu.set_reg(Reg::Rax, u64::from(r.eax));
-        self.vcpu.set_reg(Reg::Rbx, u64::from(r.ebx));
-        self.vcpu.set_reg(Reg::Rcx, u64::from(r.ecx));
-        self.vcpu.set_reg(Reg::Rdx, u64::from(r.edx));
+        let policy = cpuid::Policy {
+            pkru: crate::switch::pkru_switched(),
+            guest_cr4: self.vcpu.arch(ArchReg::Cr4),
+        };
+        let [a, b, c, d] = cpuid::leaf(leaf, sub, policy, |l, s| {
+            let r = core::arch::x86_64::__cpuid_count(l, s);
+            [r.eax, r.ebx, r.ecx, r.edx]
+        });
+        self.vcpu.set_reg(Reg::Rax, u64::from(a));
+        self.vcpu.set_reg(Reg::Rbx, u64::from(b));
+        self.vcpu.set_reg(Reg::Rcx, u64::from(c));
+        self.vcpu.set_reg(Reg::Rdx, u64::from(d));
         self.vcpu.skip_instruction();
+    }
+
+    /// RDMSR/WRMSR through the MSR table ([`crate::cpu::msr`]); #GP(0) for an unknown
+    /// MSR or a value the MSR refuses, as the hardware would.
+    fn msr(&mut self, write: bool) {
+        let number = self.vcpu.reg(Reg::Rcx) as u32;
+        let low = |r: u64| r & 0xFFFF_FFFF;
+        let result = if write {
+            let value = (self.vcpu.reg(Reg::Rdx) << 32) | low(self.vcpu.reg(Reg::Rax));
+            msr::write(&mut self.vcpu, &mut self.msrs, number, value)
+        } else {
+            msr::read(&self.vcpu, &self.msrs, number).map(|value| {
+                self.vcpu.set_reg(Reg::Rax, low(value));
+                self.vcpu.set_reg(Reg::Rdx, value >> 32);
+            })
+        };
+        match result {
+            Ok(()) => self.vcpu.skip_instruction(),
+            Err(e) => {
+                let what = format!(
+                    "#GP injected for {} of MSR {number:#x} ({e})",
+                    if write { "WRMSR" } else { "RDMSR" }
+                );
+                log::debug!("guest {}: {what}", self.name);
+                self.vcpu.inject_exception(vector::GP, Some(0));
+                self.injected = Some(what);
+            }
+        }
     }
 
     fn hypercall(&mut self) -> Step {
@@ -579,29 +664,55 @@ mod tests {
     #[test]
     fn other_exits() {
         let mut v = vm(vec![
+            // PAT (reset value set below), then a write of a new one.
             (
-                vec![(Reg::Rcx, 0x10), (Reg::Rax, 9), (Reg::Rdx, 9)],
+                vec![(Reg::Rcx, 0x277), (Reg::Rax, 9), (Reg::Rdx, 9)],
                 VmExit::Msr { write: false },
             ),
-            (vec![], VmExit::Msr { write: true }),
+            (
+                vec![
+                    (Reg::Rcx, 0x277),
+                    (Reg::Rax, 0x0004_0106),
+                    (Reg::Rdx, 0x0007_0406),
+                ],
+                VmExit::Msr { write: true },
+            ),
+            // An unknown MSR: #GP(0), nothing skipped; the triple fault that follows
+            // names it.
+            (vec![(Reg::Rcx, 0xDEAD_BEEF)], VmExit::Msr { write: false }),
             (vec![(Reg::Rax, 0), (Reg::Rcx, 0)], VmExit::Cpuid),
             (vec![], VmExit::Shutdown),
         ]);
+        v.vcpu.set_arch(ArchReg::Pat, crate::vcpu::state::PAT_RESET);
         assert_eq!(v.step(10, 1000, &mut |_| {}), Step::Continue);
-        assert_eq!((v.vcpu.reg(Reg::Rax), v.vcpu.reg(Reg::Rdx)), (0, 0));
-        assert_eq!(v.step(10, 1000, &mut |_| {}), Step::Continue);
-        assert_eq!(v.step(10, 1000, &mut |_| {}), Step::Continue);
-        assert!(
-            v.vcpu.reg(Reg::Rax) >= 1,
-            "CPUID leaf 0 reports the highest leaf"
+        assert_eq!(
+            (v.vcpu.reg(Reg::Rax), v.vcpu.reg(Reg::Rdx)),
+            (0x0007_0406, 0x0007_0406)
         );
-        assert!(matches!(
-            v.step(10, 1000, &mut |_| {}),
-            Step::Ended(GuestEnd::Fault {
-                kind: FaultKind::Shutdown,
-                ..
-            })
-        ));
+        assert_eq!(v.step(10, 1000, &mut |_| {}), Step::Continue);
+        assert_eq!(v.vcpu.arch(ArchReg::Pat), 0x0007_0406_0004_0106);
+        assert_eq!(v.vcpu.skipped, 2);
+        assert_eq!(v.step(10, 1000, &mut |_| {}), Step::Continue);
+        assert_eq!(v.vcpu.injected, [(vector::GP, Some(0))]);
+        assert_eq!(v.vcpu.skipped, 2, "a faulting RDMSR is not skipped");
+        assert_eq!(v.step(10, 1000, &mut |_| {}), Step::Continue);
+        assert_eq!(
+            v.vcpu.reg(Reg::Rax),
+            7,
+            "CPUID leaf 0 reports leaf 7 as the highest"
+        );
+        let Step::Ended(GuestEnd::Fault {
+            kind: FaultKind::Shutdown,
+            detail,
+            ..
+        }) = v.step(10, 1000, &mut |_| {})
+        else {
+            panic!("no shutdown");
+        };
+        assert!(
+            detail.contains("after #GP injected for RDMSR of MSR 0xdeadbeef"),
+            "{detail}"
+        );
         for exit in [
             VmExit::Forbidden { what: "VMRUN" },
             VmExit::InvalidState { code: u64::MAX },
@@ -620,6 +731,39 @@ mod tests {
                 })
             ));
         }
+    }
+
+    #[test]
+    fn lengths_unknown_to_the_hardware_are_decoded_from_guest_memory() {
+        // No guest paging (CR0.PG = 0): RIP is the guest-physical address.
+        let steps = vec![
+            (
+                vec![(Reg::Rip, 0x5000), (Reg::Rax, 0), (Reg::Rcx, 0)],
+                VmExit::Cpuid,
+            ),
+            (
+                vec![(Reg::Rip, 0x5010), (Reg::Rcx, 0x277)],
+                VmExit::Msr { write: false },
+            ),
+            (vec![(Reg::Rip, 0x5020)], VmExit::Cpuid),
+        ];
+        let mut v = vm(steps);
+        v.vcpu.length_known = false;
+        v.vcpu.set_arch(ArchReg::Pat, crate::vcpu::state::PAT_RESET);
+        // CS CPUID; REX.W RDMSR; at 0x5020 a RDMSR where CPUID exited.
+        v.memory.write(0x5000, &[0x2E, 0x0F, 0xA2]).unwrap();
+        v.memory.write(0x5010, &[0x48, 0x0F, 0x32]).unwrap();
+        v.memory.write(0x5020, &[0x0F, 0x32]).unwrap();
+        assert_eq!(v.step(10, 1000, &mut |_| {}), Step::Continue);
+        assert_eq!(v.vcpu.reg(Reg::Rip), 0x5003);
+        assert_eq!(v.step(10, 1000, &mut |_| {}), Step::Continue);
+        assert_eq!(v.vcpu.reg(Reg::Rip), 0x5013);
+        let Step::Ended(GuestEnd::Fault { kind, detail, .. }) = v.step(10, 1000, &mut |_| {})
+        else {
+            panic!("a mismatching instruction must end the guest");
+        };
+        assert_eq!(kind, FaultKind::Instruction);
+        assert!(detail.contains("Rdmsr, not the Cpuid"), "{detail}");
     }
 
     #[test]

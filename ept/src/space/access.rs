@@ -53,6 +53,7 @@ where
         inner.sync_metadata();
         made?;
         inner.copy_in(gpa, data);
+        inner.note_written(range);
         Ok(())
     }
 

@@ -148,11 +148,6 @@ impl Budget {
         self.0.held_frames.load(Ordering::Relaxed)
     }
 
-    /// Frames the family may still take.
-    pub(crate) fn frames_left(&self) -> usize {
-        self.quota().saturating_sub(self.held())
-    }
-
     /// Bookkeeping entries the family holds, and its limit.
     pub(crate) fn metadata(&self) -> (usize, usize) {
         (

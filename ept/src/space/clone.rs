@@ -6,6 +6,7 @@ use core::mem::ManuallyDrop;
 use memory_set::{AddrRange, GuestPhysAddr, HostPhysAddr, MemorySet, PAGE_SIZE_4K};
 
 use super::backend::{AreaFlags, Backend, BackendKind};
+use super::budget::Budget;
 use super::error::SpaceError;
 use super::state::{Inner, State, set_err};
 use super::{AddressSpace, Invalidate};
@@ -57,7 +58,7 @@ where
     pub fn try_clone_with(&self, invalidate: I) -> Result<Self, SpaceError> {
         let mut inner = self.inner.lock();
         inner.sync_metadata();
-        let parts = inner.clone_parts(invalidate);
+        let parts = inner.clone_parts(invalidate, None);
         inner.sync_metadata();
         let (set, st) = super::debug_validated(&inner, parts)?;
         let window = inner.window;
@@ -78,7 +79,13 @@ where
     A: FrameAlloc + Clone,
     I: Invalidate,
 {
-    fn clone_parts(&mut self, invalidate: I) -> Result<Parts<F, M, A, I>, SpaceError> {
+    /// The parts of a copy-on-write clone. `budget`: the family's own (`None`, a
+    /// clone) or a separate one (a snapshot, which charges its parent its own way).
+    pub(crate) fn clone_parts(
+        &mut self,
+        invalidate: I,
+        budget: Option<Budget>,
+    ) -> Result<Parts<F, M, A, I>, SpaceError> {
         // Bookkeeping first, before any of it is allocated: the child's areas, one
         // entry per shared chunk in the child, and one in the parent for every frame
         // that becomes shared now.
@@ -93,7 +100,7 @@ where
             self.st.alloc.host.clone(),
             invalidate,
             self.st.caps,
-            self.st.alloc.budget.clone(),
+            budget.unwrap_or_else(|| self.st.alloc.budget.clone()),
         )?;
         let mut set = MemorySet::new();
         let mut copies: Vec<HostPhysAddr> = Vec::new();

@@ -120,6 +120,11 @@ pub enum SpaceError {
         /// The rejected host address.
         hpa: HostPhysAddr,
     },
+    /// A dirty-log or snapshot request that does not fit the space's tracking state.
+    Tracking {
+        /// What is wrong.
+        problem: TrackingProblem,
+    },
     /// The stage-2 table refused an operation the space believed valid. This reports a
     /// bug rather than a guest or caller mistake; the state is still consistent.
     Table(TableError),
@@ -143,6 +148,40 @@ pub enum SpaceError {
         /// The most the area may have.
         ceiling: Access,
     },
+}
+
+/// Why a dirty-log or snapshot request was refused ([`SpaceError::Tracking`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrackingProblem {
+    /// A dirty log is already running on this space.
+    AlreadyLogging,
+    /// No dirty log is running.
+    NotLogging,
+    /// The CPU has no accessed/dirty flags for this table.
+    NoAccessedDirty,
+    /// A snapshot is already attached (one at a time).
+    SnapshotAttached,
+    /// The snapshot belongs to another space, or was detached.
+    ForeignSnapshot,
+    /// The areas changed since the snapshot (map, unmap, protect, populate): it can
+    /// no longer be restored, only dropped.
+    SnapshotStale,
+    /// An owned region's memory is written without faults: it cannot be tracked.
+    OwnedRegion,
+}
+
+impl fmt::Display for TrackingProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::AlreadyLogging => "a dirty log is already running",
+            Self::NotLogging => "no dirty log is running",
+            Self::NoAccessedDirty => "the CPU has no stage-2 accessed/dirty flags",
+            Self::SnapshotAttached => "a snapshot is already attached",
+            Self::ForeignSnapshot => "the snapshot belongs to another address space",
+            Self::SnapshotStale => "the areas changed since the snapshot",
+            Self::OwnedRegion => "owned regions cannot be tracked",
+        })
+    }
 }
 
 impl fmt::Display for OomReason {
@@ -212,6 +251,7 @@ impl fmt::Display for SpaceError {
             Self::Owned { gpa } => write!(f, "{gpa:#x} belongs to an owned region"),
             Self::NoFreeArea { size } => write!(f, "no free range of {size:#x} bytes"),
             Self::BadHostAddress { hpa } => write!(f, "host address {hpa:#x} unusable"),
+            Self::Tracking { problem } => write!(f, "dirty tracking: {problem}"),
             Self::Table(e) => write!(f, "stage-2 table refused the operation: {e}"),
             Self::OutOfMetadata {
                 used,

@@ -84,6 +84,7 @@ where
         ) {
             inner.sync_metadata();
         }
+        inner.st.note_fault(gpa, access, outcome);
         inner.st.counters.faults_handled += 1;
         if outcome == FaultOutcome::Spurious {
             inner.st.counters.spurious += 1;

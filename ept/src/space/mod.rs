@@ -78,6 +78,13 @@
 //! # Owned regions
 //! See [`OwnedRegion`]: a handle that owns a populated range and unmaps it on drop.
 //!
+//! # Dirty logging and snapshots
+//! [`AddressSpace::start_dirty_log`] / [`AddressSpace::harvest_dirty`] /
+//! [`AddressSpace::stop_dirty_log`] track written 4 KiB pages with the hardware's dirty
+//! flags or with write protection ([`dirty`]). [`AddressSpace::snapshot`] freezes the
+//! memory contents copy-on-write and [`AddressSpace::restore`] rolls back only the
+//! pages changed since ([`snapshot`]).
+//!
 //! # Example
 //! ```
 //! use ept::caps::Stage2Caps;
@@ -120,9 +127,11 @@
 
 mod access;
 mod backend;
+mod bitmap;
 mod budget;
 mod ceiling;
 mod clone;
+pub mod dirty;
 mod error;
 mod fault;
 mod frames;
@@ -131,6 +140,7 @@ mod meter;
 mod pod;
 mod region;
 mod report;
+pub mod snapshot;
 mod state;
 
 use alloc::sync::Arc;
@@ -147,12 +157,15 @@ use backend::{AreaFlags, Backend, BackendKind};
 use lock::SpinLock;
 use state::{Inner, State};
 
+pub use bitmap::DirtyBitmap;
 pub use budget::{ENTRY_BYTES, Limits, MIN_METADATA_ENTRIES, MetadataPool};
-pub use error::{OomReason, RangeProblem, SpaceError};
+pub use dirty::{DirtyMode, HugeLeaves};
+pub use error::{OomReason, RangeProblem, SpaceError, TrackingProblem};
 pub use fault::FaultOutcome;
 pub use pod::Pod;
 pub use region::{OwnedRegion, ViewError};
 pub use report::{AreaInfo, AreaKind, REPORT_AREAS, SpaceReport, SpaceStats};
+pub use snapshot::{RestoreStats, Snapshot};
 
 /// How the hypervisor invalidates cached stage-2 translations of one address space
 /// (INVEPT single-context on Intel, the VMCB TLB_CONTROL / ASID flush on AMD).
@@ -409,6 +422,9 @@ where
         let mut inner = self.inner.lock();
         let range = inner.check_range(gpa, size)?;
         let result = inner.populate_range(range);
+        if result.is_ok() {
+            inner.note_area_change(range);
+        }
         debug_validated(&inner, result)
     }
 

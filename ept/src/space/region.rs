@@ -469,7 +469,7 @@ where
         for (i, v) in out.iter_mut().enumerate() {
             // SAFETY: as in `read_type`, for the `i`-th of `out.len()` consecutive
             // values inside one frame.
-            *v = unsafe { p.cast::<T>().add(i).read_volatile() };
+            *v = unsafe { p.cast::<T>().wrapping_add(i).read_volatile() };
         }
         Ok(())
     }
@@ -484,7 +484,7 @@ where
         for (i, &v) in values.iter().enumerate() {
             // SAFETY: as in `write_type`, for the `i`-th of `values.len()` consecutive
             // values inside one frame.
-            unsafe { p.cast::<T>().add(i).write_volatile(v) };
+            unsafe { p.cast::<T>().wrapping_add(i).write_volatile(v) };
         }
         Ok(())
     }

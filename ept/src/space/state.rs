@@ -50,6 +50,8 @@ pub(crate) struct State<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invali
     pub(crate) last_owner: u64,
     /// Bookkeeping entries of this space counted in the family's budget.
     pub(crate) metadata_charged: usize,
+    /// Dirty logging and snapshot tracking (`dirty.rs`, `snapshot.rs`).
+    pub(crate) track: super::dirty::Tracking,
 }
 
 /// An area as [`Inner::area_at`] reports it: its range, flags and backend.
@@ -159,6 +161,7 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
             replay: false,
             last_owner: 0,
             metadata_charged: 0,
+            track: Default::default(),
         })
     }
 
@@ -167,13 +170,25 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
         self.alloc.budget.quota()
     }
 
+    /// What counts against the quota: the host frames the family holds, plus the
+    /// frames an attached snapshot charges (a snapshot has a budget of its own).
+    pub(crate) fn used(&self) -> usize {
+        self.alloc.budget.held() + self.track.charged_frames()
+    }
+
+    /// Frames this space alone refers to: RAM (shared frames included), tables, any
+    /// reserve.
+    pub(crate) fn own_frames(&self) -> usize {
+        self.book.ram_frames() + self.table.table_frames() + self.reserve.len()
+    }
+
     /// The table and a metered allocator for one operation: the quota applies to
     /// the frames the whole family holds.
     pub(crate) fn parts(&mut self) -> (&mut Stage2Table<F, M>, Meter<'_, Charged<A>>) {
-        let (quota, held) = (self.alloc.budget.quota(), self.alloc.budget.held());
+        let (quota, used) = (self.quota(), self.used());
         (
             &mut self.table,
-            Meter::new(&mut self.alloc, &mut self.reserve, quota, held),
+            Meter::new(&mut self.alloc, &mut self.reserve, quota, used),
         )
     }
 
@@ -333,7 +348,7 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
                 .map(|(_, size)| size);
         }
         // Quota: the same rule as `Meter` (one more frame must fit).
-        if self.alloc.budget.frames_left() == 0 {
+        if self.used() >= self.quota() {
             return None;
         }
         let page = gpa.align_down(PAGE_SIZE_4K);
@@ -746,7 +761,9 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
             .map(area, &mut self.st, false)
             .map_err(|e| set_err(e, start, size));
         self.sync_metadata();
-        r
+        r?;
+        self.note_area_change(range);
+        Ok(())
     }
 
     /// The areas overlapping `range` as (piece, flags, kind), checking that they cover
@@ -889,7 +906,9 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
             .map_err(|e| set_err(e, range.start(), range.size()));
         self.st.drain_reserve();
         self.sync_metadata();
-        r
+        r?;
+        self.note_area_change(range);
+        Ok(())
     }
 
     /// Changes the rights (and, with `owner`, the owner label) of the areas in `range`.
@@ -941,7 +960,9 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
             .map_err(|e| set_err(e, range.start(), range.size()));
         self.st.drain_reserve();
         self.sync_metadata();
-        r
+        r?;
+        self.note_area_change(range);
+        Ok(())
     }
 
     /// Unmaps every area no region owns. Whole areas never need a split.

@@ -12,6 +12,7 @@
 //! through the returned [`Flush`](crate::flush::Flush), after the caller's invalidation.
 
 mod error;
+mod hw;
 mod map;
 mod raw;
 mod reserve;

@@ -79,6 +79,12 @@ impl Tbl {
         self.at(i).fetch_and(!bits, Ordering::Relaxed)
     }
 
+    /// Sets `bits` in entry `i` atomically, as the CPU sets accessed/dirty flags.
+    #[inline]
+    pub(crate) fn set_bits(&self, i: usize, bits: u64) {
+        self.at(i).fetch_or(bits, Ordering::Relaxed);
+    }
+
     /// Whether every entry is zero.
     pub(crate) fn is_empty(&self) -> bool {
         (0..ENTRIES).all(|i| self.load(i) == 0)

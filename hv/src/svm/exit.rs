@@ -6,8 +6,20 @@ use crate::vcpu::VmExit;
 pub mod code {
     /// A physical maskable interrupt (INTR).
     pub const INTR: u64 = 0x60;
+    /// A non-maskable interrupt.
+    pub const NMI: u64 = 0x61;
+    /// INIT.
+    pub const INIT: u64 = 0x63;
+    /// RDPMC.
+    pub const RDPMC: u64 = 0x6F;
     /// CPUID.
     pub const CPUID: u64 = 0x72;
+    /// RSM.
+    pub const RSM: u64 = 0x73;
+    /// INVLPGA.
+    pub const INVLPGA: u64 = 0x7A;
+    /// Task switch.
+    pub const TASK_SWITCH: u64 = 0x7D;
     /// HLT.
     pub const HLT: u64 = 0x78;
     /// IN/OUT.
@@ -30,8 +42,24 @@ pub mod code {
     pub const CLGI: u64 = 0x85;
     /// SKINIT.
     pub const SKINIT: u64 = 0x86;
+    /// RDTSCP.
+    pub const RDTSCP: u64 = 0x87;
+    /// WBINVD.
+    pub const WBINVD: u64 = 0x89;
+    /// MONITOR.
+    pub const MONITOR: u64 = 0x8A;
+    /// MWAIT.
+    pub const MWAIT: u64 = 0x8B;
     /// XSETBV.
     pub const XSETBV: u64 = 0x8D;
+    /// RDPRU.
+    pub const RDPRU: u64 = 0x8E;
+    /// INVLPGB.
+    pub const INVLPGB: u64 = 0xA0;
+    /// INVLPGB with illegal operands.
+    pub const INVLPGB_ILLEGAL: u64 = 0xA1;
+    /// TLBSYNC.
+    pub const TLBSYNC: u64 = 0xA4;
     /// INVD.
     pub const INVD: u64 = 0x76;
     /// Nested page fault.
@@ -58,18 +86,6 @@ pub mod ioio {
     pub const PORT_SHIFT: u32 = 16;
 }
 
-/// Length of an intercepted instruction that has only one encoding, for CPUs without
-/// NRIPS (then the VMCB's next RIP is 0): VMMCALL `0f 01 d9`, CPUID `0f a2`,
-/// RDMSR `0f 32` / WRMSR `0f 30`, HLT `f4`.
-pub fn fixed_length(exit_code: u64) -> Option<u64> {
-    match exit_code {
-        code::VMMCALL => Some(3),
-        code::CPUID | code::MSR => Some(2),
-        code::HLT => Some(1),
-        _ => None,
-    }
-}
-
 /// Decodes an exit from its code and EXITINFO1/2.
 pub fn decode(exit_code: u64, info1: u64, info2: u64) -> VmExit {
     if exit_code as u32 == code::INVALID {
@@ -90,7 +106,8 @@ pub fn decode(exit_code: u64, info1: u64, info2: u64) -> VmExit {
             string: info1 & (ioio::STR | ioio::REP) != 0,
         },
         code::VMMCALL => VmExit::Hypercall,
-        code::INTR => VmExit::Interrupt,
+        // An NMI is taken by the host's handler after STGI, like INTR.
+        code::INTR | code::NMI => VmExit::Interrupt,
         code::CPUID => VmExit::Cpuid,
         code::MSR => VmExit::Msr {
             write: info1 & 1 != 0,
@@ -105,6 +122,20 @@ pub fn decode(exit_code: u64, info1: u64, info2: u64) -> VmExit {
         code::SKINIT => VmExit::Forbidden { what: "SKINIT" },
         code::XSETBV => VmExit::Forbidden { what: "XSETBV" },
         code::INVD => VmExit::Forbidden { what: "INVD" },
+        code::INVLPGA => VmExit::Forbidden { what: "INVLPGA" },
+        code::INIT => VmExit::Forbidden { what: "INIT" },
+        code::RDPMC => VmExit::Forbidden { what: "RDPMC" },
+        code::RSM => VmExit::Forbidden { what: "RSM" },
+        code::TASK_SWITCH => VmExit::Forbidden {
+            what: "a task switch",
+        },
+        code::RDTSCP => VmExit::Forbidden { what: "RDTSCP" },
+        code::WBINVD => VmExit::Wbinvd,
+        code::MONITOR => VmExit::Forbidden { what: "MONITOR" },
+        code::MWAIT => VmExit::Forbidden { what: "MWAIT" },
+        code::RDPRU => VmExit::Forbidden { what: "RDPRU" },
+        code::INVLPGB | code::INVLPGB_ILLEGAL => VmExit::Forbidden { what: "INVLPGB" },
+        code::TLBSYNC => VmExit::Forbidden { what: "TLBSYNC" },
         _ => VmExit::Unknown {
             code: exit_code,
             info1,
@@ -166,8 +197,11 @@ mod tests {
             decode(0x65, 1, 2),
             VmExit::Unknown { code: 0x65, .. }
         ));
-        assert_eq!(fixed_length(code::VMMCALL), Some(3));
-        assert_eq!(fixed_length(code::NPF), None);
+        assert_eq!(
+            decode(code::INVLPGA, 0, 0),
+            VmExit::Forbidden { what: "INVLPGA" }
+        );
+        assert_eq!(decode(code::WBINVD, 0, 0), VmExit::Wbinvd);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! control state (APM vol. 2, 15.5-15.6). The world switch therefore also saves and
 //! restores the other general-purpose registers, the FS/GS/TR/LDTR/syscall state
 //! (VMSAVE/VMLOAD, APM 15.5.2) and the x87/SSE state (FXSAVE/FXRSTOR; host and guests
-//! use no AVX, so XCR0 stays at x87|SSE and is not switched: XSETBV is intercepted).
+//! use no AVX, so XCR0 stays at x87|SSE and is not switched: XSETBV is intercepted),
+//! plus DR0-DR3, PKRU and TSC_AUX in software (`crate::switch::enter_guest`).
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -12,11 +13,16 @@ use alloc::vec::Vec;
 use x86_64::registers::model_specific::Msr;
 
 use super::exit::{self, code};
-use super::vmcb::{V_INTR_MASKING, Vmcb, attr, control, intercept3, intercept4, save, tlb_control};
+use super::vmcb::{
+    V_INTR_MASKING, Vmcb, attr, control, intercept3, intercept4, intercept5, save, tlb_control,
+};
 use super::{SvmCaps, SvmError};
 use crate::platform::virt_to_phys;
-use crate::switch::{GPRS, GUEST_FX, HOST_FX, SwitchState, load_guest_gprs, store_guest_gprs};
-use crate::vcpu::{FlushRequest, Reg, StartState, Vcpu, VmExit};
+use crate::switch::{
+    self, GPRS, GUEST_FX, HOST_FX, SwitchState, Vendor, load_guest_gprs, store_guest_gprs,
+};
+use crate::vcpu::state::{DR6_RESET, DR7_RESET, PAT_RESET};
+use crate::vcpu::{ArchReg, CodeSegment, FlushRequest, Reg, StartState, Vcpu, VmExit};
 
 /// EFER MSR (APM vol. 2, 3.1.7); bit 12 = SVME.
 const MSR_EFER: u32 = 0xC000_0080;
@@ -41,8 +47,15 @@ const GUEST_CR4: u64 = (1 << 5) | (1 << 9) | (1 << 10);
 const REAL_MODE_CR0: u64 = (1 << 1) | (1 << 4) | (1 << 5);
 /// Real-mode guest CR4: OSFXSR (9), OSXMMEXCPT (10), so SSE works as in long mode.
 const REAL_MODE_CR4: u64 = (1 << 9) | (1 << 10);
-/// The power-on PAT value (Intel SDM vol. 3 11.12.4, AMD APM vol. 2 7.8.2).
-const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
+/// V_TPR, bits 3:0 of the VMCB's V_INTR field (APM vol. 2 15.21.1).
+const V_TPR_MASK: u64 = 0xF;
+/// CS attribute bits in the VMCB form: L (bit 9) and D/B (bit 10) (APM vol. 2 15.5.1).
+const ATTR_L: u16 = 1 << 9;
+const ATTR_DB: u16 = 1 << 10;
+/// EVENTINJ (APM vol. 2 15.20): type 3 = exception, EV = bit 11, V = bit 31.
+const EVENTINJ_EXCEPTION: u64 = 3 << 8;
+const EVENTINJ_EV: u64 = 1 << 11;
+const EVENTINJ_VALID: u64 = 1 << 31;
 
 core::arch::global_asm!(
     ".section .text.svm_world_switch, \"ax\"",
@@ -128,6 +141,7 @@ impl SvmHost {
             (l.ebx, l.edx)
         });
         let caps = SvmCaps::from_cpuid(ext.ecx, ext.edx, svm_leaf)?;
+        switch::detect_host_features();
         // SAFETY: VM_CR exists on every CPU that reports SVM (APM 15.30.1).
         let vm_cr = unsafe { Msr::new(MSR_VM_CR).read() };
         if vm_cr & VM_CR_SVMDIS != 0 {
@@ -189,11 +203,17 @@ impl SvmHost {
         v.write_u32(
             control::INTERCEPT_VEC3,
             intercept3::INTR
+                | intercept3::NMI
+                | intercept3::INIT
+                | intercept3::RDPMC
                 | intercept3::CPUID
-                | intercept3::HLT
+                | intercept3::RSM
                 | intercept3::INVD
+                | intercept3::HLT
+                | intercept3::INVLPGA
                 | intercept3::IOIO_PROT
                 | intercept3::MSR_PROT
+                | intercept3::TASK_SWITCH
                 | intercept3::SHUTDOWN,
         );
         v.write_u32(
@@ -205,7 +225,15 @@ impl SvmHost {
                 | intercept4::STGI
                 | intercept4::CLGI
                 | intercept4::SKINIT
-                | intercept4::XSETBV,
+                | intercept4::WBINVD
+                | intercept4::MONITOR
+                | intercept4::MWAIT
+                | intercept4::XSETBV
+                | intercept4::RDPRU,
+        );
+        v.write_u32(
+            control::INTERCEPT_VEC5,
+            intercept5::INVLPGB | intercept5::INVLPGB_ILLEGAL | intercept5::TLBSYNC,
         );
         v.write_u64(control::IOPM_BASE_PA, virt_to_phys(&*self.iopm));
         v.write_u64(control::MSRPM_BASE_PA, virt_to_phys(&*self.msrpm));
@@ -264,12 +292,12 @@ impl SvmHost {
         v.set_segment(save::LDTR, 0, attr::LDT, 0, 0);
         v.set_segment(save::TR, 0, attr::TSS_BUSY, 0x67, 0);
         v.write_u8(save::CPL, 0);
-        v.write_u64(save::DR6, 0xFFFF_0FF0);
-        v.write_u64(save::DR7, 0x400);
+        v.write_u64(save::DR6, DR6_RESET);
+        v.write_u64(save::DR7, DR7_RESET);
         v.write_u64(save::RFLAGS, 0x2);
         v.write_u64(save::RIP, rip);
         v.write_u64(save::RSP, rsp);
-        v.write_u64(save::G_PAT, DEFAULT_PAT);
+        v.write_u64(save::G_PAT, PAT_RESET);
         Some(SvmVcpu {
             vmcb,
             state: Box::new(SwitchState::new()),
@@ -355,21 +383,26 @@ impl Vcpu for SvmVcpu {
         );
         self.vmcb.write_u32(control::CLEAN_BITS, 0);
         let vmcb_pa = virt_to_phys(&*self.vmcb);
+        switch::enter_guest(&self.state.soft, Vendor::Svm);
         let state: *mut SwitchState = &mut *self.state;
         // SAFETY: the VMCB is a valid, 4 KiB-aligned, identity-mapped page set up by
         // `create_vcpu`; SVM is enabled with a host save area; `state` is exclusively
         // borrowed for the call; the routine preserves every callee-saved register and
         // the host x87/SSE state, and returns on the next #VMEXIT.
         unsafe { svm_world_switch(state, vmcb_pa, self.host_save_pa) };
+        switch::leave_guest(&mut self.state.soft, Vendor::Svm);
+        // An injected event was delivered (or is now in EXITINTINFO).
+        self.vmcb.write_u64(control::EVENT_INJ, 0);
         let (exit_code, info1, info2) = self.last_exit_raw();
-        let rip = self.vmcb.read_u64(save::RIP);
         let nrip = self.vmcb.read_u64(control::NEXT_RIP);
+        // Without NRIPS the exit handler decodes the instruction from guest memory
+        // (`crate::cpu::decode`) and sets the length.
         self.next_rip = if exit_code == code::IOIO {
             Some(info2)
         } else if self.nrips && nrip != 0 {
             Some(nrip)
         } else {
-            exit::fixed_length(exit_code).map(|len| rip.wrapping_add(len))
+            None
         };
         exit::decode(exit_code, info1, info2)
     }
@@ -398,5 +431,105 @@ impl Vcpu for SvmVcpu {
         if let Some(next) = self.next_rip.take() {
             self.vmcb.write_u64(save::RIP, next);
         }
+    }
+
+    fn instruction_length_known(&self) -> bool {
+        self.next_rip.is_some()
+    }
+
+    fn set_instruction_length(&mut self, len: u64) {
+        self.next_rip = Some(self.vmcb.read_u64(save::RIP).wrapping_add(len));
+    }
+
+    fn code_segment(&self) -> CodeSegment {
+        let attr = u16::from_le_bytes([
+            self.vmcb.read_u8(save::CS + 2),
+            self.vmcb.read_u8(save::CS + 3),
+        ]);
+        let lma = self.vmcb.read_u64(save::EFER) & (1 << 10) != 0;
+        CodeSegment {
+            base: self.vmcb.read_u64(save::CS + 8),
+            long: lma && attr & ATTR_L != 0,
+            default32: attr & ATTR_DB != 0,
+        }
+    }
+
+    fn arch(&self, reg: ArchReg) -> u64 {
+        let v = &self.vmcb;
+        let soft = &self.state.soft;
+        match reg {
+            ArchReg::Cr0 => v.read_u64(save::CR0),
+            ArchReg::Cr2 => v.read_u64(save::CR2),
+            ArchReg::Cr3 => v.read_u64(save::CR3),
+            ArchReg::Cr4 => v.read_u64(save::CR4),
+            ArchReg::Cr8 => v.read_u64(control::V_INTR) & V_TPR_MASK,
+            ArchReg::Dr0 | ArchReg::Dr1 | ArchReg::Dr2 | ArchReg::Dr3 => {
+                soft.dr[reg as usize - ArchReg::Dr0 as usize]
+            }
+            ArchReg::Dr6 => v.read_u64(save::DR6),
+            ArchReg::Dr7 => v.read_u64(save::DR7),
+            // SVME is the hypervisor's (required in a guest, APM 15.5.1), not the guest's.
+            ArchReg::Efer => v.read_u64(save::EFER) & !EFER_SVME,
+            ArchReg::Pat => v.read_u64(save::G_PAT),
+            ArchReg::FsBase => v.read_u64(save::FS + 8),
+            ArchReg::GsBase => v.read_u64(save::GS + 8),
+            ArchReg::KernelGsBase => v.read_u64(save::KERNEL_GS_BASE),
+            ArchReg::Star => v.read_u64(save::STAR),
+            ArchReg::Lstar => v.read_u64(save::LSTAR),
+            ArchReg::Cstar => v.read_u64(save::CSTAR),
+            ArchReg::Sfmask => v.read_u64(save::SFMASK),
+            ArchReg::SysenterCs => v.read_u64(save::SYSENTER_CS),
+            ArchReg::SysenterEsp => v.read_u64(save::SYSENTER_ESP),
+            ArchReg::SysenterEip => v.read_u64(save::SYSENTER_EIP),
+            ArchReg::TscAux => soft.tsc_aux,
+            ArchReg::Pkru => soft.pkru,
+            ArchReg::TscOffset => v.read_u64(control::TSC_OFFSET),
+        }
+    }
+
+    fn set_arch(&mut self, reg: ArchReg, value: u64) {
+        let v = &mut self.vmcb;
+        let soft = &mut self.state.soft;
+        match reg {
+            ArchReg::Cr0 => v.write_u64(save::CR0, value),
+            ArchReg::Cr2 => v.write_u64(save::CR2, value),
+            ArchReg::Cr3 => v.write_u64(save::CR3, value),
+            ArchReg::Cr4 => v.write_u64(save::CR4, value),
+            ArchReg::Cr8 => {
+                let old = v.read_u64(control::V_INTR);
+                v.write_u64(control::V_INTR, (old & !V_TPR_MASK) | (value & V_TPR_MASK));
+            }
+            ArchReg::Dr0 | ArchReg::Dr1 | ArchReg::Dr2 | ArchReg::Dr3 => {
+                soft.dr[reg as usize - ArchReg::Dr0 as usize] = value;
+            }
+            ArchReg::Dr6 => v.write_u64(save::DR6, value),
+            ArchReg::Dr7 => v.write_u64(save::DR7, value),
+            ArchReg::Efer => v.write_u64(save::EFER, value | EFER_SVME),
+            ArchReg::Pat => v.write_u64(save::G_PAT, value),
+            ArchReg::FsBase => v.write_u64(save::FS + 8, value),
+            ArchReg::GsBase => v.write_u64(save::GS + 8, value),
+            ArchReg::KernelGsBase => v.write_u64(save::KERNEL_GS_BASE, value),
+            ArchReg::Star => v.write_u64(save::STAR, value),
+            ArchReg::Lstar => v.write_u64(save::LSTAR, value),
+            ArchReg::Cstar => v.write_u64(save::CSTAR, value),
+            ArchReg::Sfmask => v.write_u64(save::SFMASK, value),
+            ArchReg::SysenterCs => v.write_u64(save::SYSENTER_CS, value),
+            ArchReg::SysenterEsp => v.write_u64(save::SYSENTER_ESP, value),
+            ArchReg::SysenterEip => v.write_u64(save::SYSENTER_EIP, value),
+            ArchReg::TscAux => soft.tsc_aux = value,
+            ArchReg::Pkru => soft.pkru = value,
+            ArchReg::TscOffset => v.write_u64(control::TSC_OFFSET, value),
+        }
+    }
+
+    fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        // No error code is pushed in real mode (CR0.PE = 0; APM vol. 2 8.2).
+        let protected = self.vmcb.read_u64(save::CR0) & 1 != 0;
+        let mut event = u64::from(vector) | EVENTINJ_EXCEPTION | EVENTINJ_VALID;
+        if let (Some(code), true) = (error_code, protected) {
+            event |= EVENTINJ_EV | (u64::from(code) << 32);
+        }
+        self.vmcb.write_u64(control::EVENT_INJ, event);
+        self.next_rip = None;
     }
 }

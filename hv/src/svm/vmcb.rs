@@ -12,16 +12,21 @@ pub mod control {
     pub const INTERCEPT_VEC3: usize = 0x00C;
     /// Intercept vector 4 (SVM instructions and more), see [`super::intercept4`].
     pub const INTERCEPT_VEC4: usize = 0x010;
+    /// Intercept vector 5 (INVLPGB, INVPCID, ...), see [`super::intercept5`].
+    pub const INTERCEPT_VEC5: usize = 0x014;
     /// Physical address of the I/O permission map (12 KiB).
     pub const IOPM_BASE_PA: usize = 0x040;
     /// Physical address of the MSR permission map (8 KiB).
     pub const MSRPM_BASE_PA: usize = 0x048;
+    /// TSC offset added to the TSC the guest reads (APM vol. 2 15.30.5).
+    pub const TSC_OFFSET: usize = 0x050;
     /// Guest ASID (u32).
     pub const GUEST_ASID: usize = 0x058;
     /// TLB control (u8), see [`super::tlb_control`].
     pub const TLB_CONTROL: usize = 0x05C;
-    /// Virtual interrupt control (u64); bit 24 = V_INTR_MASKING (APM 15.21.1): the
-    /// host's RFLAGS.IF, not the guest's, masks physical interrupts while the guest runs.
+    /// Virtual interrupt control (u64); bits 3:0 = V_TPR (the guest's CR8), bit 24 =
+    /// V_INTR_MASKING (APM 15.21.1): the host's RFLAGS.IF, not the guest's, masks
+    /// physical interrupts while the guest runs, and guest CR8 accesses go to V_TPR.
     pub const V_INTR: usize = 0x060;
     /// Exit code (u64).
     pub const EXIT_CODE: usize = 0x070;
@@ -33,7 +38,8 @@ pub mod control {
     pub const EXIT_INT_INFO: usize = 0x088;
     /// Bit 0: nested paging enable (APM 15.25.3).
     pub const NP_ENABLE: usize = 0x090;
-    /// Event injection (u64).
+    /// Event injection (u64, APM vol. 2 15.20): vector bits 7:0, type bits 10:8, EV
+    /// (error code valid) bit 11, V bit 31, error code bits 63:32.
     pub const EVENT_INJ: usize = 0x0A8;
     /// Nested page table root (nCR3).
     pub const N_CR3: usize = 0x0B0;
@@ -87,6 +93,22 @@ pub mod save {
     pub const RSP: usize = 0x5D8;
     /// RAX.
     pub const RAX: usize = 0x5F8;
+    /// STAR (VMLOAD/VMSAVE state, APM vol. 2 15.5.2).
+    pub const STAR: usize = 0x600;
+    /// LSTAR.
+    pub const LSTAR: usize = 0x608;
+    /// CSTAR.
+    pub const CSTAR: usize = 0x610;
+    /// SFMASK.
+    pub const SFMASK: usize = 0x618;
+    /// KernelGSBase.
+    pub const KERNEL_GS_BASE: usize = 0x620;
+    /// SYSENTER_CS.
+    pub const SYSENTER_CS: usize = 0x628;
+    /// SYSENTER_ESP.
+    pub const SYSENTER_ESP: usize = 0x630;
+    /// SYSENTER_EIP.
+    pub const SYSENTER_EIP: usize = 0x638;
     /// CR2.
     pub const CR2: usize = 0x640;
     /// Guest PAT (used with nested paging).
@@ -97,12 +119,24 @@ pub mod save {
 pub mod intercept3 {
     /// Physical maskable interrupts (INTR).
     pub const INTR: u32 = 1 << 0;
-    /// INVD.
-    pub const INVD: u32 = 1 << 22;
+    /// Non-maskable interrupts: the host's, never the guest's.
+    pub const NMI: u32 = 1 << 1;
+    /// INIT: would reset the processor under the host.
+    pub const INIT: u32 = 1 << 3;
+    /// RDPMC: the host's performance counters.
+    pub const RDPMC: u32 = 1 << 15;
     /// CPUID.
     pub const CPUID: u32 = 1 << 18;
+    /// RSM.
+    pub const RSM: u32 = 1 << 19;
+    /// INVD: would discard the host's dirty cache lines.
+    pub const INVD: u32 = 1 << 22;
     /// HLT.
     pub const HLT: u32 = 1 << 24;
+    /// INVLPGA: would flush another ASID's translations (the host's included).
+    pub const INVLPGA: u32 = 1 << 26;
+    /// Task switches.
+    pub const TASK_SWITCH: u32 = 1 << 29;
     /// IN/OUT through the I/O permission map.
     pub const IOIO_PROT: u32 = 1 << 27;
     /// RDMSR/WRMSR through the MSR permission map.
@@ -127,8 +161,26 @@ pub mod intercept4 {
     pub const CLGI: u32 = 1 << 5;
     /// SKINIT.
     pub const SKINIT: u32 = 1 << 6;
+    /// WBINVD (emulated: the write-back the guest asks for is the hardware's job).
+    pub const WBINVD: u32 = 1 << 9;
+    /// MONITOR/MONITORX.
+    pub const MONITOR: u32 = 1 << 10;
+    /// MWAIT/MWAITX, unconditionally.
+    pub const MWAIT: u32 = 1 << 11;
     /// XSETBV (XCR0 is host state we do not switch).
     pub const XSETBV: u32 = 1 << 13;
+    /// RDPRU (reads MPERF/APERF).
+    pub const RDPRU: u32 = 1 << 14;
+}
+
+/// Intercept vector 5 bits (APM vol. 2, table B-1, offset 0x014).
+pub mod intercept5 {
+    /// INVLPGB (broadcast TLB invalidation).
+    pub const INVLPGB: u32 = 1 << 0;
+    /// INVLPGB with invalid operands.
+    pub const INVLPGB_ILLEGAL: u32 = 1 << 1;
+    /// TLBSYNC.
+    pub const TLBSYNC: u32 = 1 << 4;
 }
 
 /// V_INTR_MASKING in [`control::V_INTR`] (APM vol. 2, 15.21.1).
@@ -194,6 +246,11 @@ impl Vmcb {
     /// Writes the u32 at `offset`.
     pub fn write_u32(&mut self, offset: usize, value: u32) {
         self.0[offset..offset + 4].copy_from_slice(&value.to_le_bytes());
+    }
+
+    /// Reads the byte at `offset`.
+    pub fn read_u8(&self, offset: usize) -> u8 {
+        self.0[offset]
     }
 
     /// Writes the byte at `offset`.

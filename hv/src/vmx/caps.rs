@@ -256,10 +256,16 @@ impl VmxCaps {
         let proc = adjust(
             "primary processor-based",
             Wanted {
+                // MOV CR8 exits: the guest's TPR is emulated, never the CPU's.
                 required: proc::HLT_EXITING
                     | proc::UNCONDITIONAL_IO_EXITING
-                    | proc::SECONDARY_CONTROLS,
-                optional: 0,
+                    | proc::SECONDARY_CONTROLS
+                    | proc::CR8_LOAD_EXITING
+                    | proc::CR8_STORE_EXITING,
+                optional: proc::MWAIT_EXITING
+                    | proc::RDPMC_EXITING
+                    | proc::MONITOR_EXITING
+                    | proc::USE_TSC_OFFSETTING,
             },
             m.proc,
         )?;
@@ -277,23 +283,27 @@ impl VmxCaps {
             "secondary processor-based",
             Wanted {
                 required: proc2::ENABLE_EPT,
-                optional: proc2::ENABLE_VPID | proc2::UNRESTRICTED_GUEST,
+                optional: proc2::ENABLE_VPID | proc2::UNRESTRICTED_GUEST | proc2::WBINVD_EXITING,
             },
             m.proc2,
         )?;
         let exit = adjust(
             "VM-exit",
             Wanted {
-                required: exit_ctl::HOST_ADDRESS_SPACE_SIZE,
-                optional: exit_ctl::LOAD_EFER | exit_ctl::SAVE_EFER,
+                // The guest's DR7 is saved at each exit (and DR7 = 0x400 loaded).
+                required: exit_ctl::HOST_ADDRESS_SPACE_SIZE | exit_ctl::SAVE_DEBUG_CONTROLS,
+                optional: exit_ctl::LOAD_EFER
+                    | exit_ctl::SAVE_EFER
+                    | exit_ctl::SAVE_PAT
+                    | exit_ctl::LOAD_PAT,
             },
             m.exit,
         )?;
         let entry = adjust(
             "VM-entry",
             Wanted {
-                required: entry_ctl::IA32E_MODE_GUEST,
-                optional: entry_ctl::LOAD_EFER,
+                required: entry_ctl::IA32E_MODE_GUEST | entry_ctl::LOAD_DEBUG_CONTROLS,
+                optional: entry_ctl::LOAD_EFER | entry_ctl::LOAD_PAT,
             },
             m.entry,
         )?;
@@ -331,6 +341,16 @@ impl VmxCaps {
     /// Whether guest and host EFER are switched by the entry and exit controls.
     pub fn switches_efer(&self) -> bool {
         self.entry & entry_ctl::LOAD_EFER != 0 && self.exit & exit_ctl::LOAD_EFER != 0
+    }
+
+    /// Whether guest and host IA32_PAT are switched by the entry and exit controls.
+    pub fn switches_pat(&self) -> bool {
+        self.entry & entry_ctl::LOAD_PAT != 0 && self.exit & exit_ctl::LOAD_PAT != 0
+    }
+
+    /// Whether the guest's TSC is offset (RDTSC and the TSC MSR).
+    pub fn tsc_offsetting(&self) -> bool {
+        self.proc & proc::USE_TSC_OFFSETTING != 0
     }
 }
 
@@ -399,6 +419,12 @@ pub(crate) mod tests {
         assert_eq!(c.revision, 0x2B);
         assert!(c.true_controls);
         assert!(c.vpid && c.unrestricted_guest && c.switches_efer());
+        assert!(c.switches_pat() && c.tsc_offsetting());
+        assert_ne!(
+            c.proc & (proc::CR8_LOAD_EXITING | proc::CR8_STORE_EXITING),
+            0
+        );
+        assert_ne!(c.proc2 & proc2::WBINVD_EXITING, 0);
         assert_eq!(c.invept, InveptType::SingleContext);
         assert!(c.stage2.leaf_1g && c.stage2.accessed_dirty);
         assert_eq!(c.stage2.host_phys_bits, 40);

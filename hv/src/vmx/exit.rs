@@ -14,6 +14,10 @@ pub mod reason {
     pub const TRIPLE_FAULT: u16 = 2;
     /// INIT signal.
     pub const INIT: u16 = 3;
+    /// Start-up IPI.
+    pub const SIPI: u16 = 4;
+    /// Task switch (always exits, SDM vol. 3C 26.1.2).
+    pub const TASK_SWITCH: u16 = 9;
     /// CPUID.
     pub const CPUID: u16 = 10;
     /// GETSEC.
@@ -22,6 +26,10 @@ pub mod reason {
     pub const HLT: u16 = 12;
     /// INVD.
     pub const INVD: u16 = 13;
+    /// RDPMC.
+    pub const RDPMC: u16 = 15;
+    /// RSM.
+    pub const RSM: u16 = 17;
     /// VMCALL.
     pub const VMCALL: u16 = 18;
     /// VMCLEAR (the first of the VMX instructions, 19-27).
@@ -40,6 +48,10 @@ pub mod reason {
     pub const INVALID_GUEST_STATE: u16 = 33;
     /// VM-entry failure: MSR loading.
     pub const MSR_LOADING: u16 = 34;
+    /// MWAIT.
+    pub const MWAIT: u16 = 36;
+    /// MONITOR.
+    pub const MONITOR: u16 = 39;
     /// VM-entry failure: machine-check event.
     pub const MACHINE_CHECK: u16 = 41;
     /// EPT violation.
@@ -50,8 +62,14 @@ pub mod reason {
     pub const INVEPT: u16 = 50;
     /// INVVPID.
     pub const INVVPID: u16 = 53;
+    /// WBINVD.
+    pub const WBINVD: u16 = 54;
     /// XSETBV.
     pub const XSETBV: u16 = 55;
+    /// INVPCID.
+    pub const INVPCID: u16 = 58;
+    /// ENCLS.
+    pub const ENCLS: u16 = 60;
 }
 
 /// Exit-reason bit 31: the VM entry failed (SDM vol. 3C 25.9.1, table 25-18).
@@ -83,9 +101,21 @@ pub const VMFAIL: u64 = 1 << 32;
 pub fn has_instruction_length(basic: u16) -> bool {
     matches!(
         basic,
-        reason::CPUID | reason::HLT | reason::VMCALL | reason::IO | reason::RDMSR | reason::WRMSR
+        reason::CPUID
+            | reason::HLT
+            | reason::VMCALL
+            | reason::IO
+            | reason::RDMSR
+            | reason::WRMSR
+            | reason::WBINVD
+            | reason::CR_ACCESS
     )
 }
+
+/// The VMX instructions of exit reasons 19-27, in order (SDM vol. 3D table C-1).
+const VMX_INSTRUCTIONS: [&str; 9] = [
+    "VMCLEAR", "VMLAUNCH", "VMPTRLD", "VMPTRST", "VMREAD", "VMRESUME", "VMWRITE", "VMXOFF", "VMXON",
+];
 
 /// Decodes an exit from its raw exit reason, exit qualification and the
 /// guest-physical-address field (read for EPT violations and misconfigurations).
@@ -115,13 +145,28 @@ pub fn decode(exit_reason: u32, qualification: u64, gpa: u64) -> VmExit {
         reason::HLT => VmExit::Hlt,
         reason::TRIPLE_FAULT => VmExit::Shutdown,
         reason::VMCLEAR..=reason::VMXON => VmExit::Forbidden {
-            what: "a VMX instruction",
+            what: VMX_INSTRUCTIONS[usize::from(basic - reason::VMCLEAR)],
         },
         reason::INVEPT => VmExit::Forbidden { what: "INVEPT" },
         reason::INVVPID => VmExit::Forbidden { what: "INVVPID" },
         reason::GETSEC => VmExit::Forbidden { what: "GETSEC" },
         reason::INVD => VmExit::Forbidden { what: "INVD" },
         reason::XSETBV => VmExit::Forbidden { what: "XSETBV" },
+        reason::INIT | reason::SIPI => VmExit::Forbidden {
+            what: "an INIT or start-up IPI",
+        },
+        reason::TASK_SWITCH => VmExit::Forbidden {
+            what: "a task switch",
+        },
+        reason::RDPMC => VmExit::Forbidden { what: "RDPMC" },
+        reason::RSM => VmExit::Forbidden { what: "RSM" },
+        reason::MWAIT => VmExit::Forbidden { what: "MWAIT" },
+        reason::MONITOR => VmExit::Forbidden { what: "MONITOR" },
+        reason::INVPCID => VmExit::Forbidden { what: "INVPCID" },
+        reason::ENCLS => VmExit::Forbidden { what: "ENCLS" },
+        reason::WBINVD => VmExit::Wbinvd,
+        // MOV CR8 is emulated inside the vCPU; any other CR access the controls
+        // intercept (CR4.VMXE, which the guest does not own) ends the guest.
         reason::CR_ACCESS => VmExit::Forbidden {
             what: "this control-register access",
         },
@@ -229,13 +274,16 @@ mod tests {
         );
         assert_eq!(decode(1, 0, 0), VmExit::Interrupt);
         assert_eq!(
-            decode(3, 5, 6),
+            decode(5, 5, 6),
             VmExit::Unknown {
-                code: 3,
+                code: 5,
                 info1: 5,
                 info2: 6
             }
         );
+        assert_eq!(decode(23, 0, 0), VmExit::Forbidden { what: "VMREAD" });
+        assert_eq!(decode(27, 0, 0), VmExit::Forbidden { what: "VMXON" });
+        assert_eq!(decode(54, 0, 0), VmExit::Wbinvd);
         assert!(has_instruction_length(reason::VMCALL));
         assert!(!has_instruction_length(reason::EPT_VIOLATION));
         assert!(!has_instruction_length(reason::TRIPLE_FAULT));

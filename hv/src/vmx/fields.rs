@@ -44,6 +44,8 @@ pub mod field16 {
 pub mod field64 {
     /// EPT pointer (B.2.1).
     pub const EPT_POINTER: u32 = 0x201A;
+    /// TSC offset (SDM vol. 3C 25.6.5).
+    pub const TSC_OFFSET: u32 = 0x2010;
     /// Guest-physical address of the last EPT violation or misconfiguration (B.2.2).
     pub const GUEST_PHYSICAL_ADDRESS: u32 = 0x2400;
     /// VMCS link pointer; all ones when unused (B.2.3).
@@ -82,6 +84,8 @@ pub mod field32 {
     pub const ENTRY_MSR_LOAD_COUNT: u32 = 0x4014;
     /// VM-entry interruption-information field.
     pub const ENTRY_INTERRUPTION_INFO: u32 = 0x4016;
+    /// VM-entry exception error code (SDM vol. 3C 25.8.3).
+    pub const ENTRY_EXCEPTION_ERROR_CODE: u32 = 0x4018;
     /// Secondary processor-based VM-execution controls.
     pub const PROC_CONTROLS2: u32 = 0x401E;
     /// VM-instruction error (B.3.2, read-only).
@@ -226,20 +230,32 @@ pub mod pin {
 
 /// Primary processor-based VM-execution controls (SDM vol. 3C 25.6.2, table 25-6).
 pub mod proc {
+    /// Bit 3: use TSC offsetting.
+    pub const USE_TSC_OFFSETTING: u32 = 1 << 3;
     /// Bit 7: HLT exits.
     pub const HLT_EXITING: u32 = 1 << 7;
+    /// Bit 10: MWAIT exits.
+    pub const MWAIT_EXITING: u32 = 1 << 10;
+    /// Bit 11: RDPMC exits.
+    pub const RDPMC_EXITING: u32 = 1 << 11;
     /// Bit 9: INVLPG exits.
     pub const INVLPG_EXITING: u32 = 1 << 9;
     /// Bit 15: MOV to CR3 exits.
     pub const CR3_LOAD_EXITING: u32 = 1 << 15;
     /// Bit 16: MOV from CR3 exits.
     pub const CR3_STORE_EXITING: u32 = 1 << 16;
+    /// Bit 19: MOV to CR8 exits.
+    pub const CR8_LOAD_EXITING: u32 = 1 << 19;
+    /// Bit 20: MOV from CR8 exits.
+    pub const CR8_STORE_EXITING: u32 = 1 << 20;
     /// Bit 24: every IN/OUT exits.
     pub const UNCONDITIONAL_IO_EXITING: u32 = 1 << 24;
     /// Bit 25: use I/O bitmaps.
     pub const USE_IO_BITMAPS: u32 = 1 << 25;
     /// Bit 28: use MSR bitmaps (clear: every RDMSR/WRMSR exits).
     pub const USE_MSR_BITMAPS: u32 = 1 << 28;
+    /// Bit 29: MONITOR exits.
+    pub const MONITOR_EXITING: u32 = 1 << 29;
     /// Bit 31: activate the secondary controls.
     pub const SECONDARY_CONTROLS: u32 = 1 << 31;
 }
@@ -250,17 +266,25 @@ pub mod proc2 {
     pub const ENABLE_EPT: u32 = 1 << 1;
     /// Bit 5: enable VPID.
     pub const ENABLE_VPID: u32 = 1 << 5;
+    /// Bit 6: WBINVD exits.
+    pub const WBINVD_EXITING: u32 = 1 << 6;
     /// Bit 7: unrestricted guest (real mode and unpaged protected mode under EPT).
     pub const UNRESTRICTED_GUEST: u32 = 1 << 7;
 }
 
 /// VM-exit controls (SDM vol. 3C 25.7.1, table 25-13).
 pub mod exit_ctl {
+    /// Bit 2: save the guest's DR7 and IA32_DEBUGCTL.
+    pub const SAVE_DEBUG_CONTROLS: u32 = 1 << 2;
     /// Bit 9: host address-space size (return to 64-bit mode).
     pub const HOST_ADDRESS_SPACE_SIZE: u32 = 1 << 9;
     /// Bit 15: acknowledge the interrupt controller on an external-interrupt exit
     /// (left clear: the host's IDT handler takes the interrupt).
     pub const ACK_INTERRUPT_ON_EXIT: u32 = 1 << 15;
+    /// Bit 18: save guest IA32_PAT.
+    pub const SAVE_PAT: u32 = 1 << 18;
+    /// Bit 19: load host IA32_PAT.
+    pub const LOAD_PAT: u32 = 1 << 19;
     /// Bit 20: save guest IA32_EFER.
     pub const SAVE_EFER: u32 = 1 << 20;
     /// Bit 21: load host IA32_EFER.
@@ -269,8 +293,12 @@ pub mod exit_ctl {
 
 /// VM-entry controls (SDM vol. 3C 25.8.1, table 25-15).
 pub mod entry_ctl {
+    /// Bit 2: load the guest's DR7 and IA32_DEBUGCTL.
+    pub const LOAD_DEBUG_CONTROLS: u32 = 1 << 2;
     /// Bit 9: IA-32e mode guest.
     pub const IA32E_MODE_GUEST: u32 = 1 << 9;
+    /// Bit 14: load guest IA32_PAT.
+    pub const LOAD_PAT: u32 = 1 << 14;
     /// Bit 15: load guest IA32_EFER.
     pub const LOAD_EFER: u32 = 1 << 15;
 }

@@ -4,7 +4,9 @@
 //! (with the EFER controls) EFER through the VMCS (SDM vol. 3C, chapters 27-28); every
 //! other general-purpose register and the x87/SSE state are saved and restored by the
 //! world switch below (host and guests use no AVX; XSETBV always exits, so XCR0 stays
-//! the host's).
+//! the host's); DR0-DR3, DR6, CR2, KERNEL_GS_BASE, the SYSCALL MSRs, TSC_AUX and PKRU
+//! by `crate::switch::enter_guest`/`leave_guest`. MOV CR8 exits and is emulated here
+//! (the guest's TPR never reaches the CPU's).
 //!
 //! Guests run one after another on one CPU, so each entry makes its vCPU's VMCS
 //! current with VMPTRLD; RIP, RSP and RFLAGS are cached in the vCPU so that
@@ -27,8 +29,11 @@ use super::fields::{
 use super::instr::{self, VmFail};
 use crate::hypervisor::VcpuHost;
 use crate::platform::virt_to_phys;
-use crate::switch::{GPRS, GUEST_FX, HOST_FX, SwitchState, load_guest_gprs, store_guest_gprs};
-use crate::vcpu::{FlushRequest, Reg, StartState, Vcpu, VmExit};
+use crate::switch::{
+    self, GPRS, GUEST_FX, HOST_FX, SwitchState, Vendor, load_guest_gprs, store_guest_gprs,
+};
+use crate::vcpu::state::PAT_RESET;
+use crate::vcpu::{ArchReg, CodeSegment, FlushRequest, Reg, StartState, Vcpu, VmExit};
 
 /// IA32_EFER (SDM vol. 4, table 2-2).
 const MSR_EFER: u32 = 0xC000_0080;
@@ -42,6 +47,23 @@ const MSR_SYSENTER_CS: u32 = 0x174;
 const MSR_SYSENTER_ESP: u32 = 0x175;
 /// IA32_SYSENTER_EIP.
 const MSR_SYSENTER_EIP: u32 = 0x176;
+/// IA32_PAT.
+const MSR_PAT: u32 = 0x277;
+/// EFER.LME (bit 8) and EFER.LMA (bit 10) (SDM vol. 3A 2.2.1).
+const EFER_LME_LMA: u64 = (1 << 8) | (1 << 10);
+/// VM-entry interruption information (SDM vol. 3C 25.8.3): type 3 = hardware
+/// exception (bits 10:8), deliver error code (bit 11), valid (bit 31).
+const ENTRY_INFO_EXCEPTION: u64 = 3 << 8;
+const ENTRY_INFO_ERROR_CODE: u64 = 1 << 11;
+const ENTRY_INFO_VALID: u64 = 1 << 31;
+/// Control-register access qualification (SDM vol. 3C 28.2.1, table 28-3): CR number
+/// (bits 3:0), access type (bits 5:4: 0 = MOV to CR, 1 = MOV from CR), GPR (11:8).
+const CR_QUAL_NUMBER: u64 = 0xF;
+const CR_QUAL_TYPE_SHIFT: u32 = 4;
+const CR_QUAL_GPR_SHIFT: u32 = 8;
+/// VMCS access-rights bits of CS: L (bit 13), D/B (bit 14) (SDM vol. 3C 25.4.1).
+const AR_L: u64 = 1 << 13;
+const AR_DB: u64 = 1 << 14;
 
 /// Guest EFER: LME (bit 8), LMA (bit 10), NXE (bit 11) (SDM vol. 3A 2.2.1).
 const GUEST_EFER: u64 = (1 << 8) | (1 << 10) | (1 << 11);
@@ -399,6 +421,8 @@ impl VmxHost {
         if !super::cpu_has_vmx() {
             return Err(VmxError::NoVmx);
         }
+        // Before CR4 is read below and copied into every VMCS (it may set CR4.PKE).
+        switch::detect_host_features();
         let msrs = read_msrs();
         log::debug!("VMX capability MSRs: {msrs:#x?}");
         let caps = VmxCaps::from_msrs(&msrs, host_phys_bits())?;
@@ -535,6 +559,13 @@ impl VmxHost {
         if c.switches_efer() {
             w.w(field64::HOST_EFER, rdmsr(MSR_EFER));
         }
+        if c.switches_pat() {
+            w.w(field64::HOST_PAT, rdmsr(MSR_PAT));
+        }
+        if c.tsc_offsetting() {
+            w.w(field64::TSC_OFFSET, 0);
+        }
+        w.w(field32::ENTRY_EXCEPTION_ERROR_CODE, 0);
         w.w(natural::HOST_RIP, vmx_vm_exit as *const () as u64);
     }
 
@@ -670,6 +701,9 @@ impl VmxHost {
         w.w(natural::GUEST_SYSENTER_ESP, 0);
         w.w(natural::GUEST_SYSENTER_EIP, 0);
         w.w(field64::GUEST_DEBUGCTL, 0);
+        if c.switches_pat() {
+            w.w(field64::GUEST_PAT, PAT_RESET);
+        }
     }
 
     /// Builds a vCPU whose VMCS is current afterwards; `None` (logged) on failure.
@@ -691,8 +725,16 @@ impl VmxHost {
             self.free_vpid(vpid);
             return None;
         }
+        let efer = match *start {
+            StartState::Long64 { .. } => GUEST_EFER,
+            StartState::Real16 { .. } => 0,
+        };
         Some(VmxVcpu {
             vmcs,
+            caps: self.caps,
+            pat: PAT_RESET,
+            efer,
+            event: None,
             state: Box::new(SwitchState::new()),
             launched: false,
             fresh: true,
@@ -735,7 +777,14 @@ impl VmxHost {
             log::error!("VMPTRLD of the parent VMCS failed: {e:?}");
             return None;
         }
-        let saved: Vec<(u32, u64)> = CLONED_GUEST_FIELDS
+        let mut fields = CLONED_GUEST_FIELDS.to_vec();
+        if self.caps.switches_pat() {
+            fields.push(field64::GUEST_PAT);
+        }
+        if self.caps.tsc_offsetting() {
+            fields.push(field64::TSC_OFFSET);
+        }
+        let saved: Vec<(u32, u64)> = fields
             .iter()
             // SAFETY: the parent's VMCS is current and every field exists.
             .map(|&f| (f, unsafe { instr::vmread(f) }))
@@ -755,8 +804,10 @@ impl VmxHost {
             return None;
         }
         child.rflags = parent.rflags;
-        child.state.gprs = parent.state.gprs;
-        child.state.guest_fx = parent.state.guest_fx;
+        *child.state = SwitchState::fork(&parent.state);
+        child.pat = parent.pat;
+        child.efer = parent.efer;
+        child.event = parent.event;
         child.next_len = parent.next_len;
         child.clear_blocking = parent.clear_blocking;
         Some(child)
@@ -799,6 +850,13 @@ fn yes(b: bool) -> &'static str {
 /// One VMX virtual CPU.
 pub struct VmxVcpu {
     vmcs: Box<Page>,
+    caps: VmxCaps,
+    /// The guest's IA32_PAT where the controls do not switch it.
+    pat: u64,
+    /// The guest's EFER where the controls do not switch it.
+    efer: u64,
+    /// An exception to deliver at the next entry.
+    event: Option<(u8, Option<u32>)>,
     state: Box<SwitchState>,
     launched: bool,
     /// No entry yet: flush whatever the CPU may cache for this EPTP and VPID.
@@ -859,15 +917,27 @@ impl VmxVcpu {
                 state & !u64::from(INTERRUPTIBILITY_STI_MOVSS),
             );
         }
+        if let Some((vector, code)) = self.event.take() {
+            // No error code in real mode (CR0.PE = 0; SDM vol. 3C 27.2.1.3).
+            let protected = read_current(natural::GUEST_CR0) & 1 != 0;
+            let mut info = u64::from(vector) | ENTRY_INFO_EXCEPTION | ENTRY_INFO_VALID;
+            if let (Some(code), true) = (code, protected) {
+                info |= ENTRY_INFO_ERROR_CODE;
+                w.w(field32::ENTRY_EXCEPTION_ERROR_CODE, u64::from(code));
+            }
+            w.w(field32::ENTRY_INTERRUPTION_INFO, info);
+        }
         if let Some((_, e)) = w.failed {
             return Err(e);
         }
+        switch::enter_guest(&self.state.soft, Vendor::Vmx);
         let state: *mut SwitchState = &mut *self.state;
         // SAFETY: the VMCS is current and holds valid host state whose HOST_RIP is
         // `vmx_vm_exit`; `state` is exclusively borrowed for the call; the routine
         // preserves the callee-saved registers and the host x87/SSE state, and returns
         // at the next VM exit or when the entry instruction fails.
         let failed = unsafe { vmx_world_switch(state, u64::from(self.launched)) };
+        switch::leave_guest(&mut self.state.soft, Vendor::Vmx);
         if failed != 0 {
             // SAFETY: the VMCS is still current after a VMfailValid.
             let error = unsafe { instr::vmread(field32::VM_INSTRUCTION_ERROR) } as u32;
@@ -878,8 +948,56 @@ impl VmxVcpu {
     }
 }
 
-impl Vcpu for VmxVcpu {
-    fn run(&mut self) -> VmExit {
+impl VmxVcpu {
+    /// Makes this vCPU's VMCS current, for reading and writing its fields.
+    fn make_current(&self) -> bool {
+        // SAFETY: VMX is on and the region is this vCPU's VMCS, set up by `build`.
+        match unsafe { instr::vmptrld(virt_to_phys(&*self.vmcs)) } {
+            Ok(()) => true,
+            Err(e) => {
+                log::error!("VMPTRLD failed: {e:?}");
+                false
+            }
+        }
+    }
+
+    /// VMREAD of this vCPU's `field` (0 if the VMCS cannot be made current).
+    fn field(&self, field: u32) -> u64 {
+        if self.make_current() {
+            read_current(field)
+        } else {
+            0
+        }
+    }
+
+    /// VMWRITE of this vCPU's `field`.
+    fn set_field(&self, field: u32, value: u64) {
+        if self.make_current() {
+            let mut w = Writer { failed: None };
+            w.w(field, value);
+            let _ = w.finish();
+        }
+    }
+
+    /// Emulates MOV to or from CR8 (exit qualification `qualification`) against the
+    /// guest's own TPR; `false` for any other control-register access.
+    fn emulate_cr8(&mut self, qualification: u64) -> bool {
+        let access = (qualification >> CR_QUAL_TYPE_SHIFT) & 0b11;
+        let gpr = Reg::gpr(((qualification >> CR_QUAL_GPR_SHIFT) & 0xF) as u8);
+        let (8, 0 | 1, Some(gpr)) = (qualification & CR_QUAL_NUMBER, access, gpr) else {
+            return false;
+        };
+        if access == 0 {
+            self.state.soft.cr8 = self.reg(gpr) & 0xF;
+        } else {
+            self.set_reg(gpr, self.state.soft.cr8);
+        }
+        self.skip_instruction();
+        true
+    }
+
+    /// One entry and exit; `None` when the exit was a MOV CR8, completed here.
+    fn run_once(&mut self) -> Option<VmExit> {
         self.next_len = None;
         if let Err(e) = self.enter() {
             let error = e.error();
@@ -887,9 +1005,9 @@ impl Vcpu for VmxVcpu {
                 "VM entry failed: VM-instruction error {error} ({})",
                 exit::instruction_error_name(error)
             );
-            return VmExit::InvalidState {
+            return Some(VmExit::InvalidState {
                 code: VMFAIL | u64::from(error),
-            };
+            });
         }
         // After a VM exit this vCPU's VMCS is current.
         let exit_reason = read_current(field32::EXIT_REASON) as u32;
@@ -908,7 +1026,24 @@ impl Vcpu for VmxVcpu {
         if exit_reason & exit::ENTRY_FAILURE == 0 && exit::has_instruction_length(basic) {
             self.next_len = Some(len);
         }
-        exit::decode(exit_reason, qualification, gpa)
+        if exit_reason & exit::ENTRY_FAILURE == 0
+            && basic == reason::CR_ACCESS
+            && self.emulate_cr8(qualification)
+        {
+            return None;
+        }
+        Some(exit::decode(exit_reason, qualification, gpa))
+    }
+}
+
+impl Vcpu for VmxVcpu {
+    fn run(&mut self) -> VmExit {
+        // A MOV CR8 is completed inside the vCPU and the guest resumes at once.
+        loop {
+            if let Some(exit) = self.run_once() {
+                return exit;
+            }
+        }
     }
 
     fn reg(&self, reg: Reg) -> u64 {
@@ -934,6 +1069,123 @@ impl Vcpu for VmxVcpu {
             self.rip = self.rip.wrapping_add(len);
             self.clear_blocking = true;
         }
+    }
+
+    fn instruction_length_known(&self) -> bool {
+        self.next_len.is_some()
+    }
+
+    fn set_instruction_length(&mut self, len: u64) {
+        self.next_len = Some(len);
+    }
+
+    fn code_segment(&self) -> CodeSegment {
+        let ar = self.field(field32::GUEST_CS_AR);
+        CodeSegment {
+            base: self.field(natural::GUEST_CS_BASE),
+            long: self.arch(ArchReg::Efer) & (1 << 10) != 0 && ar & AR_L != 0,
+            default32: ar & AR_DB != 0,
+        }
+    }
+
+    fn arch(&self, reg: ArchReg) -> u64 {
+        let soft = &self.state.soft;
+        match reg {
+            ArchReg::Cr0 => self.field(natural::CR0_READ_SHADOW),
+            ArchReg::Cr2 => soft.cr2,
+            ArchReg::Cr3 => self.field(natural::GUEST_CR3),
+            // CR4.VMXE is the host's; the guest sees its read shadow (0).
+            ArchReg::Cr4 => self.field(natural::GUEST_CR4) & !CR4_VMXE,
+            ArchReg::Cr8 => soft.cr8,
+            ArchReg::Dr0 | ArchReg::Dr1 | ArchReg::Dr2 | ArchReg::Dr3 => {
+                soft.dr[reg as usize - ArchReg::Dr0 as usize]
+            }
+            ArchReg::Dr6 => soft.dr6,
+            ArchReg::Dr7 => self.field(natural::GUEST_DR7),
+            ArchReg::Efer if self.caps.switches_efer() => self.field(field64::GUEST_EFER),
+            ArchReg::Efer => self.efer,
+            ArchReg::Pat if self.caps.switches_pat() => self.field(field64::GUEST_PAT),
+            ArchReg::Pat => self.pat,
+            ArchReg::FsBase => self.field(natural::GUEST_FS_BASE),
+            ArchReg::GsBase => self.field(natural::GUEST_GS_BASE),
+            ArchReg::KernelGsBase => soft.kernel_gs_base,
+            ArchReg::Star => soft.syscall[0],
+            ArchReg::Lstar => soft.syscall[1],
+            ArchReg::Cstar => soft.syscall[2],
+            ArchReg::Sfmask => soft.syscall[3],
+            ArchReg::SysenterCs => self.field(field32::GUEST_SYSENTER_CS),
+            ArchReg::SysenterEsp => self.field(natural::GUEST_SYSENTER_ESP),
+            ArchReg::SysenterEip => self.field(natural::GUEST_SYSENTER_EIP),
+            ArchReg::TscAux => soft.tsc_aux,
+            ArchReg::Pkru => soft.pkru,
+            ArchReg::TscOffset if self.caps.tsc_offsetting() => self.field(field64::TSC_OFFSET),
+            ArchReg::TscOffset => 0,
+        }
+    }
+
+    fn set_arch(&mut self, reg: ArchReg, value: u64) {
+        let soft = &mut self.state.soft;
+        match reg {
+            ArchReg::Cr0 => {
+                self.set_field(natural::GUEST_CR0, value);
+                self.set_field(natural::CR0_READ_SHADOW, value);
+            }
+            ArchReg::Cr2 => soft.cr2 = value,
+            ArchReg::Cr3 => self.set_field(natural::GUEST_CR3, value),
+            ArchReg::Cr4 => {
+                let (fixed0, fixed1) = self.caps.cr4_fixed;
+                self.set_field(natural::GUEST_CR4, apply_fixed(value, fixed0, fixed1));
+                self.set_field(natural::CR4_READ_SHADOW, value & !CR4_VMXE);
+            }
+            ArchReg::Cr8 => soft.cr8 = value & 0xF,
+            ArchReg::Dr0 | ArchReg::Dr1 | ArchReg::Dr2 | ArchReg::Dr3 => {
+                soft.dr[reg as usize - ArchReg::Dr0 as usize] = value;
+            }
+            ArchReg::Dr6 => soft.dr6 = value,
+            ArchReg::Dr7 => self.set_field(natural::GUEST_DR7, value),
+            ArchReg::Efer => {
+                self.efer = value;
+                if self.caps.switches_efer() {
+                    self.set_field(field64::GUEST_EFER, value);
+                }
+                // IA-32e mode guest follows EFER.LMA (SDM vol. 3C 27.3.1.1).
+                let entry = self.field(field32::ENTRY_CONTROLS);
+                let ia32e = u64::from(entry_ctl::IA32E_MODE_GUEST);
+                let lma = value & EFER_LME_LMA == EFER_LME_LMA;
+                self.set_field(
+                    field32::ENTRY_CONTROLS,
+                    if lma { entry | ia32e } else { entry & !ia32e },
+                );
+            }
+            ArchReg::Pat => {
+                self.pat = value;
+                if self.caps.switches_pat() {
+                    self.set_field(field64::GUEST_PAT, value);
+                }
+            }
+            ArchReg::FsBase => self.set_field(natural::GUEST_FS_BASE, value),
+            ArchReg::GsBase => self.set_field(natural::GUEST_GS_BASE, value),
+            ArchReg::KernelGsBase => soft.kernel_gs_base = value,
+            ArchReg::Star => soft.syscall[0] = value,
+            ArchReg::Lstar => soft.syscall[1] = value,
+            ArchReg::Cstar => soft.syscall[2] = value,
+            ArchReg::Sfmask => soft.syscall[3] = value,
+            ArchReg::SysenterCs => self.set_field(field32::GUEST_SYSENTER_CS, value),
+            ArchReg::SysenterEsp => self.set_field(natural::GUEST_SYSENTER_ESP, value),
+            ArchReg::SysenterEip => self.set_field(natural::GUEST_SYSENTER_EIP, value),
+            ArchReg::TscAux => soft.tsc_aux = value,
+            ArchReg::Pkru => soft.pkru = value,
+            ArchReg::TscOffset => {
+                if self.caps.tsc_offsetting() {
+                    self.set_field(field64::TSC_OFFSET, value);
+                }
+            }
+        }
+    }
+
+    fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        self.event = Some((vector, error_code));
+        self.next_len = None;
     }
 }
 

@@ -1,8 +1,13 @@
 //! The vendor-neutral vCPU interface: the VM logic drives SVM and VMX vCPUs through
-//! [`Vcpu`] and sees their exits as [`VmExit`].
+//! [`Vcpu`] and sees their exits as [`VmExit`]; [`state`] names the rest of the
+//! architectural state a guest can write ([`ArchReg`], [`ArchState`]).
+
+pub mod state;
 
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicBool, Ordering};
+
+pub use state::{ArchReg, ArchState};
 
 /// A guest register, numbered as in the x86 instruction encoding for RAX..R15.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +32,31 @@ pub enum Reg {
     R15 = 15,
     Rip = 16,
     Rflags = 17,
+}
+
+impl Reg {
+    /// The general-purpose register with encoding `index` (0 = RAX ... 15 = R15).
+    pub fn gpr(index: u8) -> Option<Self> {
+        const GPRS: [Reg; 16] = [
+            Reg::Rax,
+            Reg::Rcx,
+            Reg::Rdx,
+            Reg::Rbx,
+            Reg::Rsp,
+            Reg::Rbp,
+            Reg::Rsi,
+            Reg::Rdi,
+            Reg::R8,
+            Reg::R9,
+            Reg::R10,
+            Reg::R11,
+            Reg::R12,
+            Reg::R13,
+            Reg::R14,
+            Reg::R15,
+        ];
+        GPRS.get(usize::from(index)).copied()
+    }
 }
 
 /// Why the guest stopped running, decoded from the vendor's exit information.
@@ -59,6 +89,8 @@ pub enum VmExit {
     },
     /// HLT.
     Hlt,
+    /// WBINVD (completed by skipping it: guest memory is write-back and coherent).
+    Wbinvd,
     /// Shutdown (triple fault).
     Shutdown,
     /// An intercepted instruction the guest may not use (VMRUN, XSETBV, ...).
@@ -119,8 +151,39 @@ pub trait Vcpu {
     /// Writes a guest register.
     fn set_reg(&mut self, reg: Reg, value: u64);
     /// Moves RIP past the instruction that caused the last exit (I/O, hypercall,
-    /// CPUID, MSR, HLT).
+    /// CPUID, MSR, HLT). Does nothing when the length is unknown
+    /// ([`Vcpu::instruction_length_known`] is false and no length was set).
     fn skip_instruction(&mut self);
+    /// Whether the hardware reported the length of the instruction that caused the last
+    /// exit (VMX always; SVM with NRIPS, or for I/O). When it did not, the exit handler
+    /// decodes the instruction ([`crate::cpu::decode`]) and calls
+    /// [`Vcpu::set_instruction_length`].
+    fn instruction_length_known(&self) -> bool;
+    /// Sets the length of the instruction that caused the last exit, for
+    /// [`Vcpu::skip_instruction`].
+    fn set_instruction_length(&mut self, len: u64);
+    /// The code segment the guest runs in, to fetch its instructions.
+    fn code_segment(&self) -> CodeSegment;
+    /// Reads a piece of architectural state.
+    fn arch(&self, reg: ArchReg) -> u64;
+    /// Writes a piece of architectural state. Values come from the exit handling,
+    /// which has checked them against what the architecture allows ([`crate::cpu::msr`]).
+    fn set_arch(&mut self, reg: ArchReg, value: u64);
+    /// Delivers a hardware exception to the guest at its next entry, instead of
+    /// completing the instruction that exited (RIP stays on it): `vector` (e.g. 13 for
+    /// #GP) with `error_code` when the exception has one (Intel SDM vol. 3A 6.13).
+    fn inject_exception(&mut self, vector: u8, error_code: Option<u32>);
+}
+
+/// The guest's current code segment (Intel SDM vol. 3A 3.4.5; AMD APM vol. 2 4.8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodeSegment {
+    /// Base of CS (0 in 64-bit mode).
+    pub base: u64,
+    /// The processor runs 64-bit code (EFER.LMA = 1 and CS.L = 1).
+    pub long: bool,
+    /// CS.D: the default operand and address size is 32 bits (outside 64-bit mode).
+    pub default32: bool,
 }
 
 /// A request, shared between a guest's address space and its vCPU, to invalidate the
