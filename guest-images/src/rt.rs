@@ -11,6 +11,7 @@
 
 use core::fmt;
 
+pub use guest_rt::cpu;
 pub use guest_rt::{
     NoHeap, call_at, hypercall, invalid_opcode, port_write, read_u64, write_u64,
     yield_keeps_registers,

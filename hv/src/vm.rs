@@ -290,6 +290,14 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
             .map_err(|e| refuse(format!("its bytes at rip {rip:#x} cannot be read: {e}")))?;
         let d = decode::decode(&bytes[..n], cs)
             .map_err(|e| refuse(format!("the bytes at rip {rip:#x} do not decode: {e}")))?;
+        if d.op == Op::Invd {
+            // QEMU 7.2 reports INVD as a WBINVD exit: what runs is what counts.
+            return Err(fault(
+                FaultKind::Instruction,
+                None,
+                format!("INVD is not allowed in a guest (it exited as {exit:?})"),
+            ));
+        }
         if !expected.contains(&d.op) {
             return Err(refuse(format!(
                 "the bytes at rip {rip:#x} are {:?}, not the {exit:?} that exited",

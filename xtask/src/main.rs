@@ -266,31 +266,52 @@ fn boot_test(
     let backend_ok = backend.is_none_or(|b| output.lines().any(|l| l.starts_with(b)));
     // Every stage-2 report ends with the validator's verdict on that guest's table.
     let validator_ok = !output.contains("validator: FAILED");
-    let label = format!("[{}] {}", emulator.name(), test.name);
-    Ok(if status_ok && marker_ok && backend_ok && validator_ok {
-        (
-            true,
-            format!("boot-test {label}: PASS ({:.2}s)", elapsed.as_secs_f64()),
-        )
+    // The details the test names (under the back-end that ran it).
+    let vmx = output.lines().any(|l| l.starts_with("[hv] Intel VMX"));
+    let vendor_lines = if vmx {
+        test.vendor_lines.1
     } else {
-        let report = format!(
-            "boot-test {label}: FAIL (ended {end:?}, wanted status {want}; marker `{}` {}{})\n\
+        test.vendor_lines.0
+    };
+    let missing: Vec<&str> = test
+        .lines
+        .iter()
+        .chain(vendor_lines)
+        .copied()
+        .filter(|want| !output.lines().any(|l| l.contains(want)))
+        .collect();
+    let lines_ok = missing.is_empty();
+    let label = format!("[{}] {}", emulator.name(), test.name);
+    Ok(
+        if status_ok && marker_ok && backend_ok && validator_ok && lines_ok {
+            (
+                true,
+                format!("boot-test {label}: PASS ({:.2}s)", elapsed.as_secs_f64()),
+            )
+        } else {
+            let report = format!(
+                "boot-test {label}: FAIL (ended {end:?}, wanted status {want}; marker `{}` {}{})\n\
              --- last lines of {} ---\n{}\n---",
-            test.marker,
-            if marker_ok { "found" } else { "missing" },
-            match backend {
-                Some(b) if !backend_ok => format!("; back-end line `{b}` missing"),
-                _ => String::new(),
-            } + if validator_ok {
-                ""
-            } else {
-                "; a stage-2 validator FAILED"
-            },
-            log.display(),
-            tail(&output, 25)
-        );
-        (false, report)
-    })
+                test.marker,
+                if marker_ok { "found" } else { "missing" },
+                match backend {
+                    Some(b) if !backend_ok => format!("; back-end line `{b}` missing"),
+                    _ => String::new(),
+                } + if validator_ok {
+                    ""
+                } else {
+                    "; a stage-2 validator FAILED"
+                } + &if lines_ok {
+                    String::new()
+                } else {
+                    format!("; missing {missing:?}")
+                },
+                log.display(),
+                tail(&output, 25)
+            );
+            (false, report)
+        },
+    )
 }
 
 /// Runs the selected boot tests on every selected emulator, `--jobs` at a time.

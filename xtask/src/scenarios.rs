@@ -30,6 +30,7 @@ pub const GUEST_DEFAULTS: &[(&str, &str)] = &[
     ("populated", "populate area=0x4000000+4M:rwp"),
     ("spin", "expect=fault:timeout"),
     ("realmode", ""),
+    ("intercepts", "expect=fault:instruction"),
     ("areaflood", "area=0x40000000+1G:rw expect=fault:metadata"),
     (
         "cloneflood",
@@ -63,6 +64,11 @@ pub struct BootTest {
     pub status: RunStatus,
     /// A line the serial log must contain.
     pub marker: &'static str,
+    /// Text that must appear in the serial log (each in some line), under every
+    /// back-end: the detail of an expected end, a check the hypervisor made.
+    pub lines: &'static [&'static str],
+    /// Text that must appear under SVM, and under VMX (`(svm, vmx)`).
+    pub vendor_lines: (&'static [&'static str], &'static [&'static str]),
 }
 
 macro_rules! single {
@@ -73,6 +79,8 @@ macro_rules! single {
             guests: &[$name],
             status: RunStatus::AllPassed,
             marker: "HV: ALL 1 GUESTS PASSED",
+            lines: &[],
+            vendor_lines: (&[], &[]),
         }
     };
 }
@@ -95,6 +103,8 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["clone"],
         status: RunStatus::AllPassed,
         marker: "HV: ALL 2 GUESTS PASSED",
+        lines: &[],
+        vendor_lines: (&[], &[]),
     },
     single!("badcall"),
     single!("portio"),
@@ -111,6 +121,13 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["areaflood", "hello"],
         status: RunStatus::AllPassed,
         marker: "HV: ALL 2 GUESTS PASSED",
+        lines: &[
+            "guest areaflood: PASS (ended: fault:metadata@",
+            "area bookkeeping budget exhausted (16384 of 16384 entries)",
+            "guest hello: PASS (ended: exit code 0)",
+            "... and 16376 more area(s) totalling",
+        ],
+        vendor_lines: (&[], &[]),
     },
     BootTest {
         name: "cloneflood",
@@ -118,6 +135,14 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["cloneflood", "hello"],
         status: RunStatus::AllPassed,
         marker: "HV: ALL 4 GUESTS PASSED",
+        lines: &[
+            "[guest cloneflood] clone 2 made",
+            "guest cloneflood: PASS (ended: fault:metadata: area bookkeeping budget exhausted",
+            "guest cloneflood.child3: PASS (ended: fault:metadata@",
+            "guest cloneflood.child4: PASS (ended: fault:metadata@",
+            "guest hello: PASS (ended: exit code 0)",
+        ],
+        vendor_lines: (&[], &[]),
     },
     // A guest that never exits is preempted by the timer (the others finish first) and
     // stopped after its CPU budget (1 s here; the others need a few ms each).
@@ -127,13 +152,54 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["spin", "hello", "clone"],
         status: RunStatus::AllPassed,
         marker: "HV: ALL 4 GUESTS PASSED",
+        lines: &[],
+        vendor_lines: (&[], &[]),
+    },
+    // Two instances: the second starts after the first (and its clone) wrote their
+    // own values into every register and MSR, and must see the reset state.
+    // One guest per instruction a guest could use against the host: each ends, named.
+    BootTest {
+        name: "intercepts",
+        cmdline: "log=info",
+        guests: &["intercepts"],
+        status: RunStatus::AllPassed,
+        marker: "HV: ALL 10 GUESTS PASSED",
+        lines: &[],
+        vendor_lines: (
+            &[
+                "fault:instruction: VMRUN is not allowed",
+                "fault:instruction: VMLOAD is not allowed",
+                "fault:instruction: VMSAVE is not allowed",
+                "fault:instruction: STGI is not allowed",
+                "fault:instruction: CLGI is not allowed",
+                "fault:instruction: SKINIT is not allowed",
+                "fault:instruction: INVLPGA is not allowed",
+                "fault:instruction: INVD is not allowed",
+                "fault:instruction: XSETBV",
+                "fault:instruction: RDPMC is not allowed",
+            ],
+            &[
+                "fault:instruction: VMXON is not allowed",
+                "fault:instruction: VMCLEAR is not allowed",
+                "fault:instruction: VMPTRLD is not allowed",
+                "fault:instruction: VMREAD is not allowed",
+                "fault:instruction: VMWRITE is not allowed",
+                "fault:instruction: VMLAUNCH is not allowed",
+                "fault:instruction: INVEPT is not allowed",
+                "fault:instruction: INVVPID is not allowed",
+                "fault:instruction: INVD is not allowed",
+                "fault:instruction: XSETBV",
+            ],
+        ),
     },
     BootTest {
         name: "registers",
         cmdline: "log=info",
-        guests: &["registers"],
+        guests: &["registers", "registers name=registers2"],
         status: RunStatus::AllPassed,
-        marker: "HV: ALL 2 GUESTS PASSED",
+        marker: "HV: ALL 4 GUESTS PASSED",
+        lines: &[],
+        vendor_lines: (&[], &[]),
     },
     // Every scenario in one boot: each guest has its own address space and ASID, the
     // misbehaving ones end alone and the others go on.
@@ -159,6 +225,8 @@ pub const BOOT_TESTS: &[BootTest] = &[
         ],
         status: RunStatus::AllPassed,
         marker: "HV: ALL 16 GUESTS PASSED",
+        lines: &[],
+        vendor_lines: (&[], &[]),
     },
     // A guest whose outcome differs from its expectation fails the run (and only it).
     BootTest {
@@ -167,6 +235,8 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["hello", "readonly expect=ok", "hello name=hello2"],
         status: RunStatus::GuestFailed,
         marker: "HV: 1 GUEST(S) FAILED",
+        lines: &[],
+        vendor_lines: (&[], &[]),
     },
     // More guests than SVM offers ASIDs (15 under QEMU): they are admitted as others end.
     BootTest {
@@ -196,6 +266,8 @@ pub const BOOT_TESTS: &[BootTest] = &[
         ],
         status: RunStatus::AllPassed,
         marker: "HV: ALL 21 GUESTS PASSED",
+        lines: &[],
+        vendor_lines: (&[], &[]),
     },
     // The host's own failures end the run with their own status.
     BootTest {
@@ -204,6 +276,8 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["hello"],
         status: RunStatus::HostFault,
         marker: "HV: HOST FAULT (exception 6), status 37",
+        lines: &[],
+        vendor_lines: (&[], &[]),
     },
     BootTest {
         name: "host-panic",
@@ -211,6 +285,8 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["hello"],
         status: RunStatus::HostFault,
         marker: "HV: HOST FAULT (panic), status 37",
+        lines: &[],
+        vendor_lines: (&[], &[]),
     },
     BootTest {
         name: "leak-check",
@@ -218,6 +294,8 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["hello"],
         status: RunStatus::Leak,
         marker: "HV: FRAME LEAK (1 frames)",
+        lines: &[],
+        vendor_lines: (&[], &[]),
     },
     // A malformed configuration is refused before any guest runs.
     BootTest {
@@ -226,6 +304,8 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["hello mem=3M"],
         status: RunStatus::BadConfig,
         marker: "HV: CONFIGURATION REFUSED",
+        lines: &[],
+        vendor_lines: (&[], &[]),
     },
     BootTest {
         name: "refuses-bad-image",
@@ -233,6 +313,8 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["hello", "corrupt"],
         status: RunStatus::BadConfig,
         marker: "HV: CONFIGURATION REFUSED",
+        lines: &[],
+        vendor_lines: (&[], &[]),
     },
     BootTest {
         name: "refuses-bad-cmdline",
@@ -240,5 +322,7 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["hello"],
         status: RunStatus::BadConfig,
         marker: "HV: CONFIGURATION REFUSED",
+        lines: &[],
+        vendor_lines: (&[], &[]),
     },
 ];

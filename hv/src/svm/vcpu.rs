@@ -391,6 +391,12 @@ impl Vcpu for SvmVcpu {
         // the host x87/SSE state, and returns on the next #VMEXIT.
         unsafe { svm_world_switch(state, vmcb_pa, self.host_save_pa) };
         switch::leave_guest(&mut self.state.soft, Vendor::Svm);
+        if let Some(xcr0) = switch::xcr0_changed() {
+            log::warn!("a guest set XCR0 to {xcr0:#x} past the XSETBV intercept");
+            return VmExit::Forbidden {
+                what: "XSETBV (executed although intercepted; XCR0 restored)",
+            };
+        }
         // An injected event was delivered (or is now in EXITINTINFO).
         self.vmcb.write_u64(control::EVENT_INJ, 0);
         let (exit_code, info1, info2) = self.last_exit_raw();

@@ -938,6 +938,9 @@ impl VmxVcpu {
         // at the next VM exit or when the entry instruction fails.
         let failed = unsafe { vmx_world_switch(state, u64::from(self.launched)) };
         switch::leave_guest(&mut self.state.soft, Vendor::Vmx);
+        if let Some(xcr0) = switch::xcr0_changed() {
+            log::warn!("a guest set XCR0 to {xcr0:#x} past the XSETBV exit");
+        }
         if failed != 0 {
             // SAFETY: the VMCS is still current after a VMfailValid.
             let error = unsafe { instr::vmread(field32::VM_INSTRUCTION_ERROR) } as u32;
