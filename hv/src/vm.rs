@@ -216,7 +216,7 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
         if !serial || string {
             return Step::Ended(fault(
                 FaultKind::Io,
-                None,
+                Some(u64::from(port)),
                 format!(
                     "{}{} of {size} byte(s) to port {port:#x} refused",
                     if string { "string " } else { "" },
