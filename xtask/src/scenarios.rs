@@ -177,6 +177,7 @@ pub const BOOT_TESTS: &[BootTest] = &[
             "... and 16376 more area(s) totalling",
         ],
         vendor_lines: (&[], &[]),
+        reports: &[],
     },
     BootTest {
         name: "cloneflood",
@@ -192,6 +193,12 @@ pub const BOOT_TESTS: &[BootTest] = &[
             "guest hello: PASS (ended: exit code 0)",
         ],
         vendor_lines: (&[], &[]),
+        // Every touched page came in by a fault of its own (4 KiB pieces).
+        reports: &[ReportCheck {
+            guest: "cloneflood",
+            leaves_2m: 0,
+            faults: 4088,
+        }],
     },
     // A guest that never exits is preempted by the timer (the others finish first) and
     // stopped after its CPU budget (1 s here; the others need a few ms each).
