@@ -15,7 +15,9 @@
 //! new ASID/VPID and the memory's flush request, so no stale translation survives.
 //!
 //! Both calls change nothing when they fail (RAX = a negative [`HypercallStatus`]):
-//! no snapshot, a stale one (the guest changed its areas since), no vCPU slot.
+//! no snapshot, a stale one (the guest changed its areas since), no vCPU slot, over
+//! the quota. A refusal no guest can handle (no host frames, bookkeeping budget
+//! exhausted; see [`status_or_end`]) ends the guest instead.
 
 use alloc::format;
 use alloc::string::String;
@@ -24,8 +26,9 @@ use crate::abi::HypercallStatus;
 use crate::cpu::msr::MsrFile;
 use crate::hypervisor::VcpuHost;
 use crate::memory::GuestMemory;
+use crate::outcome::GuestEnd;
 use crate::vcpu::{FlushRequest, Reg, Vcpu};
-use crate::vm::{Vm, status_of};
+use crate::vm::{Vm, status_or_end};
 
 /// Timer ticks per second (`kernel::timer::HZ`): the unit of [`Vm::ticks`].
 const TICKS_PER_SECOND: u64 = 100;
@@ -96,20 +99,32 @@ impl<V> Snapshots<V> {
     }
 }
 
+/// Puts `status` in RAX, or returns the guest's end for a refusal that ends it.
+fn refused<V: Vcpu>(vcpu: &mut V, status: Result<HypercallStatus, GuestEnd>) -> Option<GuestEnd> {
+    match status {
+        Ok(status) => {
+            vcpu.set_reg(Reg::Rax, status as i64 as u64);
+            None
+        }
+        Err(end) => Some(end),
+    }
+}
+
 /// SNAPSHOT: saves the vCPU (RIP is past the hypercall) and the memory contents.
-pub fn snapshot<H: VcpuHost, M: GuestMemory>(host: &mut H, vm: &mut Vm<H::Vcpu, M>) {
+/// Returns the guest's end when the refusal ends it.
+pub fn snapshot<H: VcpuHost, M: GuestMemory>(
+    host: &mut H,
+    vm: &mut Vm<H::Vcpu, M>,
+) -> Option<GuestEnd> {
     vm.vcpu.set_reg(Reg::Rax, 0);
     // The copy never runs: it needs no flush request of its own.
     let Some(copy) = host.fork(&vm.vcpu, vm.memory.root_pointer(), FlushRequest::new()) else {
-        vm.vcpu
-            .set_reg(Reg::Rax, HypercallStatus::Unsupported as i64 as u64);
-        return;
+        return refused(&mut vm.vcpu, Ok(HypercallStatus::Unsupported));
     };
     if let Err(e) = vm.memory.snapshot() {
         host.destroy(copy);
         log::warn!("guest {}: snapshot refused: {}", vm.name, e.detail);
-        vm.vcpu.set_reg(Reg::Rax, status_of(e) as i64 as u64);
-        return;
+        return refused(&mut vm.vcpu, status_or_end(e));
     }
     let saved = Saved {
         vcpu: copy,
@@ -121,19 +136,22 @@ pub fn snapshot<H: VcpuHost, M: GuestMemory>(host: &mut H, vm: &mut Vm<H::Vcpu, 
     let now = vm.ticks();
     let s = &mut vm.snapshots;
     (s.resets, s.pages, s.ticks_at_snapshot, s.ticks_at_reset) = (0, 0, now, now);
+    None
 }
 
 /// RESET: restores the memory and replaces the vCPU with a fork of the saved one.
-pub fn reset<H: VcpuHost, M: GuestMemory>(host: &mut H, vm: &mut Vm<H::Vcpu, M>) {
-    let fail = |vm: &mut Vm<H::Vcpu, M>, status: HypercallStatus| {
-        vm.vcpu.set_reg(Reg::Rax, status as i64 as u64);
-    };
+/// Returns the guest's end when the refusal ends it.
+pub fn reset<H: VcpuHost, M: GuestMemory>(
+    host: &mut H,
+    vm: &mut Vm<H::Vcpu, M>,
+) -> Option<GuestEnd> {
     let Some(saved) = &vm.snapshots.saved else {
-        return fail(vm, HypercallStatus::InvalidArgument);
+        return refused(&mut vm.vcpu, Ok(HypercallStatus::InvalidArgument));
     };
     // The new vCPU first: without a slot nothing has changed yet.
-    let Some(mut fresh) = host.fork(&saved.vcpu, vm.memory.root_pointer(), vm.flush.clone()) else {
-        return fail(vm, HypercallStatus::Unsupported);
+    let root = vm.memory.root_pointer();
+    let Some(mut fresh) = host.fork(&saved.vcpu, root, vm.flush.clone()) else {
+        return refused(&mut vm.vcpu, Ok(HypercallStatus::Unsupported));
     };
     let msrs = saved.msrs.clone();
     let pages = match vm.memory.reset() {
@@ -141,7 +159,7 @@ pub fn reset<H: VcpuHost, M: GuestMemory>(host: &mut H, vm: &mut Vm<H::Vcpu, M>)
         Err(e) => {
             host.destroy(fresh);
             log::warn!("guest {}: reset refused: {}", vm.name, e.detail);
-            return fail(vm, status_of(e));
+            return refused(&mut vm.vcpu, status_or_end(e));
         }
     };
     let s = &mut vm.snapshots;
@@ -153,6 +171,7 @@ pub fn reset<H: VcpuHost, M: GuestMemory>(host: &mut H, vm: &mut Vm<H::Vcpu, M>)
     vm.msrs = msrs;
     vm.snapshots.ticks_at_reset = vm.ticks();
     vm.flush.request();
+    None
 }
 
 #[cfg(test)]
