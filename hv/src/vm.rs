@@ -11,7 +11,8 @@ use crate::cpu::msr::{self, MsrFile};
 use crate::cpu::{cpuid, vector};
 use crate::memory::{GuestMemory, MemoryError};
 use crate::outcome::{Expectation, FaultKind, GuestEnd};
-use crate::vcpu::{ArchReg, Reg, Vcpu, VmExit};
+use crate::reset::Snapshots;
+use crate::vcpu::{ArchReg, FlushRequest, Reg, Vcpu, VmExit};
 
 /// COM1 data port and the registers around it (16550 UART).
 const SERIAL_BASE: u16 = 0x3f8;
@@ -34,6 +35,10 @@ pub enum Step {
     /// Clone this guest (CLONE hypercall): the loop creates the child and sets RAX in
     /// both.
     Clone,
+    /// Snapshot this guest, memory and vCPU (SNAPSHOT hypercall; see `crate::reset`).
+    Snapshot,
+    /// Reset this guest to its snapshot (RESET hypercall; see `crate::reset`).
+    Reset,
     /// The guest has ended.
     Ended(GuestEnd),
 }
@@ -52,6 +57,10 @@ pub struct Vm<V: Vcpu, M: GuestMemory> {
     pub memory: M,
     /// The MSRs only the hypervisor models, for its vCPU.
     pub msrs: MsrFile,
+    /// The invalidation request its memory and vCPU share.
+    pub flush: FlushRequest,
+    /// Its snapshot (a saved vCPU) and reset statistics.
+    pub snapshots: Snapshots<V>,
     /// The last exception injected (for the report of a triple fault that follows).
     injected: Option<String>,
     line: String,
@@ -70,6 +79,8 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
             vcpu,
             memory,
             msrs: MsrFile::default(),
+            flush: FlushRequest::new(),
+            snapshots: Snapshots::default(),
             injected: None,
             line: String::new(),
             lines: 0,
@@ -216,7 +227,7 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
         if !serial || string {
             return Step::Ended(fault(
                 FaultKind::Io,
-                None,
+                Some(u64::from(port)),
                 format!(
                     "{}{} of {size} byte(s) to port {port:#x} refused",
                     if string { "string " } else { "" },
@@ -364,26 +375,21 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
             self.name
         );
         self.vcpu.skip_instruction();
-        let result: Result<u64, HypercallStatus> = match number {
+        let result: Result<u64, MemoryError> = match number {
             hypercall::EXIT => return Step::Ended(GuestEnd::Exited(a0)),
             hypercall::YIELD => return Step::Yield,
             hypercall::CLONE => return Step::Clone,
+            hypercall::SNAPSHOT => return Step::Snapshot,
+            hypercall::RESET => return Step::Reset,
             hypercall::LEAF_SIZE => Ok(self.memory.leaf_size(a0).unwrap_or(0)),
             hypercall::PROTECT => match rights(a2) {
-                Some(rights) => self
-                    .memory
-                    .protect(a0, a1, rights)
-                    .map(|()| 0)
-                    .map_err(status_of),
-                None => Err(HypercallStatus::InvalidArgument),
+                Some(rights) => self.memory.protect(a0, a1, rights).map(|()| 0),
+                None => return self.refuse(HypercallStatus::InvalidArgument),
             },
-            hypercall::UNMAP => self.memory.unmap(a0, a1).map(|()| 0).map_err(status_of),
+            hypercall::UNMAP => self.memory.unmap(a0, a1).map(|()| 0),
             hypercall::HOST_READ => {
                 let mut b = [0u8; 8];
-                self.memory
-                    .read(a0, &mut b)
-                    .map(|()| u64::from_le_bytes(b))
-                    .map_err(status_of)
+                self.memory.read(a0, &mut b).map(|()| u64::from_le_bytes(b))
             }
             _ => {
                 return Step::Ended(fault(
@@ -393,11 +399,19 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
                 ));
             }
         };
-        let rax = match result {
-            Ok(v) => v,
-            Err(s) => s as i64 as u64,
-        };
-        self.vcpu.set_reg(Reg::Rax, rax);
+        match result.map_err(status_or_end) {
+            Ok(v) => {
+                self.vcpu.set_reg(Reg::Rax, v);
+                Step::Continue
+            }
+            Err(Ok(status)) => self.refuse(status),
+            Err(Err(end)) => Step::Ended(end),
+        }
+    }
+
+    /// Returns `status` to the guest in RAX.
+    fn refuse(&mut self, status: HypercallStatus) -> Step {
+        self.vcpu.set_reg(Reg::Rax, status as i64 as u64);
         Step::Continue
     }
 }
@@ -414,13 +428,19 @@ pub fn rights(bits: u64) -> Option<Access> {
     Some(a)
 }
 
-fn status_of(e: MemoryError) -> HypercallStatus {
+/// The status a refused memory hypercall returns, or the guest's end when the
+/// refusal ends it: running out of bookkeeping (the guest grew its areas or shares
+/// past its budget) or of host frames (the host is short: the guest that asked ends,
+/// with that reason) is not something a guest can handle by retrying.
+pub fn status_or_end(e: MemoryError) -> Result<HypercallStatus, GuestEnd> {
     log::debug!("hypercall refused: {}", e.detail);
-    match e.kind {
+    Ok(match e.kind {
+        FaultKind::Metadata | FaultKind::HostMemory => return Err(end_of(e)),
         FaultKind::Quota => HypercallStatus::NoMemory,
         FaultKind::Unmapped => HypercallStatus::NotMapped,
+        FaultKind::Read | FaultKind::Write | FaultKind::Exec => HypercallStatus::Denied,
         _ => HypercallStatus::InvalidArgument,
-    }
+    })
 }
 
 fn fault(kind: FaultKind, gpa: Option<u64>, detail: String) -> GuestEnd {
