@@ -263,6 +263,8 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
             VmExit::Msr { write: false } => &[Op::Rdmsr],
             VmExit::Msr { write: true } => &[Op::Wrmsr],
             VmExit::Wbinvd => &[Op::Wbinvd],
+            // A HLT that resumes (once interrupts wake it) needs its length too.
+            VmExit::Hlt => &[Op::Hlt],
             _ => return Ok(()),
         };
         if self.vcpu.instruction_length_known() {
