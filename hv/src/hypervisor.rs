@@ -375,7 +375,11 @@ fn run_all<H: VcpuHost, M: GuestMemory>(
                         next_id += 1;
                         queue.push_back(child);
                     }
-                    Err(status) => vm.vcpu.set_reg(Reg::Rax, status as i64 as u64),
+                    Err(Ok(status)) => vm.vcpu.set_reg(Reg::Rax, status as i64 as u64),
+                    Err(Err(end)) => {
+                        finish(host, vm, end, console, &mut tally);
+                        break;
+                    }
                 },
                 Step::Ended(end) => {
                     finish(host, vm, end, console, &mut tally);
@@ -402,23 +406,25 @@ fn run_all<H: VcpuHost, M: GuestMemory>(
     }
 }
 
+/// Clones `parent`: the child, or the status for the parent's RAX, or the parent's
+/// end (bookkeeping or host memory exhausted, see [`crate::vm::status_or_end`]).
 fn clone_vm<H: VcpuHost, M: GuestMemory>(
     host: &mut H,
     parent: &mut Vm<H::Vcpu, M>,
     id: u64,
-) -> Result<Vm<H::Vcpu, M>, HypercallStatus> {
+) -> Result<Vm<H::Vcpu, M>, Result<HypercallStatus, GuestEnd>> {
     let flush = FlushRequest::new();
     let memory = parent.memory.try_clone(flush.clone()).map_err(|e| {
         log::warn!("guest {}: clone refused: {}", parent.name, e.detail);
-        if e.kind == FaultKind::Quota {
-            HypercallStatus::NoMemory
-        } else {
-            HypercallStatus::Unsupported
+        match crate::vm::status_or_end(e) {
+            Ok(HypercallStatus::NoMemory) => Ok(HypercallStatus::NoMemory),
+            Ok(_) => Ok(HypercallStatus::Unsupported),
+            Err(end) => Err(end),
         }
     })?;
     let mut vcpu = host
         .fork(&parent.vcpu, memory.root_pointer(), flush)
-        .ok_or(HypercallStatus::Unsupported)?;
+        .ok_or(Ok(HypercallStatus::Unsupported))?;
     vcpu.set_reg(Reg::Rax, 0);
     let name = format!("{}.child{id}", parent.name);
     let mut child = Vm::new(id, name, parent.expect, vcpu, memory);
