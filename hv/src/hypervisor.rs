@@ -276,17 +276,13 @@ fn create_vm<H: VcpuHost, M: GuestMemory>(
     }
     memory.write(header.load_gpa, &p.image)?;
     let vcpu = host
-        .create(&start, memory.root_pointer(), flush)
+        .create(&start, memory.root_pointer(), flush.clone())
         .ok_or_else(|| {
             MemoryError::new(FaultKind::Instruction, None, "no free ASID/VPID".into())
         })?;
-    Ok(Vm::new(
-        id,
-        p.settings.name.clone(),
-        p.settings.expect,
-        vcpu,
-        memory,
-    ))
+    let mut vm = Vm::new(id, p.settings.name.clone(), p.settings.expect, vcpu, memory);
+    vm.flush = flush;
+    Ok(vm)
 }
 
 /// A Linux guest: identity page tables, zero page, command line, kernel and initrd
@@ -386,8 +382,19 @@ fn finish<H: VcpuHost, M: GuestMemory>(
     for line in vm.memory.report().lines() {
         console.write_fmt_line(format_args!("[hv] {line}"));
     }
-    let Vm { vcpu, memory, .. } = vm;
+    if let Some(line) = vm.snapshots.report() {
+        console.write_fmt_line(format_args!("[hv] {}: {line}", vm.name));
+    }
+    let Vm {
+        vcpu,
+        memory,
+        snapshots,
+        ..
+    } = vm;
     host.destroy(vcpu);
+    if let Some(saved) = snapshots.into_saved() {
+        host.destroy(saved);
+    }
     drop(memory);
 }
 
@@ -497,8 +504,23 @@ fn run_all<H: VcpuHost, M: GuestMemory>(
                         next_id += 1;
                         queue.push_back(child);
                     }
-                    Err(status) => vm.vcpu.set_reg(Reg::Rax, status as i64 as u64),
+                    Err(Ok(status)) => vm.vcpu.set_reg(Reg::Rax, status as i64 as u64),
+                    Err(Err(end)) => {
+                        finish(host, vm, end, console, &mut tally);
+                        break;
+                    }
                 },
+                Step::Snapshot | Step::Reset => {
+                    let end = if step == Step::Snapshot {
+                        crate::reset::snapshot(host, &mut vm)
+                    } else {
+                        crate::reset::reset(host, &mut vm)
+                    };
+                    if let Some(end) = end {
+                        finish(host, vm, end, console, &mut tally);
+                        break;
+                    }
+                }
                 Step::Ended(end) => {
                     finish(host, vm, end, console, &mut tally);
                     break;
@@ -524,27 +546,30 @@ fn run_all<H: VcpuHost, M: GuestMemory>(
     }
 }
 
+/// Clones `parent`: the child, or the status for the parent's RAX, or the parent's
+/// end (bookkeeping or host memory exhausted, see [`crate::vm::status_or_end`]).
 fn clone_vm<H: VcpuHost, M: GuestMemory>(
     host: &mut H,
     parent: &mut Vm<H::Vcpu, M>,
     id: u64,
-) -> Result<Vm<H::Vcpu, M>, HypercallStatus> {
+) -> Result<Vm<H::Vcpu, M>, Result<HypercallStatus, GuestEnd>> {
     let flush = FlushRequest::new();
     let memory = parent.memory.try_clone(flush.clone()).map_err(|e| {
         log::warn!("guest {}: clone refused: {}", parent.name, e.detail);
-        if e.kind == FaultKind::Quota {
-            HypercallStatus::NoMemory
-        } else {
-            HypercallStatus::Unsupported
+        match crate::vm::status_or_end(e) {
+            Ok(HypercallStatus::NoMemory) => Ok(HypercallStatus::NoMemory),
+            Ok(_) => Ok(HypercallStatus::Unsupported),
+            Err(end) => Err(end),
         }
     })?;
     let mut vcpu = host
-        .fork(&parent.vcpu, memory.root_pointer(), flush)
-        .ok_or(HypercallStatus::Unsupported)?;
+        .fork(&parent.vcpu, memory.root_pointer(), flush.clone())
+        .ok_or(Ok(HypercallStatus::Unsupported))?;
     vcpu.set_reg(Reg::Rax, 0);
     let name = format!("{}.child{id}", parent.name);
     let mut child = Vm::new(id, name, parent.expect, vcpu, memory);
     child.msrs = parent.msrs.clone();
+    child.flush = flush;
     Ok(child)
 }
 

@@ -15,8 +15,14 @@ pub enum FaultKind {
     Write,
     /// Instruction fetch from an area without execute rights.
     Exec,
-    /// The guest's frame quota (or host memory) ran out.
+    /// The guest's frame quota ran out.
     Quota,
+    /// The host frame allocator itself ran out while serving this guest (within its
+    /// quota): the host is short, not the guest over its limit.
+    HostMemory,
+    /// The guest's bookkeeping budget (areas, shared-frame entries) or the host's
+    /// bookkeeping pool ran out.
+    Metadata,
     /// Triple fault / shutdown.
     Shutdown,
     /// Unknown or malformed hypercall.
@@ -39,6 +45,8 @@ impl FaultKind {
             Self::Write => "write",
             Self::Exec => "exec",
             Self::Quota => "quota",
+            Self::HostMemory => "host-memory",
+            Self::Metadata => "metadata",
             Self::Shutdown => "shutdown",
             Self::Hypercall => "hypercall",
             Self::Io => "io",
@@ -47,12 +55,14 @@ impl FaultKind {
         }
     }
 
-    const ALL: [FaultKind; 10] = [
+    const ALL: [FaultKind; 12] = [
         Self::Unmapped,
         Self::Read,
         Self::Write,
         Self::Exec,
         Self::Quota,
+        Self::HostMemory,
+        Self::Metadata,
         Self::Shutdown,
         Self::Hypercall,
         Self::Io,

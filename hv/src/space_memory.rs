@@ -12,18 +12,35 @@ use ept::fault::Stage2Fault;
 use ept::flush::FlushScope;
 use ept::format::{Access, MemType, Stage2Format};
 use ept::frame::{FrameAlloc, PhysMapper, read_phys, write_phys};
-use ept::space::{AddressSpace, Invalidate, SpaceError};
-use memory_set::{GuestPhysAddr, HostPhysAddr};
+use ept::space::{
+    AddressSpace, ENTRY_BYTES, Invalidate, Limits, MetadataPool, OomReason, RangeProblem,
+    SpaceError,
+};
+use memory_set::{AddrRange, GuestPhysAddr, HostPhysAddr};
 
 use crate::layout::{LOW_RAM_END, LOW_RAM_START};
 use crate::memory::{GuestMemory, MemoryError, mmio_pattern, permission_kind};
 use crate::outcome::FaultKind;
 use crate::platform::{GlobalFrames, IdentityMapper};
-use crate::settings::{AreaKind, GPA_LIMIT, GuestKind, GuestSettings};
+use crate::settings::{AreaKind, GPA_LIMIT, GuestKind, GuestSettings, default_quota_frames};
 use crate::vcpu::FlushRequest;
 
 /// Largest linear window (one contiguous 2 MiB host block backs it).
 pub const MAX_WINDOW: u64 = 2 << 20;
+
+/// Heap the guests' bookkeeping (areas, shared-frame entries) may take in all: half
+/// of the 32 MiB kernel heap (`kernel/start.rs`), the rest stays for the hypervisor.
+pub const METADATA_POOL_BYTES: usize = 16 << 20;
+
+/// The kernel's pool of bookkeeping entries, shared by every guest family.
+static KERNEL_METADATA_POOL: MetadataPool = MetadataPool::new(METADATA_POOL_BYTES / ENTRY_BYTES);
+
+/// The bookkeeping budget of a family with `quota_frames`: the default for its quota
+/// ([`Limits::default_metadata`]), but never more than a quarter of the pool, so
+/// that one family running out leaves room for the others.
+pub fn metadata_entries(quota_frames: usize, pool: &MetadataPool) -> usize {
+    Limits::default_metadata(quota_frames).min(pool.limit() / 4)
+}
 
 impl Invalidate for FlushRequest {
     fn invalidate(&mut self, _scope: FlushScope) {
@@ -44,8 +61,10 @@ pub trait HostMemory: 'static {
     fn alloc() -> Self::Alloc;
     /// The mapper.
     fn mapper() -> Self::Mapper;
-    /// Frames in the pool (the quota of a guest that sets none).
+    /// Frames in the pool (bounds the default quota).
     fn total_frames() -> usize;
+    /// The host-wide pool of bookkeeping entries.
+    fn metadata_pool() -> &'static MetadataPool;
 }
 
 /// The kernel's frames: the global allocator, reached through the identity mapping.
@@ -66,6 +85,10 @@ impl HostMemory for KernelMemory {
     fn total_frames() -> usize {
         crate::platform::frame_usage().1
     }
+
+    fn metadata_pool() -> &'static MetadataPool {
+        &KERNEL_METADATA_POOL
+    }
 }
 
 /// A host buffer behind a linear window: one 2 MiB block, freed when the last space
@@ -85,14 +108,16 @@ impl<H: HostMemory> Drop for HostWindow<H> {
 
 type Space<F, H> =
     AddressSpace<F, <H as HostMemory>::Mapper, <H as HostMemory>::Alloc, FlushRequest>;
+type Snapshot<F, H> =
+    ept::space::Snapshot<F, <H as HostMemory>::Mapper, <H as HostMemory>::Alloc, FlushRequest>;
 
 /// A guest's memory as an address space.
 pub struct SpaceMemory<F: Stage2Format, H: HostMemory = KernelMemory> {
-    // Field order matters: the space (and its mappings) goes before the windows'
-    // host blocks.
+    // Field order matters: the snapshot and the space (and its mappings) go before the
+    // windows' host blocks.
+    snapshot: Option<Snapshot<F, H>>,
     space: Space<F, H>,
     windows: Vec<Arc<HostWindow<H>>>,
-    quota_frames: usize,
 }
 
 fn gpa(a: u64) -> GuestPhysAddr {
@@ -106,9 +131,31 @@ pub fn memory_error(e: SpaceError, at: Option<u64>) -> MemoryError {
         SpaceError::PermissionDenied { gpa, access, .. } => {
             (permission_kind(*access), Some(usize::from(*gpa) as u64))
         }
-        SpaceError::OutOfMemory { gpa, .. } => {
-            (FaultKind::Quota, gpa.map(|g| usize::from(g) as u64).or(at))
-        }
+        SpaceError::OutOfMemory {
+            gpa,
+            reason: OomReason::Quota { .. },
+        } => (FaultKind::Quota, gpa.map(|g| usize::from(g) as u64).or(at)),
+        SpaceError::OutOfMemory {
+            gpa,
+            reason: OomReason::HostFrames,
+        } => (
+            FaultKind::HostMemory,
+            gpa.map(|g| usize::from(g) as u64).or(at),
+        ),
+        SpaceError::OutOfMetadata { .. } => (FaultKind::Metadata, at),
+        SpaceError::RightsExceeded {
+            gpa,
+            requested,
+            ceiling,
+        } => (
+            permission_kind(requested.difference(*ceiling)),
+            Some(usize::from(*gpa) as u64),
+        ),
+        SpaceError::InvalidRange {
+            start,
+            problem: RangeProblem::OutsideWindow | RangeProblem::BeyondPhysWidth,
+            ..
+        } => (FaultKind::Unmapped, Some(*start as u64)),
         SpaceError::Misconfigured { gpa } => {
             (FaultKind::Instruction, Some(usize::from(*gpa) as u64))
         }
@@ -145,17 +192,40 @@ fn ram_areas(settings: &GuestSettings) -> alloc::vec::Vec<(u64, u64, Access)> {
 }
 
 impl<F: Stage2Format, H: HostMemory> SpaceMemory<F, H> {
+    /// For PROTECT and UNMAP: a range with no area at all is `NotMapped` (holes
+    /// inside a range that has areas are fine); malformed ranges are left to the
+    /// space, which names the problem.
+    fn something_mapped(&self, at: u64, size: u64) -> Result<(), MemoryError> {
+        if !at.is_multiple_of(4096) || !size.is_multiple_of(4096) {
+            return Ok(());
+        }
+        let Some(range) = AddrRange::from_start_size(gpa(at), size as usize) else {
+            return Ok(());
+        };
+        if range.is_empty() || self.space.overlaps(range) {
+            return Ok(());
+        }
+        Err(MemoryError::new(
+            FaultKind::Unmapped,
+            Some(at),
+            format!("nothing is mapped in {at:#x}+{size:#x}"),
+        ))
+    }
+
     fn window_at(&self, at: u64) -> Option<&Arc<HostWindow<H>>> {
         self.windows
             .iter()
             .find(|w| w.gpa <= at && at - w.gpa < w.size)
     }
 
-    /// Copies between `buf` and a host window, one frame at a time.
+    /// Copies between `buf` and a host window, one frame at a time, through the
+    /// guest's stage-2 mapping: a page the guest unmapped, or whose rights lack
+    /// `need`, refuses (the host buffer outlives the mapping, the view must not).
     fn window_io(
         &self,
         at: u64,
         len: usize,
+        need: Access,
         mut f: impl FnMut(HostPhysAddr, core::ops::Range<usize>) -> bool,
     ) -> Option<Result<(), MemoryError>> {
         let w = self.window_at(at)?;
@@ -171,6 +241,24 @@ impl<F: Stage2Format, H: HostMemory> SpaceMemory<F, H> {
             let offset = at + done as u64 - w.gpa;
             let n = (4096 - (offset % 4096) as usize).min(len - done);
             let hpa = HostPhysAddr::from(usize::from(w.block) + offset as usize);
+            let here = at + done as u64;
+            match self.space.translate(gpa(here)) {
+                Some(t) if t.hpa == hpa && t.attr.access.contains(need) => {}
+                Some(t) if t.hpa == hpa => {
+                    return Some(Err(MemoryError::new(
+                        permission_kind(need),
+                        Some(here),
+                        format!("the guest's mapping of this window page does not allow {need:?}"),
+                    )));
+                }
+                _ => {
+                    return Some(Err(MemoryError::new(
+                        FaultKind::Unmapped,
+                        Some(here),
+                        "this host window page is no longer mapped".into(),
+                    )));
+                }
+            }
             if !f(hpa, done..done + n) {
                 return Some(Err(MemoryError::new(
                     FaultKind::Unmapped,
@@ -190,18 +278,24 @@ impl<F: Stage2Format, H: HostMemory> GuestMemory for SpaceMemory<F, H> {
         caps: Stage2Caps,
         flush: FlushRequest,
     ) -> Result<Self, MemoryError> {
-        // Without a quota a guest may use every host frame.
-        let quota_frames = settings
-            .quota
-            .map_or(H::total_frames(), |q| (q / 4096) as usize);
-        let mut space = Space::<F, H>::new(
+        let quota_frames = settings.quota.map_or_else(
+            || default_quota_frames(settings, H::total_frames()),
+            |q| (q / 4096) as usize,
+        );
+        let pool = H::metadata_pool();
+        let limits = Limits {
+            quota_frames,
+            metadata_entries: metadata_entries(quota_frames, pool),
+            pool: Some(pool),
+        };
+        let mut space = Space::<F, H>::with_limits(
             gpa(0),
             GPA_LIMIT as usize,
             caps,
             H::mapper(),
             H::alloc(),
             flush,
-            quota_frames,
+            limits,
         )
         .map_err(|e| memory_error(e, None))?;
         for (start, end, access) in ram_areas(settings) {
@@ -275,9 +369,9 @@ impl<F: Stage2Format, H: HostMemory> GuestMemory for SpaceMemory<F, H> {
             }
         }
         Ok(Self {
+            snapshot: None,
             space,
             windows,
-            quota_frames,
         })
     }
 
@@ -304,7 +398,7 @@ impl<F: Stage2Format, H: HostMemory> GuestMemory for SpaceMemory<F, H> {
     }
 
     fn write(&mut self, at: u64, bytes: &[u8]) -> Result<(), MemoryError> {
-        if let Some(r) = self.window_io(at, bytes.len(), |hpa, range| {
+        if let Some(r) = self.window_io(at, bytes.len(), Access::WRITE, |hpa, range| {
             write_phys(&H::mapper(), hpa, &bytes[range]).is_ok()
         }) {
             return r;
@@ -316,7 +410,7 @@ impl<F: Stage2Format, H: HostMemory> GuestMemory for SpaceMemory<F, H> {
 
     fn read(&mut self, at: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
         let mut tmp = alloc::vec![0u8; buf.len()];
-        if let Some(r) = self.window_io(at, buf.len(), |hpa, range| {
+        if let Some(r) = self.window_io(at, buf.len(), Access::READ, |hpa, range| {
             read_phys(&H::mapper(), hpa, &mut tmp[range]).is_ok()
         }) {
             buf.copy_from_slice(&tmp);
@@ -332,12 +426,14 @@ impl<F: Stage2Format, H: HostMemory> GuestMemory for SpaceMemory<F, H> {
     }
 
     fn protect(&mut self, at: u64, size: u64, access: Access) -> Result<(), MemoryError> {
+        self.something_mapped(at, size)?;
         self.space
             .protect(gpa(at), size as usize, access)
             .map_err(|e| memory_error(e, Some(at)))
     }
 
     fn unmap(&mut self, at: u64, size: u64) -> Result<(), MemoryError> {
+        self.something_mapped(at, size)?;
         self.space
             .unmap(gpa(at), size as usize)
             .map_err(|e| memory_error(e, Some(at)))
@@ -346,13 +442,33 @@ impl<F: Stage2Format, H: HostMemory> GuestMemory for SpaceMemory<F, H> {
     fn try_clone(&mut self, flush: FlushRequest) -> Result<Self, MemoryError> {
         let space = self
             .space
-            .try_clone_with(flush, self.quota_frames)
+            .try_clone_with(flush)
             .map_err(|e| memory_error(e, None))?;
         Ok(Self {
+            snapshot: None,
             space,
             windows: self.windows.clone(),
-            quota_frames: self.quota_frames,
         })
+    }
+
+    fn snapshot(&mut self) -> Result<(), MemoryError> {
+        // One snapshot at a time: the old one goes first (its frames count against the
+        // quota).
+        self.snapshot = None;
+        let snap = self.space.snapshot().map_err(|e| memory_error(e, None))?;
+        self.snapshot = Some(snap);
+        Ok(())
+    }
+
+    fn reset(&mut self) -> Result<u64, MemoryError> {
+        let snap = self.snapshot.as_ref().ok_or_else(|| {
+            MemoryError::new(FaultKind::Hypercall, None, "no snapshot to reset to".into())
+        })?;
+        let stats = self
+            .space
+            .restore(snap)
+            .map_err(|e| memory_error(e, None))?;
+        Ok(stats.pages_restored() as u64)
     }
 
     fn faults_handled(&self) -> u64 {
@@ -390,7 +506,7 @@ mod tests {
     }
 
     /// Frames from a per-thread heap arena.
-    struct ArenaMemory;
+    pub(super) struct ArenaMemory;
 
     impl HostMemory for ArenaMemory {
         type Alloc = HeapArena;
@@ -407,11 +523,17 @@ mod tests {
         fn total_frames() -> usize {
             Self::alloc().capacity()
         }
+
+        fn metadata_pool() -> &'static MetadataPool {
+            &TEST_POOL
+        }
     }
 
-    type Mem = SpaceMemory<Npt, ArenaMemory>;
+    static TEST_POOL: MetadataPool = MetadataPool::new(1 << 20);
 
-    fn memory(cmdline: &str) -> Mem {
+    pub(super) type Mem = SpaceMemory<Npt, ArenaMemory>;
+
+    pub(super) fn memory(cmdline: &str) -> Mem {
         let settings = parse_guest_cmdline(cmdline).unwrap();
         Mem::create(&settings, Stage2Caps::npt(false), FlushRequest::new()).unwrap()
     }
@@ -425,12 +547,12 @@ mod tests {
         }
     }
 
-    fn read_u64(m: &mut Mem, at: u64) -> Result<u64, MemoryError> {
+    pub(super) fn read_u64(m: &mut Mem, at: u64) -> Result<u64, MemoryError> {
         let mut b = [0u8; 8];
         m.read(at, &mut b).map(|()| u64::from_le_bytes(b))
     }
 
-    fn in_use() -> usize {
+    pub(super) fn in_use() -> usize {
         ArenaMemory::alloc().in_use()
     }
 
@@ -614,3 +736,8 @@ mod tests {
         assert_eq!(in_use(), 0);
     }
 }
+
+/// Host policy, quotas and the hypercall-facing errors.
+#[cfg(test)]
+#[path = "space_memory_policy_tests.rs"]
+mod policy_tests;

@@ -12,8 +12,9 @@ use crate::cpu::{cpuid, vector};
 use crate::exit_stats::ExitCounts;
 use crate::memory::{GuestMemory, MemoryError};
 use crate::outcome::{Expectation, FaultKind, GuestEnd};
+use crate::reset::Snapshots;
 use crate::system::{FullSystem, SystemStep};
-use crate::vcpu::{ArchReg, Reg, Vcpu, VmExit};
+use crate::vcpu::{ArchReg, FlushRequest, Reg, Vcpu, VmExit};
 
 /// COM1 data port and the registers around it (16550 UART).
 const SERIAL_BASE: u16 = 0x3f8;
@@ -36,6 +37,10 @@ pub enum Step {
     /// Clone this guest (CLONE hypercall): the loop creates the child and sets RAX in
     /// both.
     Clone,
+    /// Snapshot this guest, memory and vCPU (SNAPSHOT hypercall; see `crate::reset`).
+    Snapshot,
+    /// Reset this guest to its snapshot (RESET hypercall; see `crate::reset`).
+    Reset,
     /// The guest has ended.
     Ended(GuestEnd),
 }
@@ -57,7 +62,12 @@ pub struct Vm<V: Vcpu, M: GuestMemory> {
     pub system: Option<FullSystem>,
     /// The MSRs only the hypervisor models, for its vCPU.
     pub msrs: MsrFile,
-    /// The last exception injected (for the report of a triple fault that follows).
+    /// The invalidation request its memory and vCPU share.
+    pub flush: FlushRequest,
+    /// Its snapshot (a saved vCPU) and reset statistics.
+    pub snapshots: Snapshots<V>,
+    /// The exception injected at the last exit (for the report of a triple fault that
+    /// follows at once).
     injected: Option<String>,
     line: String,
     lines: u32,
@@ -77,6 +87,8 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
             memory,
             system: None,
             msrs: MsrFile::default(),
+            flush: FlushRequest::new(),
+            snapshots: Snapshots::default(),
             injected: None,
             line: String::new(),
             lines: 0,
@@ -147,6 +159,8 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
         let exit = self.vcpu.run();
         self.exits += 1;
         self.exit_counts.count(&exit);
+        // An injected exception explains only a triple fault that follows at once.
+        let injected = self.injected.take();
         log::trace!(
             "guest {}: exit {exit:?} at rip {:#x}",
             self.name,
@@ -219,7 +233,7 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
                 format!(
                     "triple fault (shutdown) at rip {:#x}{}",
                     self.vcpu.reg(Reg::Rip),
-                    self.injected
+                    injected
                         .as_deref()
                         .map(|what| format!(" after {what}"))
                         .unwrap_or_default()
@@ -302,10 +316,10 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
             VmExit::Msr { write: false } => &[Op::Rdmsr],
             VmExit::Msr { write: true } => &[Op::Wrmsr],
             VmExit::Wbinvd => &[Op::Wbinvd],
-            // A full-system guest resumes after its HLT: without the length, the
-            // interrupt that wakes it would return onto the HLT and the idle loop
-            // would never see its work (seen: Linux soft lockups in idle).
-            VmExit::Hlt if self.system.is_some() => &[Op::Hlt],
+            // A HLT that resumes (once interrupts wake it) needs its length too:
+            // otherwise the wake-up interrupt returns onto the HLT and Linux's idle
+            // loop never sees its work (seen: soft lockups in idle).
+            VmExit::Hlt => &[Op::Hlt],
             _ => return Ok(()),
         };
         if self.vcpu.instruction_length_known() {
@@ -407,26 +421,21 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
             self.name
         );
         self.vcpu.skip_instruction();
-        let result: Result<u64, HypercallStatus> = match number {
+        let result: Result<u64, MemoryError> = match number {
             hypercall::EXIT => return Step::Ended(GuestEnd::Exited(a0)),
             hypercall::YIELD => return Step::Yield,
             hypercall::CLONE => return Step::Clone,
+            hypercall::SNAPSHOT => return Step::Snapshot,
+            hypercall::RESET => return Step::Reset,
             hypercall::LEAF_SIZE => Ok(self.memory.leaf_size(a0).unwrap_or(0)),
             hypercall::PROTECT => match rights(a2) {
-                Some(rights) => self
-                    .memory
-                    .protect(a0, a1, rights)
-                    .map(|()| 0)
-                    .map_err(status_of),
-                None => Err(HypercallStatus::InvalidArgument),
+                Some(rights) => self.memory.protect(a0, a1, rights).map(|()| 0),
+                None => return self.refuse(HypercallStatus::InvalidArgument),
             },
-            hypercall::UNMAP => self.memory.unmap(a0, a1).map(|()| 0).map_err(status_of),
+            hypercall::UNMAP => self.memory.unmap(a0, a1).map(|()| 0),
             hypercall::HOST_READ => {
                 let mut b = [0u8; 8];
-                self.memory
-                    .read(a0, &mut b)
-                    .map(|()| u64::from_le_bytes(b))
-                    .map_err(status_of)
+                self.memory.read(a0, &mut b).map(|()| u64::from_le_bytes(b))
             }
             _ => {
                 return Step::Ended(fault(
@@ -436,11 +445,19 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
                 ));
             }
         };
-        let rax = match result {
-            Ok(v) => v,
-            Err(s) => s as i64 as u64,
-        };
-        self.vcpu.set_reg(Reg::Rax, rax);
+        match result.map_err(status_or_end) {
+            Ok(v) => {
+                self.vcpu.set_reg(Reg::Rax, v);
+                Step::Continue
+            }
+            Err(Ok(status)) => self.refuse(status),
+            Err(Err(end)) => Step::Ended(end),
+        }
+    }
+
+    /// Returns `status` to the guest in RAX.
+    fn refuse(&mut self, status: HypercallStatus) -> Step {
+        self.vcpu.set_reg(Reg::Rax, status as i64 as u64);
         Step::Continue
     }
 }
@@ -457,13 +474,19 @@ pub fn rights(bits: u64) -> Option<Access> {
     Some(a)
 }
 
-fn status_of(e: MemoryError) -> HypercallStatus {
+/// The status a refused memory hypercall returns, or the guest's end when the
+/// refusal ends it: running out of bookkeeping (the guest grew its areas or shares
+/// past its budget) or of host frames (the host is short: the guest that asked ends,
+/// with that reason) is not something a guest can handle by retrying.
+pub fn status_or_end(e: MemoryError) -> Result<HypercallStatus, GuestEnd> {
     log::debug!("hypercall refused: {}", e.detail);
-    match e.kind {
+    Ok(match e.kind {
+        FaultKind::Metadata | FaultKind::HostMemory => return Err(end_of(e)),
         FaultKind::Quota => HypercallStatus::NoMemory,
         FaultKind::Unmapped => HypercallStatus::NotMapped,
+        FaultKind::Read | FaultKind::Write | FaultKind::Exec => HypercallStatus::Denied,
         _ => HypercallStatus::InvalidArgument,
-    }
+    })
 }
 
 fn fault(kind: FaultKind, gpa: Option<u64>, detail: String) -> GuestEnd {
@@ -737,6 +760,7 @@ mod tests {
             // An unknown MSR: #GP(0), nothing skipped; the triple fault that follows
             // names it.
             (vec![(Reg::Rcx, 0xDEAD_BEEF)], VmExit::Msr { write: false }),
+            (vec![], VmExit::Shutdown),
             (vec![(Reg::Rax, 0), (Reg::Rcx, 0)], VmExit::Cpuid),
             (vec![], VmExit::Shutdown),
         ]);
@@ -752,24 +776,31 @@ mod tests {
         assert_eq!(v.step(10, 1000, &mut |_| {}), Step::Continue);
         assert_eq!(v.vcpu.injected, [(vector::GP, Some(0))]);
         assert_eq!(v.vcpu.skipped, 2, "a faulting RDMSR is not skipped");
+        let shutdown = |v: &mut Vm<ScriptedVcpu, FakeMemory>| {
+            let Step::Ended(GuestEnd::Fault {
+                kind: FaultKind::Shutdown,
+                detail,
+                ..
+            }) = v.step(10, 1000, &mut |_| {})
+            else {
+                panic!("no shutdown");
+            };
+            detail
+        };
+        let detail = shutdown(&mut v);
+        assert!(
+            detail.contains("after #GP injected for RDMSR of MSR 0xdeadbeef"),
+            "{detail}"
+        );
         assert_eq!(v.step(10, 1000, &mut |_| {}), Step::Continue);
         assert_eq!(
             v.vcpu.reg(Reg::Rax),
             7,
             "CPUID leaf 0 reports leaf 7 as the highest"
         );
-        let Step::Ended(GuestEnd::Fault {
-            kind: FaultKind::Shutdown,
-            detail,
-            ..
-        }) = v.step(10, 1000, &mut |_| {})
-        else {
-            panic!("no shutdown");
-        };
-        assert!(
-            detail.contains("after #GP injected for RDMSR of MSR 0xdeadbeef"),
-            "{detail}"
-        );
+        // A triple fault after other exits does not blame an old #GP.
+        let detail = shutdown(&mut v);
+        assert!(!detail.contains("after"), "{detail}");
         for exit in [
             VmExit::Forbidden { what: "VMRUN" },
             VmExit::InvalidState { code: u64::MAX },

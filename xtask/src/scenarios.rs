@@ -34,6 +34,12 @@ pub const GUEST_DEFAULTS: &[(&str, &str)] = &[
     ("realmode", ""),
     ("intercepts", "expect=fault:instruction"),
     ("badmsr", "expect=fault:shutdown"),
+    ("areaflood", "area=0x40000000+1G:rw expect=fault:metadata"),
+    (
+        "cloneflood",
+        "area=0x4000000+16M:rw area=0x40000000+1G:rw expect=fault:metadata",
+    ),
+    ("snapshot", "area=0x1000000+1M:rw"),
 ];
 
 /// The default settings of guest `name` ("" for an unknown guest).
@@ -169,6 +175,46 @@ pub const BOOT_TESTS: &[BootTest] = &[
     single!("populated"),
     // A 16-bit real-mode guest (VMX: unrestricted guest; SVM: natively).
     single!("realmode"),
+    // 1,000 resets to a snapshot of memory and vCPU (issue 14).
+    single!("snapshot"),
+    // Guests that grow the hypervisor's bookkeeping (areas; entries for frames shared
+    // by clones) end alone at their budget; the guest beside them passes.
+    BootTest {
+        name: "areaflood",
+        cmdline: "log=info",
+        guests: &["areaflood", "hello"],
+        status: RunStatus::AllPassed,
+        marker: "HV: ALL 2 GUESTS PASSED",
+        lines: &[
+            "guest areaflood: PASS (ended: fault:metadata@",
+            "area bookkeeping budget exhausted (16384 of 16384 entries)",
+            "guest hello: PASS (ended: exit code 0)",
+            "... and 16376 more area(s) totalling",
+        ],
+        vendor_lines: (&[], &[]),
+        reports: &[],
+    },
+    BootTest {
+        name: "cloneflood",
+        cmdline: "log=info",
+        guests: &["cloneflood", "hello"],
+        status: RunStatus::AllPassed,
+        marker: "HV: ALL 4 GUESTS PASSED",
+        lines: &[
+            "[guest cloneflood] clone 2 made",
+            "guest cloneflood: PASS (ended: fault:metadata: area bookkeeping budget exhausted",
+            "guest cloneflood.child3: PASS (ended: fault:metadata@",
+            "guest cloneflood.child4: PASS (ended: fault:metadata@",
+            "guest hello: PASS (ended: exit code 0)",
+        ],
+        vendor_lines: (&[], &[]),
+        // Every touched page came in by a fault of its own (4 KiB pieces).
+        reports: &[ReportCheck {
+            guest: "cloneflood",
+            leaves_2m: 0,
+            faults: 4088,
+        }],
+    },
     // A guest that never exits is preempted by the timer (the others finish first) and
     // stopped after its CPU budget (1 s here; the others need a few ms each).
     BootTest {
