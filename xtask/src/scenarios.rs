@@ -76,9 +76,10 @@ pub struct BootTest {
     /// Claims checked against guests' stage-2 reports (every report must also end
     /// with `validator: OK`).
     pub reports: &'static [ReportCheck],
-    /// Under Bochs too (false: QEMU and KVM only, see [`LINUX_UNDER_BOCHS`]).
-    pub bochs: bool,
 }
+
+/// Boot tests that do not run under Bochs (only QEMU and KVM), and why.
+pub const NOT_UNDER_BOCHS: &[&str] = &["linux", "linux-shared"];
 
 /// Why some Linux boot tests do not run under Bochs.
 pub const LINUX_UNDER_BOCHS: &str = "a verbose Linux boot with the 64 MiB workload takes over \
@@ -98,14 +99,12 @@ macro_rules! single {
             lines: &[],
             vendor_lines: (&[], &[]),
             reports: &[],
-            bochs: true,
         }
     };
     ($name:literal, lines: $lines:expr, reports: $reports:expr) => {
         BootTest {
             lines: $lines,
             reports: $reports,
-            bochs: true,
             ..single!($name)
         }
     };
@@ -152,7 +151,6 @@ pub const BOOT_TESTS: &[BootTest] = &[
         lines: &[],
         vendor_lines: (&[], &[]),
         reports: &[],
-        bochs: true,
     },
     single!("badcall"),
     single!(
@@ -226,7 +224,6 @@ pub const BOOT_TESTS: &[BootTest] = &[
         lines: &["guest spin: PASS (ended: fault:timeout: still running after its CPU budget of "],
         vendor_lines: (&[], &[]),
         reports: &[],
-        bochs: true,
     },
     // Two instances: the second starts after the first (and its clone) wrote their
     // own values into every register and MSR, and must see the reset state.
@@ -265,7 +262,6 @@ pub const BOOT_TESTS: &[BootTest] = &[
             ],
         ),
         reports: &[],
-        bochs: true,
     },
     BootTest {
         name: "registers",
@@ -276,7 +272,6 @@ pub const BOOT_TESTS: &[BootTest] = &[
         lines: &[],
         vendor_lines: (&[], &[]),
         reports: &[],
-        bochs: true,
     },
     // Every scenario in one boot: each guest has its own address space and ASID, the
     // misbehaving ones end alone and the others go on.
@@ -305,7 +300,6 @@ pub const BOOT_TESTS: &[BootTest] = &[
         lines: &[],
         vendor_lines: (&[], &[]),
         reports: &[],
-        bochs: true,
     },
     // A guest whose outcome differs from its expectation fails the run (and only it).
     BootTest {
@@ -317,7 +311,6 @@ pub const BOOT_TESTS: &[BootTest] = &[
         lines: &[],
         vendor_lines: (&[], &[]),
         reports: &[],
-        bochs: true,
     },
     // More guests than SVM offers ASIDs (15 under QEMU): they are admitted as others end.
     BootTest {
@@ -350,7 +343,6 @@ pub const BOOT_TESTS: &[BootTest] = &[
         lines: &[],
         vendor_lines: (&[], &[]),
         reports: &[],
-        bochs: true,
     },
     // Debian's stock kernel to our busybox init, whose memory workload must end with
     // equal checksums (its final line); `halt -f` ends it as "halted".
@@ -363,7 +355,6 @@ pub const BOOT_TESTS: &[BootTest] = &[
         lines: &[LINUX_MARKER, "guest linux: PASS (ended: halted)"],
         vendor_lines: (&[], &[]),
         reports: &[],
-        bochs: false,
     },
     // The same with a quiet kernel and a 16 MiB workload: fewer serial exits and less
     // emulated work, so that it also runs under Bochs (both CPU models).
@@ -376,7 +367,6 @@ pub const BOOT_TESTS: &[BootTest] = &[
         lines: &[LINUX_MARKER, "guest linux: PASS (ended: halted)"],
         vendor_lines: (&[], &[]),
         reports: &[],
-        bochs: true,
     },
     // Linux and tiny guests share the machine, time-sliced.
     BootTest {
@@ -388,7 +378,6 @@ pub const BOOT_TESTS: &[BootTest] = &[
         lines: &[LINUX_MARKER, "guest linux: PASS (ended: halted)"],
         vendor_lines: (&[], &[]),
         reports: &[],
-        bochs: false,
     },
     // The host's own failures end the run with their own status.
     BootTest {
@@ -400,7 +389,6 @@ pub const BOOT_TESTS: &[BootTest] = &[
         lines: &[],
         vendor_lines: (&[], &[]),
         reports: &[],
-        bochs: true,
     },
     BootTest {
         name: "host-panic",
@@ -411,7 +399,6 @@ pub const BOOT_TESTS: &[BootTest] = &[
         lines: &[],
         vendor_lines: (&[], &[]),
         reports: &[],
-        bochs: true,
     },
     BootTest {
         name: "leak-check",
@@ -422,7 +409,6 @@ pub const BOOT_TESTS: &[BootTest] = &[
         lines: &[],
         vendor_lines: (&[], &[]),
         reports: &[],
-        bochs: true,
     },
     // A malformed configuration is refused before any guest runs.
     BootTest {
@@ -434,7 +420,6 @@ pub const BOOT_TESTS: &[BootTest] = &[
         lines: &[],
         vendor_lines: (&[], &[]),
         reports: &[],
-        bochs: true,
     },
     BootTest {
         name: "refuses-bad-image",
@@ -445,7 +430,6 @@ pub const BOOT_TESTS: &[BootTest] = &[
         lines: &[],
         vendor_lines: (&[], &[]),
         reports: &[],
-        bochs: true,
     },
     BootTest {
         name: "refuses-bad-cmdline",
@@ -456,6 +440,5 @@ pub const BOOT_TESTS: &[BootTest] = &[
         lines: &[],
         vendor_lines: (&[], &[]),
         reports: &[],
-        bochs: true,
     },
 ];
