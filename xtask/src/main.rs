@@ -271,8 +271,8 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// The least time a boot test with a Linux guest gets.
-const LINUX_TIMEOUT_SECS: u64 = 1800;
+/// The least time a boot test with a Linux guest gets (Bochs on a loaded machine).
+const LINUX_TIMEOUT_SECS: u64 = 3600;
 
 /// Boots one test and decides: `Ok((passed, report line(s)))`.
 fn boot_test(
