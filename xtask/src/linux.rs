@@ -177,18 +177,35 @@ pub fn prepare(paths: &Paths, workload_mib: u32) -> Result<LinuxFiles, String> {
         .map_err(|e| format!("busybox from {}: {e}", busybox_deb.display()))?;
     let initrd = dir.join(format!("initramfs-{workload_mib}M.cpio.gz"));
     let archive = initramfs(&busybox, &init_script(workload_mib));
-    let cpio = dir.join(format!("initramfs-{workload_mib}M.cpio"));
+    // Boot tests run in parallel and each prepares the files: every writer works on
+    // its own temporary files and renames the result into place, so an emulator that
+    // is reading the initramfs never sees it half written.
+    let unique = unique_suffix();
+    let cpio = dir.join(format!("initramfs-{workload_mib}M.cpio.{unique}"));
     std::fs::write(&cpio, &archive).map_err(|e| e.to_string())?;
     let compressed = Command::new("gzip")
         .args(["-9nc"])
         .arg(&cpio)
         .output()
         .map_err(|e| format!("cannot start gzip: {e}"))?;
+    let _ = std::fs::remove_file(&cpio);
     if !compressed.status.success() {
         return Err("gzip failed".into());
     }
-    std::fs::write(&initrd, &compressed.stdout).map_err(|e| e.to_string())?;
+    let unchanged = std::fs::read(&initrd).is_ok_and(|old| old == compressed.stdout);
+    if !unchanged {
+        let tmp = initrd.with_extension(format!("gz.{unique}"));
+        std::fs::write(&tmp, &compressed.stdout).map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, &initrd).map_err(|e| e.to_string())?;
+    }
     Ok(LinuxFiles { kernel, initrd })
+}
+
+/// A suffix no other writer (process or thread) uses for its temporary files.
+fn unique_suffix() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{n}", std::process::id())
 }
 
 /// `linux-image-amd64_*.deb` is the meta package (no kernel inside).
