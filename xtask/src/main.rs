@@ -389,6 +389,7 @@ fn boot_tests(paths: &Paths, o: &Options) -> Result<(), String> {
         }
         for test in &tests {
             if matches!(emulator, Emulator::Bochs(_))
+                && o.rest.is_empty()
                 && scenarios::NOT_UNDER_BOCHS.contains(&test.name)
             {
                 println!(
