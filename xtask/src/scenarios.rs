@@ -34,6 +34,10 @@ pub const GUEST_DEFAULTS: &[(&str, &str)] = &[
     ("realmode", ""),
     ("intercepts", "expect=fault:instruction"),
     ("badmsr", "expect=fault:shutdown"),
+    (
+        "ceiling",
+        "ro=0x1000000+64K nx=0x1100000+64K mmio=0x2000000+64K expect=fault:write@0x1000000",
+    ),
     ("areaflood", "area=0x40000000+1G:rw expect=fault:metadata"),
     (
         "cloneflood",
@@ -162,6 +166,12 @@ pub const BOOT_TESTS: &[BootTest] = &[
     single!("populated"),
     // A 16-bit real-mode guest (VMX: unrestricted guest; SVM: natively).
     single!("realmode"),
+    // Host-configured rights are a ceiling; the host's view follows the mapping.
+    single!(
+        "ceiling",
+        lines: &["[guest ceiling] every right above the host's was refused"],
+        reports: &[]
+    ),
     // Guests that grow the hypervisor's bookkeeping (areas; entries for frames shared
     // by clones) end alone at their budget; the guest beside them passes.
     BootTest {
