@@ -26,8 +26,18 @@ const RWX: u64 = access::READ | access::WRITE | access::EXECUTE;
 
 fn scenario() {
     let refused: [(&str, u64, u64, i64); 6] = [
-        ("ro= made writable", RO, access::READ | access::WRITE, DENIED),
-        ("ro= made executable", RO, access::READ | access::EXECUTE, DENIED),
+        (
+            "ro= made writable",
+            RO,
+            access::READ | access::WRITE,
+            DENIED,
+        ),
+        (
+            "ro= made executable",
+            RO,
+            access::READ | access::EXECUTE,
+            DENIED,
+        ),
         ("nx= made executable", NX, RWX, DENIED),
         ("window made executable", MMIO, RWX, DENIED),
         ("protect of nothing", HOLE, access::READ, NOT_MAPPED),
@@ -46,10 +56,16 @@ fn scenario() {
     );
     check!(protect(RO, 0x1000, access::READ) == 0, "ro= unchanged");
     // The hypervisor's view of a window follows the mapping.
-    check!(read_u64(MMIO + 0x1000) == host_read(MMIO + 0x1000) as u64, "host view");
+    check!(
+        read_u64(MMIO + 0x1000) == host_read(MMIO + 0x1000) as u64,
+        "host view"
+    );
     check!(unmap(MMIO + 0x1000, 0x1000) == 0, "unmap of a window page");
     let got = host_read(MMIO + 0x1000);
-    check!(got == NOT_MAPPED, "host read of an unmapped window page: {got:#x}");
+    check!(
+        got == NOT_MAPPED,
+        "host read of an unmapped window page: {got:#x}"
+    );
     check!(host_read(MMIO) > 0, "the rest of the window reads");
     println!("every right above the host's was refused; writing the ro= area");
     write_u64(RO, 1);

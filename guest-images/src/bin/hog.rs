@@ -7,8 +7,8 @@
 #![cfg_attr(hv_kernel, no_std)]
 #![cfg_attr(hv_kernel, no_main)]
 
-use guest_images::rt::{write_u64, yield_now};
 use guest_images::println;
+use guest_images::rt::{write_u64, yield_now};
 
 const FROM: u64 = 16 << 20;
 const TAKE: u64 = 180 << 20;
