@@ -11,7 +11,8 @@ use crate::cpu::msr::{self, MsrFile};
 use crate::cpu::{cpuid, vector};
 use crate::memory::{GuestMemory, MemoryError};
 use crate::outcome::{Expectation, FaultKind, GuestEnd};
-use crate::vcpu::{ArchReg, Reg, Vcpu, VmExit};
+use crate::reset::Snapshots;
+use crate::vcpu::{ArchReg, FlushRequest, Reg, Vcpu, VmExit};
 
 /// COM1 data port and the registers around it (16550 UART).
 const SERIAL_BASE: u16 = 0x3f8;
@@ -34,6 +35,10 @@ pub enum Step {
     /// Clone this guest (CLONE hypercall): the loop creates the child and sets RAX in
     /// both.
     Clone,
+    /// Snapshot this guest, memory and vCPU (SNAPSHOT hypercall; see `crate::reset`).
+    Snapshot,
+    /// Reset this guest to its snapshot (RESET hypercall; see `crate::reset`).
+    Reset,
     /// The guest has ended.
     Ended(GuestEnd),
 }
@@ -52,6 +57,10 @@ pub struct Vm<V: Vcpu, M: GuestMemory> {
     pub memory: M,
     /// The MSRs only the hypervisor models, for its vCPU.
     pub msrs: MsrFile,
+    /// The invalidation request its memory and vCPU share.
+    pub flush: FlushRequest,
+    /// Its snapshot (a saved vCPU) and reset statistics.
+    pub snapshots: Snapshots<V>,
     /// The last exception injected (for the report of a triple fault that follows).
     injected: Option<String>,
     line: String,
@@ -70,6 +79,8 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
             vcpu,
             memory,
             msrs: MsrFile::default(),
+            flush: FlushRequest::new(),
+            snapshots: Snapshots::default(),
             injected: None,
             line: String::new(),
             lines: 0,
@@ -368,6 +379,8 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
             hypercall::EXIT => return Step::Ended(GuestEnd::Exited(a0)),
             hypercall::YIELD => return Step::Yield,
             hypercall::CLONE => return Step::Clone,
+            hypercall::SNAPSHOT => return Step::Snapshot,
+            hypercall::RESET => return Step::Reset,
             hypercall::LEAF_SIZE => Ok(self.memory.leaf_size(a0).unwrap_or(0)),
             hypercall::PROTECT => match rights(a2) {
                 Some(rights) => self.memory.protect(a0, a1, rights).map(|()| 0),

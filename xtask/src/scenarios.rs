@@ -45,6 +45,7 @@ pub const GUEST_DEFAULTS: &[(&str, &str)] = &[
         "cloneflood",
         "area=0x4000000+16M:rw area=0x40000000+1G:rw expect=fault:metadata",
     ),
+    ("snapshot", "area=0x1000000+1M:rw"),
 ];
 
 /// The default settings of guest `name` ("" for an unknown guest).
@@ -168,6 +169,8 @@ pub const BOOT_TESTS: &[BootTest] = &[
     single!("populated"),
     // A 16-bit real-mode guest (VMX: unrestricted guest; SVM: natively).
     single!("realmode"),
+    // 1,000 resets to a snapshot of memory and vCPU (issue 14).
+    single!("snapshot"),
     // Host-configured rights are a ceiling; the host's view follows the mapping.
     single!(
         "ceiling",
