@@ -91,6 +91,22 @@ pub struct Boot {
     pub modules: Vec<(PathBuf, String)>,
 }
 
+impl Boot {
+    /// MiB of emulated RAM: 512 when a Linux guest (up to 160 MiB of frames) is in the
+    /// boot, else 256 (tests of the host's frame budget assume it).
+    pub fn memory_mib(&self) -> u32 {
+        if self
+            .modules
+            .iter()
+            .any(|(_, args)| args.starts_with("linux "))
+        {
+            512
+        } else {
+            256
+        }
+    }
+}
+
 /// Where the serial console goes.
 pub enum Serial<'a> {
     /// The terminal.
@@ -116,11 +132,10 @@ fn qemu_command(emulator: Emulator, paths: &Paths, boot: &Boot, serial: &Serial<
         Emulator::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
         _ => cmd.args(["-accel", "tcg", "-cpu", "max"]),
     };
-    cmd.args([
-        "-m", "512M", "-smp", "1", "-display", "none", "-vga", "none",
-    ])
-    .args(["-monitor", "none", "-no-reboot"])
-    .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+    cmd.arg("-m").arg(format!("{}M", boot.memory_mib()));
+    cmd.args(["-smp", "1", "-display", "none", "-vga", "none"])
+        .args(["-monitor", "none", "-no-reboot"])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
     match serial {
         Serial::Stdio => cmd.args(["-serial", "stdio"]),
         Serial::File(p) => cmd.arg("-serial").arg(format!("file:{}", p.display())),

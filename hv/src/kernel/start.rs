@@ -11,7 +11,7 @@ use super::{console, fatal, gdt, heap, idt, timer};
 use crate::kprintln;
 
 /// Size of the kernel heap.
-const HEAP_SIZE: u64 = 64 << 20;
+const HEAP_SIZE: u64 = 32 << 20;
 const TWO_MIB: u64 = 2 << 20;
 
 unsafe extern "C" {
@@ -53,6 +53,13 @@ extern "C" fn hv_main(magic: u32, info: u32) -> ! {
     let kernel_end = &raw const __kernel_end as u64;
     let floor = boot.high_water.max(kernel_end).next_multiple_of(TWO_MIB);
     let ram = &boot.ram[..boot.ram_count];
+    // The modules are copied onto the heap (a size-class allocator: up to twice their
+    // size each), so big ones (a Linux kernel and initrd) get a bigger heap.
+    let module_bytes: u64 = boot.modules[..boot.module_count]
+        .iter()
+        .map(|m| m.end.saturating_sub(m.start))
+        .sum();
+    let heap_size = HEAP_SIZE.max((2 * module_bytes + (24 << 20)).next_multiple_of(TWO_MIB));
     let Some(heap_start) = ram
         .iter()
         .map(|&(s, e)| {
@@ -61,17 +68,17 @@ extern "C" fn hv_main(magic: u32, info: u32) -> ! {
                 e.min(IDENTITY_LIMIT),
             )
         })
-        .find(|&(s, e)| s + HEAP_SIZE <= e)
+        .find(|&(s, e)| s + heap_size <= e)
         .map(|(s, _)| s)
     else {
         log::error!(
             "no room for a {} MiB heap above {floor:#x}",
-            HEAP_SIZE >> 20
+            heap_size >> 20
         );
         fatal::exit(RunStatus::BadConfig);
     };
-    heap::init(heap_start as usize, HEAP_SIZE as usize);
-    let reserved_end = heap_start + HEAP_SIZE;
+    heap::init(heap_start as usize, heap_size as usize);
+    let reserved_end = heap_start + heap_size;
 
     let cmdline = boot.cmdline();
     let hv_settings = match settings::parse_hv_cmdline(&cmdline) {
@@ -95,7 +102,7 @@ extern "C" fn hv_main(magic: u32, info: u32) -> ! {
     log::info!(
         "memory: {} MiB of frames, heap {} MiB at {heap_start:#x}",
         total >> 8,
-        HEAP_SIZE >> 20
+        heap_size >> 20
     );
 
     match hv_settings.selftest {
