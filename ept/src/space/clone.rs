@@ -98,6 +98,15 @@ where
         // split, no allocation).
         let mut flush = crate::flush::Flush::none();
         for (range, flags, kind) in &areas {
+            if kind.is_window() {
+                // Shared windows stay shared: one more reference, rights unchanged.
+                for leaf in self.st.table.leaves_in(*range).collect::<Vec<Leaf>>() {
+                    self.st
+                        .book
+                        .share_leaf_with(leaf.hpa, leaf.size, &mut child.book);
+                }
+                continue;
+            }
             if !kind.is_ram() || flags.owner != 0 {
                 continue;
             }
@@ -120,6 +129,7 @@ where
         }
         self.st.finish(flush, false);
         child.replay = false;
+        child.zero.inherit_setting(&self.st.zero);
         Ok((set, child))
     }
 
@@ -152,6 +162,14 @@ where
                 match kind {
                     BackendKind::Linear { .. } => {
                         child.map_leaf(leaf.gpa, leaf.hpa, leaf.size, leaf.attr)?;
+                    }
+                    BackendKind::Window => {
+                        child.map_leaf(leaf.gpa, leaf.hpa, leaf.size, leaf.attr)?;
+                        if let Some((base, chunk)) = self.st.book.chunk_of(leaf.hpa)
+                            && shared_chunks.insert(base)
+                        {
+                            shared_frames += chunk.frames();
+                        }
                     }
                     BackendKind::Alloc { .. } if flags.owner != 0 => {
                         copy_leaf_private(child, leaf, copies)?;

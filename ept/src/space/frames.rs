@@ -47,11 +47,14 @@ impl Chunk {
         self.bytes() / PAGE_SIZE_4K
     }
 
-    /// Whether another address space still references the chunk.
+    /// Whether another holder (a space, a bundle) still references the chunk, or
+    /// this space maps its one 4 KiB frame at more than one address (the zero page).
     pub(crate) fn is_shared(&self) -> bool {
-        self.share
-            .as_ref()
-            .is_some_and(|s| Arc::strong_count(s) > 1)
+        (!self.big && self.live > 1)
+            || self
+                .share
+                .as_ref()
+                .is_some_and(|s| Arc::strong_count(s) > 1)
     }
 }
 
@@ -206,6 +209,59 @@ impl FrameBook {
                         share: Some(mark),
                     },
                 );
+            }
+        }
+    }
+
+    /// The reference on the chunk holding the frame at `hpa` (a 4 KiB frame gets a
+    /// chunk of its own first): its base, whether it is a 2 MiB block, and a new
+    /// holder of its share count. Whoever keeps the returned mark keeps the frame
+    /// alive: a later [`FrameBook::release`] of the last leaf no longer frees it.
+    pub(crate) fn pin(&mut self, hpa: HostPhysAddr) -> (HostPhysAddr, bool, Arc<ShareMark>) {
+        let (base, big) = match self.chunk_of(hpa) {
+            Some((base, c)) => (base, c.big),
+            None => {
+                self.chunks.insert(
+                    hpa,
+                    Chunk {
+                        big: false,
+                        live: 1,
+                        share: None,
+                    },
+                );
+                (hpa, false)
+            }
+        };
+        let mark = match self.chunks.get_mut(&base) {
+            Some(c) => c.share.get_or_insert_with(|| Arc::new(ShareMark)).clone(),
+            None => Arc::new(ShareMark),
+        };
+        (base, big, mark)
+    }
+
+    /// Records `pieces` 4 KiB pieces of the chunk at `base` (a 2 MiB block when
+    /// `big`) that this space now maps, holding them through `mark` (the chunk's
+    /// reference count). A chunk the space already holds just gains live pieces.
+    pub(crate) fn adopt(
+        &mut self,
+        base: HostPhysAddr,
+        big: bool,
+        pieces: usize,
+        mark: Arc<ShareMark>,
+    ) {
+        match self.chunks.get_mut(&base) {
+            Some(c) => {
+                c.live += pieces;
+                c.share.get_or_insert(mark);
+            }
+            None => {
+                let chunk = Chunk {
+                    big,
+                    live: pieces,
+                    share: Some(mark),
+                };
+                self.ram_frames += chunk.frames();
+                self.chunks.insert(base, chunk);
             }
         }
     }

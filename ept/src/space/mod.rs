@@ -117,6 +117,7 @@
 
 mod access;
 mod backend;
+mod balloon;
 mod bitmap;
 mod clone;
 pub mod dirty;
@@ -128,8 +129,10 @@ mod meter;
 mod pod;
 mod region;
 mod report;
+mod share;
 pub mod snapshot;
 mod state;
+mod zero;
 
 use alloc::sync::Arc;
 
@@ -151,6 +154,7 @@ pub use error::{OomReason, RangeProblem, SpaceError, TrackingProblem};
 pub use fault::FaultOutcome;
 pub use pod::Pod;
 pub use region::{OwnedRegion, ViewError};
+pub use share::{BundleProblem, FrameBundle};
 pub use report::{AreaInfo, AreaKind, SpaceReport, SpaceStats};
 pub use snapshot::{RestoreStats, Snapshot};
 
