@@ -130,7 +130,8 @@ fn a_move_to_an_unaligned_address_maps_4k_leaves_of_the_same_frames() {
 fn take_cutting_a_huge_leaf_shares_the_block_until_both_let_go() {
     let arena = HeapArena::new(4096);
     let mut a = space(&arena, 2048);
-    a.map_alloc(g(0x20_0000), 2 * MIB, Access::RW, true).unwrap();
+    a.map_alloc(g(0x20_0000), 2 * MIB, Access::RW, true)
+        .unwrap();
     a.write_obj(g(0x20_0000), &1u64).unwrap();
     a.write_obj(g(0x30_0000), &2u64).unwrap();
     let bundle = a.take(g(0x30_0000), MIB).unwrap();
@@ -159,16 +160,18 @@ fn take_errors_change_nothing() {
         MemType::Uncacheable,
     )
     .unwrap();
-    let region = a.alloc_region(Some(g(0x200_0000)), 0x1000, Access::RW).unwrap();
+    let region = a
+        .alloc_region(Some(g(0x200_0000)), 0x1000, Access::RW)
+        .unwrap();
     a.write_obj(g(0x1000), &5u64).unwrap();
     let before = (state(&a), arena.in_use());
     let cases = [
         (0x1001, 0x1000),
-        (0x0, 0x20_0000),         // runs past the area: a hole
-        (0x100_0000, 0x1000),     // linear window
-        (0x200_0000, 0x1000),     // owned region
-        (0x4000_0000, 0x1000),    // outside the window
-        (0x0, 0),                 // empty
+        (0x0, 0x20_0000),      // runs past the area: a hole
+        (0x100_0000, 0x1000),  // linear window
+        (0x200_0000, 0x1000),  // owned region
+        (0x4000_0000, 0x1000), // outside the window
+        (0x0, 0),              // empty
     ];
     for (at, size) in cases {
         let e = a.take(g(at), size).unwrap_err();
@@ -195,7 +198,8 @@ fn take_errors_change_nothing() {
 fn take_needing_a_split_without_frames_changes_nothing() {
     let arena = HeapArena::new(4096);
     let mut a = space(&arena, 2048);
-    a.map_alloc(g(0x20_0000), 2 * MIB, Access::RW, true).unwrap();
+    a.map_alloc(g(0x20_0000), 2 * MIB, Access::RW, true)
+        .unwrap();
     let before = (state(&a), arena.in_use());
     arena.fail_after(0);
     let e = a.take(g(0x21_0000), 0x1000).unwrap_err();
@@ -273,7 +277,11 @@ fn a_dropped_bundle_frees_its_frames_and_holes_read_as_zeros() {
     let bundle = a.take(g(0x8000), 0x4000).unwrap();
     assert_eq!(bundle.pages_held(), 0);
     a.map_bundle(g(0x40_0000), bundle, Access::RW).unwrap();
-    assert_eq!(a.read_obj::<u64>(g(0x40_1000)).unwrap(), 0, "a hole reads as zeros");
+    assert_eq!(
+        a.read_obj::<u64>(g(0x40_1000)).unwrap(),
+        0,
+        "a hole reads as zeros"
+    );
     drop(a);
     assert_eq!(arena.in_use(), 0);
 }
@@ -283,17 +291,31 @@ fn shared_windows_share_frames_with_per_space_rights() {
     let arena = HeapArena::new(4096);
     let mut producer = space(&arena, 2048);
     let mut consumer = space(&arena, 2048);
-    producer.map_alloc(g(0x40_0000), 0x2000, Access::RW, true).unwrap();
+    producer
+        .map_alloc(g(0x40_0000), 0x2000, Access::RW, true)
+        .unwrap();
     let mut window = producer.take(g(0x40_0000), 0x2000).unwrap();
     assert!(window.is_complete());
-    producer.map_window(g(0x40_0000), &mut window, Access::RW).unwrap();
-    consumer.map_window(g(0x80_0000), &mut window, Access::READ).unwrap();
+    producer
+        .map_window(g(0x40_0000), &mut window, Access::RW)
+        .unwrap();
+    consumer
+        .map_window(g(0x80_0000), &mut window, Access::READ)
+        .unwrap();
     guest_store(&mut producer, &arena, 0x40_1008, 42).unwrap();
-    assert_eq!(guest_load(&consumer, &arena, 0x80_1008), Some(42), "no copy");
+    assert_eq!(
+        guest_load(&consumer, &arena, 0x80_1008),
+        Some(42),
+        "no copy"
+    );
     assert_eq!(producer.stats().cow_copies, 0);
     let e = guest_store(&mut consumer, &arena, 0x80_1008, 1).unwrap_err();
     assert!(matches!(e, SpaceError::PermissionDenied { .. }), "{e}");
-    assert_eq!(consumer.stats().ram_frames, 2, "a window counts in every sharer");
+    assert_eq!(
+        consumer.stats().ram_frames,
+        2,
+        "a window counts in every sharer"
+    );
     assert_eq!(consumer.stats().shared_frames, 2);
     // Hypervisor reads and writes, balloon and take do not apply to windows.
     assert!(matches!(
@@ -399,6 +421,15 @@ fn window_errors_change_nothing() {
         Err(SpaceError::BadAccess { .. })
     ));
     assert_eq!((state(&a), arena.in_use()), before);
+    // A window cannot be moved into RAM: its writers would change copy-on-write pages.
+    a.map_window(g(0x90_0000), &mut w, Access::RW).unwrap();
+    let (w, e) = a.map_bundle(g(0xa0_0000), w, Access::RW).unwrap_err();
+    assert_eq!(
+        e,
+        SpaceError::Bundle {
+            problem: BundleProblem::IsWindow
+        }
+    );
     drop((a, clone, tiny, holey, w));
     assert_eq!(arena.in_use(), 0);
 }
@@ -420,7 +451,11 @@ fn discard_frees_at_once_and_the_area_refaults_zeros() {
         a.handle_fault(fault(0x20_0000, Access::WRITE)).unwrap(),
         FaultOutcome::Populated { .. }
     ));
-    assert_eq!(guest_load(&a, &arena, 0x20_0000), Some(0), "zeros on re-touch");
+    assert_eq!(
+        guest_load(&a, &arena, 0x20_0000),
+        Some(0),
+        "zeros on re-touch"
+    );
     // Discarding part of a 2 MiB leaf splits it; the block goes with its last page.
     a.write_obj(g(0x60_0000), &6u64).unwrap();
     assert_eq!(a.discard(g(0x60_1000), 0x1000).unwrap(), 0);
@@ -436,7 +471,10 @@ fn discard_gives_the_quota_room_again() {
     let mut a = sp(&arena, caps_4k_only(), 40);
     a.map_alloc(g(0), MIB, Access::RW, false).unwrap();
     let mut touched = 0;
-    while a.handle_fault(fault(touched * PAGE_SIZE_4K, Access::WRITE)).is_ok() {
+    while a
+        .handle_fault(fault(touched * PAGE_SIZE_4K, Access::WRITE))
+        .is_ok()
+    {
         touched += 1;
     }
     assert!(touched > 20);
@@ -454,7 +492,8 @@ fn discard_gives_the_quota_room_again() {
 fn discard_errors_change_nothing() {
     let arena = HeapArena::new(4096);
     let mut a = space(&arena, 2048);
-    a.map_alloc(g(0x20_0000), 2 * MIB, Access::RW, true).unwrap();
+    a.map_alloc(g(0x20_0000), 2 * MIB, Access::RW, true)
+        .unwrap();
     a.map_linear(
         g(0x100_0000),
         HostPhysAddr::new(0x40_0000_0000),
@@ -463,7 +502,9 @@ fn discard_errors_change_nothing() {
         MemType::Uncacheable,
     )
     .unwrap();
-    let region = a.alloc_region(Some(g(0x200_0000)), 0x1000, Access::RW).unwrap();
+    let region = a
+        .alloc_region(Some(g(0x200_0000)), 0x1000, Access::RW)
+        .unwrap();
     let before = (state(&a), arena.in_use());
     for (at, size) in [
         (0x20_0800usize, 0x1000usize),
@@ -506,7 +547,8 @@ fn the_zero_page_serves_reads_and_writes_copy() {
     let arena = HeapArena::new(4096);
     let mut a = sp(&arena, Stage2Caps::all(), 2048);
     a.set_zero_page(true);
-    a.map_alloc(g(0x20_0000), 4 * MIB, Access::RWX, false).unwrap();
+    a.map_alloc(g(0x20_0000), 4 * MIB, Access::RWX, false)
+        .unwrap();
     for p in 0..100 {
         a.handle_fault(fault(0x20_0000 + p * PAGE_SIZE_4K, Access::READ))
             .unwrap();
@@ -528,7 +570,13 @@ fn the_zero_page_serves_reads_and_writes_copy() {
     assert!(z.iter().all(|&b| b == 0), "the zero page stays zero");
     // Protect cannot make it writable; write() copies it too.
     a.protect(g(0x20_0000), 4 * MIB, Access::RW).unwrap();
-    assert!(!a.translate(g(0x20_7000)).unwrap().attr.access.contains(Access::WRITE));
+    assert!(
+        !a.translate(g(0x20_7000))
+            .unwrap()
+            .attr
+            .access
+            .contains(Access::WRITE)
+    );
     a.write_obj(g(0x20_7000), &1u64).unwrap();
     // Writes and instruction fetches allocate as before.
     assert!(matches!(
@@ -540,9 +588,7 @@ fn the_zero_page_serves_reads_and_writes_copy() {
     // A clone shares the zero leaves and reads zeros with a page of its own.
     let mut child = a.try_clone().unwrap();
     assert_eq!(child.translate(g(0x20_9000)).unwrap().hpa, zero);
-    child
-        .handle_fault(fault(0x50_0000, Access::READ))
-        .unwrap();
+    child.handle_fault(fault(0x50_0000, Access::READ)).unwrap();
     assert_ne!(child.zero_page(), Some(zero));
     drop(a);
     assert_eq!(guest_load(&child, &arena, 0x20_9000), Some(0));
@@ -580,12 +626,17 @@ fn zero_leaves_are_holes_when_taken_and_go_with_a_discard() {
     a.set_zero_page(true);
     a.map_alloc(g(0), MIB, Access::RW, false).unwrap();
     for p in 0..4 {
-        a.handle_fault(fault(p * PAGE_SIZE_4K, Access::READ)).unwrap();
+        a.handle_fault(fault(p * PAGE_SIZE_4K, Access::READ))
+            .unwrap();
     }
     a.write_obj(g(0x1000), &3u64).unwrap();
     let b = a.take(g(0), 0x2000).unwrap();
     assert_eq!(b.pages_held(), 1, "the zero page is not taken");
-    assert_eq!(a.discard(g(0x2000), 0x2000).unwrap(), 0, "the zero page stays");
+    assert_eq!(
+        a.discard(g(0x2000), 0x2000).unwrap(),
+        0,
+        "the zero page stays"
+    );
     assert!(a.translate(g(0x2000)).is_none());
     drop((a, b));
     assert_eq!(arena.in_use(), 0);
@@ -596,7 +647,8 @@ fn a_2m_aligned_window_keeps_2m_leaves() {
     let arena = HeapArena::new(4096);
     let mut a = space(&arena, 2048);
     let mut b = space(&arena, 2048);
-    a.map_alloc(g(0x20_0000), 2 * MIB, Access::RW, true).unwrap();
+    a.map_alloc(g(0x20_0000), 2 * MIB, Access::RW, true)
+        .unwrap();
     let mut w = a.take(g(0x20_0000), 2 * MIB).unwrap();
     a.map_window(g(0x20_0000), &mut w, Access::RW).unwrap();
     b.map_window(g(0x40_0000), &mut w, Access::READ).unwrap();

@@ -154,8 +154,8 @@ pub use error::{OomReason, RangeProblem, SpaceError, TrackingProblem};
 pub use fault::FaultOutcome;
 pub use pod::Pod;
 pub use region::{OwnedRegion, ViewError};
-pub use share::{BundleProblem, FrameBundle};
 pub use report::{AreaInfo, AreaKind, SpaceReport, SpaceStats};
+pub use share::{BundleProblem, FrameBundle};
 pub use snapshot::{RestoreStats, Snapshot};
 
 /// How the hypervisor invalidates cached stage-2 translations of one address space

@@ -26,8 +26,9 @@
 //! whose pages are the bundle's frames (holes fault in as zeros). Pieces land as 2
 //! MiB leaves where the new address keeps them 2 MiB aligned, else as 4 KiB leaves.
 //! A frame no one else references becomes private (writable at once); a frame still
-//! shared (with a clone of the old owner, say) stays copy-on-write. On error the
-//! bundle comes back untouched with the reason.
+//! shared (with a clone of the old owner, say) stays copy-on-write. A bundle that
+//! was mapped as a window cannot be moved (its writers would change pages under
+//! copy-on-write readers). On error the bundle comes back untouched with the reason.
 //!
 //! # Shared windows ([`AddressSpace::map_window`])
 //! Maps a complete bundle (no holes) into a space as a *window* area: every space
@@ -82,6 +83,9 @@ pub enum BundleProblem {
         /// Byte offset in the bundle.
         offset: usize,
     },
+    /// The bundle is a shared window: spaces write its frames, so it cannot become
+    /// copy-on-write RAM anywhere ([`AddressSpace::map_bundle`]).
+    IsWindow,
 }
 
 impl fmt::Display for BundleProblem {
@@ -92,6 +96,7 @@ impl fmt::Display for BundleProblem {
                 f,
                 "the frame at offset {offset:#x} is shared copy-on-write with another space"
             ),
+            Self::IsWindow => f.write_str("the bundle is a shared window; map it as one"),
         }
     }
 }
@@ -235,7 +240,8 @@ where
     /// Maps `bundle` at `gpa` as a new on-demand RAM area with `access`, moving its
     /// frames into this space (see the [module docs](self)).
     ///
-    /// Errors give the bundle back and change nothing: bad range or rights,
+    /// Errors give the bundle back and change nothing: [`BundleProblem::IsWindow`]
+    /// (writers of a window would change the pages under copy-on-write), bad range or rights,
     /// [`SpaceError::AlreadyMapped`], out of memory (the frames and tables over the
     /// quota, or no host frame for a table).
     pub fn map_bundle(
@@ -244,6 +250,10 @@ where
         bundle: FrameBundle<A>,
         access: Access,
     ) -> Result<(), (FrameBundle<A>, SpaceError)> {
+        if bundle.window {
+            let problem = BundleProblem::IsWindow;
+            return Err((bundle, SpaceError::Bundle { problem }));
+        }
         let mut inner = self.inner.lock();
         let kind = BackendKind::Alloc { populate: false };
         let mapped = inner.map_pieces(gpa, &bundle, access, kind);
@@ -299,7 +309,10 @@ where
     A: FrameAlloc + Clone,
     I: Invalidate,
 {
-    fn take_range(&mut self, range: AddrRange<GuestPhysAddr>) -> Result<FrameBundle<A>, SpaceError> {
+    fn take_range(
+        &mut self,
+        range: AddrRange<GuestPhysAddr>,
+    ) -> Result<FrameBundle<A>, SpaceError> {
         self.check_plain_ram(range)?;
         // Split first (the only step that may need frames), so leaves lie inside.
         self.split_ends(range)?;
@@ -336,26 +349,34 @@ where
             }
             return Err(e);
         }
-        self.protect_cut_blocks(range);
+        self.protect_cut_blocks(&bundle);
         Ok(bundle)
     }
 
-    /// Write-protects the leaves left in this space of a 2 MiB block that the ends
-    /// of `range` cut: the bundle holds the block too, so they are copy-on-write.
-    fn protect_cut_blocks(&mut self, range: AddrRange<GuestPhysAddr>) {
-        let start = range.start().align_down(PAGE_SIZE_2M);
-        let end = range
-            .end()
-            .map_or(usize::MAX, |e| e.as_usize().saturating_add(PAGE_SIZE_2M - 1) & !(PAGE_SIZE_2M - 1));
-        let Some(around) = AddrRange::from_start_size(start, end.wrapping_sub(start.as_usize()))
-        else {
+    /// Write-protects the leaves this space still maps of the 2 MiB blocks the
+    /// bundle took pieces of (an end of the range cut them): the bundle holds those
+    /// blocks too, so their other pages are copy-on-write now.
+    fn protect_cut_blocks(&mut self, bundle: &FrameBundle<A>) {
+        let blocks: Vec<HostPhysAddr> = bundle
+            .pieces
+            .iter()
+            .filter(|p| p.big && self.st.book.chunk_of(p.base).is_some())
+            .map(|p| p.base)
+            .collect();
+        if blocks.is_empty() {
             return;
-        };
+        }
         let shared: Vec<_> = self
             .st
             .table
-            .leaves_in(around)
-            .filter(|l| l.attr.access.contains(Access::WRITE) && self.st.book.is_shared(l.hpa))
+            .leaves()
+            .filter(|l| l.attr.access.contains(Access::WRITE))
+            .filter(|l| {
+                self.st
+                    .book
+                    .chunk_of(l.hpa)
+                    .is_some_and(|(base, _)| blocks.contains(&base))
+            })
             .collect();
         let mut flush = crate::flush::Flush::none();
         for leaf in shared {
@@ -382,12 +403,24 @@ where
         let range = self.check_range(gpa, bundle.size)?;
         let attr = LeafAttr::ram(access);
         self.st.check_attr(attr)?;
+        if let Some(a) = self.set.iter_overlapping(range).next() {
+            return Err(SpaceError::AlreadyMapped {
+                gpa: a.start().max(range.start()),
+            });
+        }
         // The frames this space does not hold yet must fit the quota now; the tables
         // are metered as they are built.
         let mut bases: Vec<(HostPhysAddr, usize)> = Vec::new();
         for p in &bundle.pieces {
             if self.st.book.chunk_of(p.base).is_none() && !bases.iter().any(|(b, _)| *b == p.base) {
-                bases.push((p.base, if p.big { PAGE_SIZE_2M / PAGE_SIZE_4K } else { 1 }));
+                bases.push((
+                    p.base,
+                    if p.big {
+                        PAGE_SIZE_2M / PAGE_SIZE_4K
+                    } else {
+                        1
+                    },
+                ));
             }
         }
         let new_frames: usize = bases.iter().map(|(_, n)| n).sum();
@@ -451,7 +484,9 @@ where
                     let page = GuestPhysAddr::new(at.as_usize() + i * PAGE_SIZE_4K);
                     if self.st.table.translate(page).is_none() {
                         let hpa = HostPhysAddr::new(p.hpa.as_usize() + i * PAGE_SIZE_4K);
-                        self.st.book.release(hpa, LeafSize::Size4K, &mut self.st.alloc);
+                        self.st
+                            .book
+                            .release(hpa, LeafSize::Size4K, &mut self.st.alloc);
                     }
                 }
             }

@@ -951,6 +951,9 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Drop
 {
     fn drop(&mut self) {
         let Self { set, st, .. } = self;
-        st.teardown(|gpa| set.find(gpa).is_some_and(|a| a.backend().kind.owns_frames()));
+        st.teardown(|gpa| {
+            set.find(gpa)
+                .is_some_and(|a| a.backend().kind.owns_frames())
+        });
     }
 }

@@ -31,11 +31,11 @@ use alloc::sync::Arc;
 
 use memory_set::{GuestPhysAddr, HostPhysAddr, MemoryAddr, PAGE_SIZE_4K};
 
+#[cfg(doc)]
+use super::SpaceStats;
 use super::frames::ShareMark;
 use super::state::State;
 use super::{AddressSpace, Invalidate};
-#[cfg(doc)]
-use super::SpaceStats;
 use crate::format::{Access, LeafAttr, Stage2Format};
 use crate::frame::{FrameAlloc, PhysMapper, zero_frame};
 use crate::size::LeafSize;
@@ -89,13 +89,20 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
         if !self.zero.enabled || access != Access::READ {
             return None;
         }
+        let fresh = self.zero.page.is_none();
         let hpa = self.zero_frame()?;
         let ro = LeafAttr {
             access: attr.access.difference(Access::WRITE),
             ..attr
         };
         let page = gpa.align_down(PAGE_SIZE_4K);
-        self.map_leaf(page, hpa, LeafSize::Size4K, ro).ok()?;
+        if self.map_leaf(page, hpa, LeafSize::Size4K, ro).is_err() {
+            if fresh {
+                // Taken for this fault alone: give it back, nothing changed.
+                self.drop_zero_page();
+            }
+            return None;
+        }
         let (_, mark) = self.zero.page.as_ref()?;
         let mark = mark.clone();
         self.book.adopt(hpa, false, 1, mark);
