@@ -8,7 +8,7 @@
 //! the spread (interquartile range over median) and the ratios; then one `BENCH` line per
 //! measurement. Arguments: `--quick` (fewer rounds, well under a minute), `--wall`
 //! (wall-clock instead of thread CPU time), `--rounds N`,
-//! `--only ours|floor|<anchor name>` (run one contender, for profiling) and workload names (`W1` .. `W5`) to run only those.
+//! `--only ours|floor|<anchor name>` (run one contender, for profiling) and workload names (`W1` .. `W7`) to run only those.
 
 mod anchors;
 mod arena;
@@ -20,6 +20,8 @@ mod w1;
 mod w3;
 mod w4;
 mod w5;
+mod w6;
+mod w7;
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -75,6 +77,8 @@ fn unit(id: &str) -> &'static str {
         .or_else(|| w3::unit(id))
         .or_else(|| w4::unit(id))
         .or_else(|| w5::unit(id))
+        .or_else(|| w6::unit(id))
+        .or_else(|| w7::unit(id))
         .unwrap_or("op")
 }
 
@@ -83,7 +87,7 @@ fn main() -> ExitCode {
         Ok(o) => o,
         Err(e) => {
             eprintln!(
-                "bench: {e}\nusage: bench [--quick] [--wall] [--rounds N] [--only ours|floor|<anchor>] [W1 .. W5]"
+                "bench: {e}\nusage: bench [--quick] [--wall] [--rounds N] [--only ours|floor|<anchor>] [W1 .. W7]"
             );
             return ExitCode::from(2);
         }
@@ -95,6 +99,12 @@ fn main() -> ExitCode {
     let table_arena = Arena::new(4);
     let fault_arena = opts.runs("W4").then(|| Arena::new(w4::ARENA_BLOCKS));
     let fault_order = rng::permutation(w1::PAGES, 0xfa17);
+    let mut w6_guests = if opts.runs("W6") {
+        w6::guests()
+    } else {
+        Vec::new()
+    };
+    let mut w7_setup = opts.runs("W7").then(w7::Setup::new);
     let mut rec = Recorder::new();
     rec.only = opts.only_contender.clone();
     rec.use_clock(opts.clock);
@@ -113,6 +123,12 @@ fn main() -> ExitCode {
         if opts.runs("W5") {
             w5::round(&mut rec, &table_arena, round);
         }
+        for (guest, ks) in &mut w6_guests {
+            guest.round(&mut rec, ks, round);
+        }
+        if let Some(setup) = &mut w7_setup {
+            setup.round(&mut rec, round);
+        }
         if let Some(arena) = &fault_arena {
             for mode in [w4::Mode::Small, w4::Mode::Huge] {
                 w4::round(&mut rec, arena, mode, &fault_order, round);
@@ -128,7 +144,7 @@ fn main() -> ExitCode {
         overhead,
         started.elapsed().as_secs_f64()
     );
-    let missed = report::print(&rec, &unit);
+    let missed = report::print(&rec, &unit) + w6::summary(&rec, &w6_guests);
     println!("bench: {missed} target(s) missed");
     ExitCode::SUCCESS
 }

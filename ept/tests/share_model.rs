@@ -64,6 +64,8 @@ struct PageModel {
 /// The reference for one space.
 #[derive(Clone, Debug, Default)]
 struct SpaceModel {
+    /// Which family (a root space and its clones) the space belongs to.
+    family: usize,
     pages: BTreeMap<usize, PageModel>,
     /// Non-zero bytes of RAM pages.
     bytes: BTreeMap<usize, u8>,
@@ -302,6 +304,24 @@ impl World {
         } else {
             prop_assert!(self.arena.in_use() >= tables + distinct.len());
         }
+        // Every host frame is charged to exactly one family (a bundle's to the family
+        // it came from until it moves): with both families alive, their counts add
+        // up to the arena exactly.
+        let mut families: BTreeMap<usize, usize> = BTreeMap::new();
+        for (s, m) in &self.spaces {
+            let held = s.stats().family_frames;
+            prop_assert!(held <= self.arena.capacity(), "family count underflow");
+            if let Some(&h) = families.get(&m.family) {
+                prop_assert_eq!(h, held, "one count per family");
+            }
+            families.insert(m.family, held);
+        }
+        let total: usize = families.values().sum();
+        if families.len() == 2 {
+            prop_assert_eq!(total, self.arena.in_use(), "family counts vs arena");
+        } else {
+            prop_assert!(total <= self.arena.in_use());
+        }
         Ok(())
     }
 
@@ -387,21 +407,29 @@ fn run(steps: Vec<Step>, huge: bool, quota: usize) -> Result<(), TestCaseError> 
     } else {
         caps_4k_only()
     };
-    let mut first: Space = new_space(&arena, PAGES * PAGE_SIZE_4K, caps, Inv, quota);
-    first.set_zero_page(true);
-    first.map_alloc(g(0), 0x20_0000, Access::RW, false).unwrap();
-    first
-        .map_alloc(g(0x20_0000), 0x10_0000, Access::READ, false)
-        .unwrap();
-    let mut model = SpaceModel::default();
-    for p in 0..768 {
-        let access = if p < 512 { Access::RW } else { Access::READ };
-        let kind = Kind::Ram;
-        model.pages.insert(p, PageModel { kind, access });
+    // Two families (two root spaces; clones join their parent's), so frames move
+    // and are shared between families as well as within one.
+    let mut roots = Vec::new();
+    for family in 0..2 {
+        let mut root: Space = new_space(&arena, PAGES * PAGE_SIZE_4K, caps, Inv, quota);
+        root.set_zero_page(true);
+        root.map_alloc(g(0), 0x20_0000, Access::RW, false).unwrap();
+        root.map_alloc(g(0x20_0000), 0x10_0000, Access::READ, false)
+            .unwrap();
+        let mut model = SpaceModel {
+            family,
+            ..SpaceModel::default()
+        };
+        for p in 0..768 {
+            let access = if p < 512 { Access::RW } else { Access::READ };
+            let kind = Kind::Ram;
+            model.pages.insert(p, PageModel { kind, access });
+        }
+        roots.push((root, model));
     }
     let mut w = World {
         arena: arena.clone(),
-        spaces: vec![(first, model)],
+        spaces: roots,
         bundles: Vec::new(),
         contents: Vec::new(),
     };

@@ -50,6 +50,8 @@ enum Kind {
 struct PageModel {
     kind: Kind,
     access: Access,
+    /// The rights the page was mapped with: protect may never go above them.
+    ceiling: Access,
 }
 
 /// The reference for one space: what each page is, and every non-zero byte.
@@ -291,7 +293,7 @@ fn check_frames(
     let mut tables = 0;
     for (s, m) in spaces {
         let st = s.stats();
-        prop_assert!(st.frames() <= st.quota_frames, "over quota");
+        prop_assert!(st.family_frames <= st.quota_frames, "over quota");
         tables += st.table_frames;
         let mut own = 0;
         for (&page, p) in &m.pages {
@@ -317,7 +319,10 @@ fn check_frames(
 }
 
 fn is_oom(e: &SpaceError) -> bool {
-    matches!(e, SpaceError::OutOfMemory { .. })
+    matches!(
+        e,
+        SpaceError::OutOfMemory { .. } | SpaceError::OutOfMetadata { .. }
+    )
 }
 
 fn category(e: &SpaceError) -> &'static str {
@@ -328,6 +333,7 @@ fn category(e: &SpaceError) -> &'static str {
         SpaceError::AlreadyMapped { .. } => "overlap",
         SpaceError::InvalidRange { .. } => "range",
         SpaceError::OutOfMemory { .. } => "oom",
+        SpaceError::RightsExceeded { .. } => "ceiling",
         _ => "other",
     }
 }
@@ -353,6 +359,7 @@ fn run(steps: Vec<Step>, huge: bool, quota: usize) -> Result<(), TestCaseError> 
             PageModel {
                 kind: Kind::Ram,
                 access,
+                ceiling: access,
             },
         );
     }
@@ -394,6 +401,7 @@ fn run(steps: Vec<Step>, huge: bool, quota: usize) -> Result<(), TestCaseError> 
                                 PageModel {
                                     kind: Kind::Ram,
                                     access,
+                                    ceiling: access,
                                 },
                             );
                         }
@@ -427,7 +435,14 @@ fn run(steps: Vec<Step>, huge: bool, quota: usize) -> Result<(), TestCaseError> 
                             let kind = Kind::Linear {
                                 host_page: host_page + i,
                             };
-                            m.pages.insert(p, PageModel { kind, access });
+                            m.pages.insert(
+                                p,
+                                PageModel {
+                                    kind,
+                                    access,
+                                    ceiling: access,
+                                },
+                            );
                         }
                     }
                     Err(e) if page + pages > PAGES => prop_assert_eq!(category(e), "range"),
@@ -459,6 +474,9 @@ fn run(steps: Vec<Step>, huge: bool, quota: usize) -> Result<(), TestCaseError> 
             } => {
                 let access = ACCESSES[access];
                 let r = s.protect(g(page * PAGE_SIZE_4K), pages * PAGE_SIZE_4K, access);
+                let above = (page..page + pages)
+                    .filter_map(|p| m.pages.get(&p))
+                    .any(|pm| !pm.ceiling.contains(access));
                 match &r {
                     Ok(()) => {
                         for p in page..page + pages {
@@ -468,8 +486,10 @@ fn run(steps: Vec<Step>, huge: bool, quota: usize) -> Result<(), TestCaseError> 
                         }
                     }
                     Err(e) if page + pages > PAGES => prop_assert_eq!(category(e), "range"),
+                    Err(e) if above => prop_assert_eq!(category(e), "ceiling"),
                     Err(e) => prop_assert!(is_oom(e), "{e}"),
                 }
+                prop_assert!(r.is_err() || !above, "protect above the ceiling succeeded");
                 touched.extend(page.saturating_sub(1)..(page + pages + 1).min(PAGES));
                 r
             }
@@ -624,7 +644,7 @@ fn run(steps: Vec<Step>, huge: bool, quota: usize) -> Result<(), TestCaseError> 
                             SpaceError::OutOfMemory {
                                 reason: OomReason::Quota { .. },
                                 ..
-                            }
+                            } | SpaceError::OutOfMetadata { .. }
                         )
                         || arena.free_frames() < 1024,
                     "spurious out of memory: {e}"

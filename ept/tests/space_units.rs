@@ -758,12 +758,15 @@ fn clone_is_transactional() {
         drop(a);
         assert_eq!(arena.in_use(), 0);
     }
-    // Quota of the clone.
-    let (mut a, arena, _) = space(8192, 8192);
+    // The clone's tables come out of the family's quota: with 16 populated frames
+    // and 4 tables held, a quota of 22 leaves 2 frames, fewer than the clone's 4
+    // tables; the parent is untouched.
+    let (mut a, arena, _) = space(8192, 22);
     a.map_alloc(g(0), 0x10000, Access::RW, true).unwrap();
+    assert_eq!(a.stats().frames(), 20);
     let before = snapshot(&a, &arena);
     assert!(matches!(
-        a.try_clone_with(Inv::default(), 10),
+        a.try_clone_with(Inv::default()),
         Err(SpaceError::OutOfMemory {
             reason: OomReason::Quota { .. },
             ..
@@ -799,15 +802,15 @@ fn owned_region_lifecycle() {
         Err(SpaceError::Owned { gpa: r.start() })
     );
     // Views.
-    *r.as_type_mut::<u32>(0x1000).unwrap() = 0xfeed;
-    r.as_slice_mut::<u16>(0x2000, 4)
-        .unwrap()
-        .copy_from_slice(&[1, 2, 3, 4]);
-    assert_eq!(*r.as_type::<u32>(0x1000).unwrap(), 0xfeed);
-    assert_eq!(r.as_slice::<u16>(0x2000, 4).unwrap(), &[1, 2, 3, 4]);
-    assert!(r.as_slice::<u64>(0, 0).unwrap().is_empty());
+    r.write_type::<u32>(0x1000, 0xfeed).unwrap();
+    r.write_slice::<u16>(0x2000, &[1, 2, 3, 4]).unwrap();
+    assert_eq!(r.read_type::<u32>(0x1000).unwrap(), 0xfeed);
+    let mut four = [0u16; 4];
+    r.read_slice(0x2000, &mut four).unwrap();
+    assert_eq!(four, [1, 2, 3, 4]);
+    r.read_slice::<u64>(0, &mut []).unwrap();
     assert_eq!(
-        r.as_type::<u64>(0x3000).unwrap_err(),
+        r.read_type::<u64>(0x3000).unwrap_err(),
         ViewError::OutOfBounds {
             offset: 0x3000,
             len: 8,
@@ -815,23 +818,26 @@ fn owned_region_lifecycle() {
         }
     );
     assert_eq!(
-        r.as_type::<u64>(0xffc).unwrap_err(),
+        r.read_type::<u64>(0xffc).unwrap_err(),
         ViewError::CrossesPage {
             offset: 0xffc,
             len: 8
         }
     );
     assert!(matches!(
-        r.as_type::<u64>(0x1001).unwrap_err(),
+        r.read_type::<u64>(0x1001).unwrap_err(),
         ViewError::Misaligned { align: 8, .. }
     ));
     assert!(matches!(
-        r.as_slice::<u8>(0, usize::MAX).unwrap_err(),
+        r.read_slice(0x10, &mut [0u64; 0x1000]).unwrap_err(),
         ViewError::OutOfBounds { .. }
     ));
     // Remap read-only: mutable views are refused.
     r.remap(Access::READ).unwrap();
-    assert_eq!(r.as_type_mut::<u32>(0).unwrap_err(), ViewError::NotWritable);
+    assert_eq!(
+        r.write_type::<u32>(0, 0).unwrap_err(),
+        ViewError::NotWritable
+    );
     assert!(
         !s.translate(r.start())
             .unwrap()
@@ -839,13 +845,13 @@ fn owned_region_lifecycle() {
             .access
             .contains(Access::WRITE)
     );
-    assert_eq!(*r.as_type::<u32>(0x1000).unwrap(), 0xfeed);
+    assert_eq!(r.read_type::<u32>(0x1000).unwrap(), 0xfeed);
     // Deep copy with new rights.
     let mut c = r.deep_copy(Some(Access::RW)).unwrap();
     assert_ne!(c.start(), r.start());
-    assert_eq!(*c.as_type::<u32>(0x1000).unwrap(), 0xfeed);
-    *c.as_type_mut::<u32>(0x1000).unwrap() = 1;
-    assert_eq!(*r.as_type::<u32>(0x1000).unwrap(), 0xfeed);
+    assert_eq!(c.read_type::<u32>(0x1000).unwrap(), 0xfeed);
+    c.write_type::<u32>(0x1000, 1).unwrap();
+    assert_eq!(r.read_type::<u32>(0x1000).unwrap(), 0xfeed);
     let frames_with_copy = s.stats().ram_frames;
     drop(c);
     assert_eq!(s.stats().ram_frames, frames_with_copy - 3);
@@ -883,7 +889,7 @@ fn owned_region_split_and_merge() {
     assert_eq!(right.start(), g(2 * MIB + 0x5000));
     assert_eq!(s.translate(g(2 * MIB)).unwrap().size, LeafSize::Size4K);
     assert_eq!(s.areas().len(), 2);
-    *right.as_type_mut::<u64>(0).unwrap() = 99;
+    right.write_type::<u64>(0, 99).unwrap();
     // Merge fails for different rights or non-adjacent regions, returning the other.
     right.remap(Access::READ).unwrap();
     let right = left.merge(right).unwrap_err();
@@ -898,7 +904,7 @@ fn owned_region_split_and_merge() {
     right.merge(left).unwrap();
     assert_eq!(right.start(), g(2 * MIB));
     assert_eq!(right.size(), 2 * MIB);
-    assert_eq!(*right.as_type::<u64>(0x5000).unwrap(), 99);
+    assert_eq!(right.read_type::<u64>(0x5000).unwrap(), 99);
     // The merged region owns both parts: dropping it frees the whole block.
     drop(right);
     drop(far);
@@ -938,7 +944,7 @@ fn regions_of_other_spaces_do_not_merge() {
 fn clone_copies_owned_regions_privately() {
     let (mut a, arena, _) = space(8192, 8192);
     let mut r = a.alloc_region(Some(g(0)), 0x2000, Access::RW).unwrap();
-    *r.as_type_mut::<u32>(0).unwrap() = 3;
+    r.write_type::<u32>(0, 3).unwrap();
     let mut b = a.try_clone().unwrap();
     assert_eq!(b.read_obj::<u32>(g(0)).unwrap(), 3);
     assert_ne!(
@@ -947,7 +953,7 @@ fn clone_copies_owned_regions_privately() {
     );
     // In the clone it is plain RAM.
     b.write_obj(g(0), &4u32).unwrap();
-    assert_eq!(*r.as_type::<u32>(0).unwrap(), 3);
+    assert_eq!(r.read_type::<u32>(0).unwrap(), 3);
     assert!(
         a.translate(g(0))
             .unwrap()
@@ -1006,7 +1012,7 @@ fn region_outlives_space_handle() {
     let (mut s, arena, _) = space(4096, 4096);
     let mut r = s.alloc_region(None, 0x1000, Access::RW).unwrap();
     drop(s);
-    *r.as_type_mut::<u8>(0).unwrap() = 1;
+    r.write_type::<u8>(0, 1).unwrap();
     assert!(arena.in_use() > 0);
     drop(r);
     assert_eq!(arena.in_use(), 0);

@@ -11,6 +11,7 @@
 
 use core::fmt;
 
+pub use guest_rt::cpu;
 pub use guest_rt::{
     NoHeap, call_at, hypercall, invalid_opcode, port_write, read_u64, write_u64,
     yield_keeps_registers,
@@ -95,6 +96,25 @@ pub fn protect(gpa: u64, size: u64, rights: u64) -> i64 {
 /// Asks the hypervisor to unmap `[gpa, gpa+size)`; returns 0 or a negative status.
 pub fn unmap(gpa: u64, size: u64) -> i64 {
     hypercall(nr::UNMAP, gpa, size, 0)
+}
+
+/// Cuts `[gpa, gpa + size)` into 4 KiB areas: of every other page, one in two is
+/// made read-only, the other unmapped. Stops at the first refusal; returns the number
+/// of calls that succeeded and that refusal's status (0 if none).
+pub fn cut_every_other_page(gpa: u64, size: u64) -> (u64, i64) {
+    let mut done = 0;
+    for (i, page) in (gpa..gpa + size).step_by(2 * 4096).enumerate() {
+        let status = if i % 2 == 0 {
+            protect(page, 4096, access::READ)
+        } else {
+            unmap(page, 4096)
+        };
+        if status != 0 {
+            return (done, status);
+        }
+        done += 1;
+    }
+    (done, 0)
 }
 
 /// Clones this guest copy-on-write: the child id (> 0) in the parent, 0 in the child,

@@ -27,6 +27,8 @@ use baremetal as _;
 
 use hv_abi::hypercall as hypercall_nr;
 
+pub mod cpu;
+
 /// Writes `value` to I/O port `port` (`OUT DX, AL`; AMD APM vol. 3, "OUT"). The
 /// hypervisor intercepts every port (AMD APM vol. 2, §15.10 "I/O Interception").
 pub fn port_write(port: u16, value: u8) {

@@ -343,15 +343,26 @@ pub mod hypercall {
     /// Size in bytes of the stage-2 leaf mapping GPA RDI (0 if not mapped).
     pub const LEAF_SIZE: u64 = 1;
     /// Change the rights of `[RDI, RDI+RSI)` to the [`super::access`] bits in RDX.
+    ///
+    /// 0 on success (also when the rights are already those). Errors:
+    /// `InvalidArgument` (unaligned or empty range, unknown bits, rights no entry can
+    /// carry such as write without read), `NotMapped` (no area in the range, or the
+    /// range leaves the guest's space), `Denied` (rights above what the host mapped an
+    /// area with: `ro=`, `nx=`, a device window is never executable), `NoMemory` (no
+    /// frame within the quota to split a huge leaf). The guest is ended instead when
+    /// its bookkeeping budget or the host itself runs out.
     pub const PROTECT: u64 = 2;
-    /// Unmap `[RDI, RDI+RSI)` from this guest.
+    /// Unmap `[RDI, RDI+RSI)` from this guest; errors as for [`PROTECT`] (holes
+    /// inside the range are fine, a range with nothing mapped is `NotMapped`).
     pub const UNMAP: u64 = 3;
     /// Clone this guest (copy-on-write): returns the child's id in the parent, 0 in the
     /// child. Both continue from the instruction after the hypercall.
     pub const CLONE: u64 = 4;
     /// Let the other guests run; this one continues later.
     pub const YIELD: u64 = 5;
-    /// Read the u64 at GPA RDI through the hypervisor's own view of guest memory.
+    /// Read the u64 at GPA RDI through the hypervisor's own view of guest memory,
+    /// which follows the stage-2 mapping: `NotMapped` once the page is unmapped,
+    /// `Denied` once it is not readable.
     pub const HOST_READ: u64 = 6;
 }
 
@@ -377,6 +388,9 @@ pub enum HypercallStatus {
     NoMemory = -3,
     /// The hypervisor cannot do this (e.g. no free address space identifier).
     Unsupported = -4,
+    /// The host's policy forbids it (rights above an area's host-configured ceiling,
+    /// a range the hypervisor owns).
+    Denied = -5,
 }
 
 /// How a whole hypervisor run ends: the value written to the `isa-debug-exit` port.

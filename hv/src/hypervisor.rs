@@ -23,7 +23,7 @@ use crate::settings::{GuestSettings, HvSettings, SelfTest, parse_guest_cmdline};
 use crate::space_memory::SpaceMemory;
 use crate::svm::{SvmHost, SvmVcpu};
 use crate::vcpu::{FlushRequest, Reg, StartState, Vcpu};
-use crate::vm::{Step, Vm, end_of};
+use crate::vm::{Step, Vm};
 
 /// A boot module: a guest image and its command line.
 pub struct BootModule {
@@ -231,6 +231,14 @@ fn create_vm<H: VcpuHost, M: GuestMemory>(
     ))
 }
 
+/// The end of a guest whose set-up failed: it never ran, whatever its expectation.
+fn not_started(e: MemoryError) -> GuestEnd {
+    GuestEnd::NotStarted {
+        kind: e.kind,
+        detail: e.detail,
+    }
+}
+
 struct Tally {
     guests: usize,
     failed: usize,
@@ -328,7 +336,7 @@ fn run_all<H: VcpuHost, M: GuestMemory>(
                     &mut tally,
                     &p.settings.name,
                     &p.settings.expect,
-                    &end_of(e),
+                    &not_started(e),
                 ),
             }
         }
@@ -340,7 +348,7 @@ fn run_all<H: VcpuHost, M: GuestMemory>(
                     &mut tally,
                     &p.settings.name,
                     &p.settings.expect,
-                    &end_of(e),
+                    &not_started(e),
                 );
                 continue;
             }
@@ -367,7 +375,11 @@ fn run_all<H: VcpuHost, M: GuestMemory>(
                         next_id += 1;
                         queue.push_back(child);
                     }
-                    Err(status) => vm.vcpu.set_reg(Reg::Rax, status as i64 as u64),
+                    Err(Ok(status)) => vm.vcpu.set_reg(Reg::Rax, status as i64 as u64),
+                    Err(Err(end)) => {
+                        finish(host, vm, end, console, &mut tally);
+                        break;
+                    }
                 },
                 Step::Ended(end) => {
                     finish(host, vm, end, console, &mut tally);
@@ -394,23 +406,25 @@ fn run_all<H: VcpuHost, M: GuestMemory>(
     }
 }
 
+/// Clones `parent`: the child, or the status for the parent's RAX, or the parent's
+/// end (bookkeeping or host memory exhausted, see [`crate::vm::status_or_end`]).
 fn clone_vm<H: VcpuHost, M: GuestMemory>(
     host: &mut H,
     parent: &mut Vm<H::Vcpu, M>,
     id: u64,
-) -> Result<Vm<H::Vcpu, M>, HypercallStatus> {
+) -> Result<Vm<H::Vcpu, M>, Result<HypercallStatus, GuestEnd>> {
     let flush = FlushRequest::new();
     let memory = parent.memory.try_clone(flush.clone()).map_err(|e| {
         log::warn!("guest {}: clone refused: {}", parent.name, e.detail);
-        if e.kind == FaultKind::Quota {
-            HypercallStatus::NoMemory
-        } else {
-            HypercallStatus::Unsupported
+        match crate::vm::status_or_end(e) {
+            Ok(HypercallStatus::NoMemory) => Ok(HypercallStatus::NoMemory),
+            Ok(_) => Ok(HypercallStatus::Unsupported),
+            Err(end) => Err(end),
         }
     })?;
     let mut vcpu = host
         .fork(&parent.vcpu, memory.root_pointer(), flush)
-        .ok_or(HypercallStatus::Unsupported)?;
+        .ok_or(Ok(HypercallStatus::Unsupported))?;
     vcpu.set_reg(Reg::Rax, 0);
     let name = format!("{}.child{id}", parent.name);
     let mut child = Vm::new(id, name, parent.expect, vcpu, memory);
@@ -706,6 +720,22 @@ mod tests {
         assert_eq!(status, RunStatus::AllPassed);
         index_of(&console.lines, "16-bit real mode, entry 0x20040");
         index_of(&console.lines, "[guest r] r");
+    }
+
+    #[test]
+    fn a_guest_that_never_started_meets_no_expectation() {
+        // No vCPU slot at all: the guest cannot be created. Even though it expects
+        // the very kind of fault its set-up failed with, it fails.
+        let (status, lines) = run(
+            FakeHost::new(0, vec![]),
+            &["a.bin expect=fault:instruction"],
+        );
+        assert_eq!(status, RunStatus::GuestFailed);
+        let line = &lines[index_of(&lines, "guest a: FAIL")];
+        assert!(
+            line.contains("never started (instruction): no free ASID/VPID"),
+            "{line}"
+        );
     }
 
     #[test]

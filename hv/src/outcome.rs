@@ -15,13 +15,20 @@ pub enum FaultKind {
     Write,
     /// Instruction fetch from an area without execute rights.
     Exec,
-    /// The guest's frame quota (or host memory) ran out.
+    /// The guest's frame quota ran out.
     Quota,
+    /// The host frame allocator itself ran out while serving this guest (within its
+    /// quota): the host is short, not the guest over its limit.
+    HostMemory,
+    /// The guest's bookkeeping budget (areas, shared-frame entries) or the host's
+    /// bookkeeping pool ran out.
+    Metadata,
     /// Triple fault / shutdown.
     Shutdown,
     /// Unknown or malformed hypercall.
     Hypercall,
-    /// Access to an I/O port the hypervisor refuses.
+    /// Access to an I/O port the hypervisor refuses (the port is the fault's address,
+    /// `expect=fault:io@PORT`).
     Io,
     /// An instruction the guest may not execute (VMRUN, ...), or invalid guest state.
     Instruction,
@@ -38,6 +45,8 @@ impl FaultKind {
             Self::Write => "write",
             Self::Exec => "exec",
             Self::Quota => "quota",
+            Self::HostMemory => "host-memory",
+            Self::Metadata => "metadata",
             Self::Shutdown => "shutdown",
             Self::Hypercall => "hypercall",
             Self::Io => "io",
@@ -46,12 +55,14 @@ impl FaultKind {
         }
     }
 
-    const ALL: [FaultKind; 10] = [
+    const ALL: [FaultKind; 12] = [
         Self::Unmapped,
         Self::Read,
         Self::Write,
         Self::Exec,
         Self::Quota,
+        Self::HostMemory,
+        Self::Metadata,
         Self::Shutdown,
         Self::Hypercall,
         Self::Io,
@@ -78,6 +89,15 @@ pub enum GuestEnd {
     },
     /// The guest took more exits than allowed.
     ExitLimit(u64),
+    /// The guest was never started (its memory, image or vCPU could not be set up).
+    /// No expectation matches it: `expect=fault:quota` means the running guest hit its
+    /// quota, not that it could not be created.
+    NotStarted {
+        /// The kind of the set-up failure.
+        kind: FaultKind,
+        /// Why, in words.
+        detail: String,
+    },
 }
 
 impl fmt::Display for GuestEnd {
@@ -100,6 +120,9 @@ impl fmt::Display for GuestEnd {
                 write!(f, "fault:{}: {detail}", kind.name())
             }
             Self::ExitLimit(n) => write!(f, "stopped after {n} exits"),
+            Self::NotStarted { kind, detail } => {
+                write!(f, "never started ({}): {detail}", kind.name())
+            }
         }
     }
 }
@@ -237,6 +260,13 @@ mod tests {
         };
         assert!(any.matches(&fault(FaultKind::Quota, Some(1))));
         assert!(!any.matches(&GuestEnd::ExitLimit(5)));
+        // A guest that could not even be created did not hit its quota while running.
+        let never = GuestEnd::NotStarted {
+            kind: FaultKind::Quota,
+            detail: "x".to_string(),
+        };
+        assert!(!any.matches(&never));
+        assert!(!Expectation::Ok.matches(&never));
     }
 
     #[test]
@@ -246,5 +276,13 @@ mod tests {
             "fault:exec@0x3000: x"
         );
         assert_eq!(GuestEnd::Exited(0).to_string(), "exit code 0");
+        assert_eq!(
+            GuestEnd::NotStarted {
+                kind: FaultKind::Quota,
+                detail: "no frames".to_string()
+            }
+            .to_string(),
+            "never started (quota): no frames"
+        );
     }
 }

@@ -14,7 +14,7 @@
 //! | `name=NAME` | guest name in messages |
 //! | `mem=SIZE` | RAM at GPA 0 (default 4M, at least 2M, at most 1G) |
 //! | `populate` / `ondemand` | RAM backed up front, or on first touch (default) |
-//! | `quota=SIZE` | most memory the guest may hold (RAM and stage-2 tables) |
+//! | `quota=SIZE` | most memory the guest and its clones may hold (RAM and stage-2 tables; default: see [`default_quota_frames`]) |
 //! | `area=GPA+SIZE:FLAGS` | extra RAM area; FLAGS from `r w x p` (p = populate) |
 //! | `ro=GPA+SIZE` | same as `area=GPA+SIZE:r` |
 //! | `nx=GPA+SIZE` | same as `area=GPA+SIZE:rw` |
@@ -282,6 +282,24 @@ fn ram_kind(key: &str, value: &str, flags: &str) -> Result<AreaKind, SettingsErr
         execute: flags.contains('x'),
         populate: flags.contains('p'),
     })
+}
+
+/// The quota, in 4 KiB frames, of a guest whose command line sets none: its RAM (at 0
+/// and in `area=` areas, in frames) plus one table frame per 256 of them and 16 more
+/// (the stage-2 tables of RAM mapped with 4 KiB leaves, scattered areas included),
+/// but never more than half of the host's frames, so that a guest without `quota=`
+/// cannot take what the host needs to serve the others. Copy-on-write clones share
+/// their parent's quota (see `ept::space::Limits`).
+pub fn default_quota_frames(settings: &GuestSettings, host_frames: usize) -> usize {
+    let area_bytes: u64 = settings
+        .areas
+        .iter()
+        .filter(|a| matches!(a.kind, AreaKind::Ram { .. }))
+        .map(|a| a.size)
+        .sum();
+    let ram = usize::try_from((settings.mem + area_bytes) / 4096).unwrap_or(usize::MAX);
+    let tables = ram / 256 + 16;
+    ram.saturating_add(tables).min(host_frames / 2)
 }
 
 /// Parses one module command line.

@@ -12,18 +12,35 @@ use ept::fault::Stage2Fault;
 use ept::flush::FlushScope;
 use ept::format::{Access, MemType, Stage2Format};
 use ept::frame::{FrameAlloc, PhysMapper, read_phys, write_phys};
-use ept::space::{AddressSpace, Invalidate, SpaceError};
-use memory_set::{GuestPhysAddr, HostPhysAddr};
+use ept::space::{
+    AddressSpace, ENTRY_BYTES, Invalidate, Limits, MetadataPool, OomReason, RangeProblem,
+    SpaceError,
+};
+use memory_set::{AddrRange, GuestPhysAddr, HostPhysAddr};
 
 use crate::layout::{LOW_RAM_END, LOW_RAM_START};
 use crate::memory::{GuestMemory, MemoryError, mmio_pattern, permission_kind};
 use crate::outcome::FaultKind;
 use crate::platform::{GlobalFrames, IdentityMapper};
-use crate::settings::{AreaKind, GPA_LIMIT, GuestSettings};
+use crate::settings::{AreaKind, GPA_LIMIT, GuestSettings, default_quota_frames};
 use crate::vcpu::FlushRequest;
 
 /// Largest linear window (one contiguous 2 MiB host block backs it).
 pub const MAX_WINDOW: u64 = 2 << 20;
+
+/// Heap the guests' bookkeeping (areas, shared-frame entries) may take in all: half
+/// of the 32 MiB kernel heap (`kernel/start.rs`), the rest stays for the hypervisor.
+pub const METADATA_POOL_BYTES: usize = 16 << 20;
+
+/// The kernel's pool of bookkeeping entries, shared by every guest family.
+static KERNEL_METADATA_POOL: MetadataPool = MetadataPool::new(METADATA_POOL_BYTES / ENTRY_BYTES);
+
+/// The bookkeeping budget of a family with `quota_frames`: the default for its quota
+/// ([`Limits::default_metadata`]), but never more than a quarter of the pool, so
+/// that one family running out leaves room for the others.
+pub fn metadata_entries(quota_frames: usize, pool: &MetadataPool) -> usize {
+    Limits::default_metadata(quota_frames).min(pool.limit() / 4)
+}
 
 impl Invalidate for FlushRequest {
     fn invalidate(&mut self, _scope: FlushScope) {
@@ -44,8 +61,10 @@ pub trait HostMemory: 'static {
     fn alloc() -> Self::Alloc;
     /// The mapper.
     fn mapper() -> Self::Mapper;
-    /// Frames in the pool (the quota of a guest that sets none).
+    /// Frames in the pool (bounds the default quota).
     fn total_frames() -> usize;
+    /// The host-wide pool of bookkeeping entries.
+    fn metadata_pool() -> &'static MetadataPool;
 }
 
 /// The kernel's frames: the global allocator, reached through the identity mapping.
@@ -65,6 +84,10 @@ impl HostMemory for KernelMemory {
 
     fn total_frames() -> usize {
         crate::platform::frame_usage().1
+    }
+
+    fn metadata_pool() -> &'static MetadataPool {
+        &KERNEL_METADATA_POOL
     }
 }
 
@@ -92,7 +115,6 @@ pub struct SpaceMemory<F: Stage2Format, H: HostMemory = KernelMemory> {
     // host blocks.
     space: Space<F, H>,
     windows: Vec<Arc<HostWindow<H>>>,
-    quota_frames: usize,
 }
 
 fn gpa(a: u64) -> GuestPhysAddr {
@@ -106,9 +128,31 @@ pub fn memory_error(e: SpaceError, at: Option<u64>) -> MemoryError {
         SpaceError::PermissionDenied { gpa, access, .. } => {
             (permission_kind(*access), Some(usize::from(*gpa) as u64))
         }
-        SpaceError::OutOfMemory { gpa, .. } => {
-            (FaultKind::Quota, gpa.map(|g| usize::from(g) as u64).or(at))
-        }
+        SpaceError::OutOfMemory {
+            gpa,
+            reason: OomReason::Quota { .. },
+        } => (FaultKind::Quota, gpa.map(|g| usize::from(g) as u64).or(at)),
+        SpaceError::OutOfMemory {
+            gpa,
+            reason: OomReason::HostFrames,
+        } => (
+            FaultKind::HostMemory,
+            gpa.map(|g| usize::from(g) as u64).or(at),
+        ),
+        SpaceError::OutOfMetadata { .. } => (FaultKind::Metadata, at),
+        SpaceError::RightsExceeded {
+            gpa,
+            requested,
+            ceiling,
+        } => (
+            permission_kind(requested.difference(*ceiling)),
+            Some(usize::from(*gpa) as u64),
+        ),
+        SpaceError::InvalidRange {
+            start,
+            problem: RangeProblem::OutsideWindow | RangeProblem::BeyondPhysWidth,
+            ..
+        } => (FaultKind::Unmapped, Some(*start as u64)),
         SpaceError::Misconfigured { gpa } => {
             (FaultKind::Instruction, Some(usize::from(*gpa) as u64))
         }
@@ -118,17 +162,40 @@ pub fn memory_error(e: SpaceError, at: Option<u64>) -> MemoryError {
 }
 
 impl<F: Stage2Format, H: HostMemory> SpaceMemory<F, H> {
+    /// For PROTECT and UNMAP: a range with no area at all is `NotMapped` (holes
+    /// inside a range that has areas are fine); malformed ranges are left to the
+    /// space, which names the problem.
+    fn something_mapped(&self, at: u64, size: u64) -> Result<(), MemoryError> {
+        if !at.is_multiple_of(4096) || !size.is_multiple_of(4096) {
+            return Ok(());
+        }
+        let Some(range) = AddrRange::from_start_size(gpa(at), size as usize) else {
+            return Ok(());
+        };
+        if range.is_empty() || self.space.overlaps(range) {
+            return Ok(());
+        }
+        Err(MemoryError::new(
+            FaultKind::Unmapped,
+            Some(at),
+            format!("nothing is mapped in {at:#x}+{size:#x}"),
+        ))
+    }
+
     fn window_at(&self, at: u64) -> Option<&Arc<HostWindow<H>>> {
         self.windows
             .iter()
             .find(|w| w.gpa <= at && at - w.gpa < w.size)
     }
 
-    /// Copies between `buf` and a host window, one frame at a time.
+    /// Copies between `buf` and a host window, one frame at a time, through the
+    /// guest's stage-2 mapping: a page the guest unmapped, or whose rights lack
+    /// `need`, refuses (the host buffer outlives the mapping, the view must not).
     fn window_io(
         &self,
         at: u64,
         len: usize,
+        need: Access,
         mut f: impl FnMut(HostPhysAddr, core::ops::Range<usize>) -> bool,
     ) -> Option<Result<(), MemoryError>> {
         let w = self.window_at(at)?;
@@ -144,6 +211,24 @@ impl<F: Stage2Format, H: HostMemory> SpaceMemory<F, H> {
             let offset = at + done as u64 - w.gpa;
             let n = (4096 - (offset % 4096) as usize).min(len - done);
             let hpa = HostPhysAddr::from(usize::from(w.block) + offset as usize);
+            let here = at + done as u64;
+            match self.space.translate(gpa(here)) {
+                Some(t) if t.hpa == hpa && t.attr.access.contains(need) => {}
+                Some(t) if t.hpa == hpa => {
+                    return Some(Err(MemoryError::new(
+                        permission_kind(need),
+                        Some(here),
+                        format!("the guest's mapping of this window page does not allow {need:?}"),
+                    )));
+                }
+                _ => {
+                    return Some(Err(MemoryError::new(
+                        FaultKind::Unmapped,
+                        Some(here),
+                        "this host window page is no longer mapped".into(),
+                    )));
+                }
+            }
             if !f(hpa, done..done + n) {
                 return Some(Err(MemoryError::new(
                     FaultKind::Unmapped,
@@ -163,18 +248,24 @@ impl<F: Stage2Format, H: HostMemory> GuestMemory for SpaceMemory<F, H> {
         caps: Stage2Caps,
         flush: FlushRequest,
     ) -> Result<Self, MemoryError> {
-        // Without a quota a guest may use every host frame.
-        let quota_frames = settings
-            .quota
-            .map_or(H::total_frames(), |q| (q / 4096) as usize);
-        let mut space = Space::<F, H>::new(
+        let quota_frames = settings.quota.map_or_else(
+            || default_quota_frames(settings, H::total_frames()),
+            |q| (q / 4096) as usize,
+        );
+        let pool = H::metadata_pool();
+        let limits = Limits {
+            quota_frames,
+            metadata_entries: metadata_entries(quota_frames, pool),
+            pool: Some(pool),
+        };
+        let mut space = Space::<F, H>::with_limits(
             gpa(0),
             GPA_LIMIT as usize,
             caps,
             H::mapper(),
             H::alloc(),
             flush,
-            quota_frames,
+            limits,
         )
         .map_err(|e| memory_error(e, None))?;
         // RAM in two areas: the low one starts at 4 KiB (page 0 stays unmapped, so a
@@ -250,11 +341,7 @@ impl<F: Stage2Format, H: HostMemory> GuestMemory for SpaceMemory<F, H> {
                 }
             }
         }
-        Ok(Self {
-            space,
-            windows,
-            quota_frames,
-        })
+        Ok(Self { space, windows })
     }
 
     fn root_pointer(&self) -> u64 {
@@ -280,7 +367,7 @@ impl<F: Stage2Format, H: HostMemory> GuestMemory for SpaceMemory<F, H> {
     }
 
     fn write(&mut self, at: u64, bytes: &[u8]) -> Result<(), MemoryError> {
-        if let Some(r) = self.window_io(at, bytes.len(), |hpa, range| {
+        if let Some(r) = self.window_io(at, bytes.len(), Access::WRITE, |hpa, range| {
             write_phys(&H::mapper(), hpa, &bytes[range]).is_ok()
         }) {
             return r;
@@ -292,7 +379,7 @@ impl<F: Stage2Format, H: HostMemory> GuestMemory for SpaceMemory<F, H> {
 
     fn read(&mut self, at: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
         let mut tmp = alloc::vec![0u8; buf.len()];
-        if let Some(r) = self.window_io(at, buf.len(), |hpa, range| {
+        if let Some(r) = self.window_io(at, buf.len(), Access::READ, |hpa, range| {
             read_phys(&H::mapper(), hpa, &mut tmp[range]).is_ok()
         }) {
             buf.copy_from_slice(&tmp);
@@ -308,12 +395,14 @@ impl<F: Stage2Format, H: HostMemory> GuestMemory for SpaceMemory<F, H> {
     }
 
     fn protect(&mut self, at: u64, size: u64, access: Access) -> Result<(), MemoryError> {
+        self.something_mapped(at, size)?;
         self.space
             .protect(gpa(at), size as usize, access)
             .map_err(|e| memory_error(e, Some(at)))
     }
 
     fn unmap(&mut self, at: u64, size: u64) -> Result<(), MemoryError> {
+        self.something_mapped(at, size)?;
         self.space
             .unmap(gpa(at), size as usize)
             .map_err(|e| memory_error(e, Some(at)))
@@ -322,12 +411,11 @@ impl<F: Stage2Format, H: HostMemory> GuestMemory for SpaceMemory<F, H> {
     fn try_clone(&mut self, flush: FlushRequest) -> Result<Self, MemoryError> {
         let space = self
             .space
-            .try_clone_with(flush, self.quota_frames)
+            .try_clone_with(flush)
             .map_err(|e| memory_error(e, None))?;
         Ok(Self {
             space,
             windows: self.windows.clone(),
-            quota_frames: self.quota_frames,
         })
     }
 
@@ -366,7 +454,7 @@ mod tests {
     }
 
     /// Frames from a per-thread heap arena.
-    struct ArenaMemory;
+    pub(super) struct ArenaMemory;
 
     impl HostMemory for ArenaMemory {
         type Alloc = HeapArena;
@@ -383,11 +471,17 @@ mod tests {
         fn total_frames() -> usize {
             Self::alloc().capacity()
         }
+
+        fn metadata_pool() -> &'static MetadataPool {
+            &TEST_POOL
+        }
     }
 
-    type Mem = SpaceMemory<Npt, ArenaMemory>;
+    static TEST_POOL: MetadataPool = MetadataPool::new(1 << 20);
 
-    fn memory(cmdline: &str) -> Mem {
+    pub(super) type Mem = SpaceMemory<Npt, ArenaMemory>;
+
+    pub(super) fn memory(cmdline: &str) -> Mem {
         let settings = parse_guest_cmdline(cmdline).unwrap();
         Mem::create(&settings, Stage2Caps::npt(false), FlushRequest::new()).unwrap()
     }
@@ -401,12 +495,12 @@ mod tests {
         }
     }
 
-    fn read_u64(m: &mut Mem, at: u64) -> Result<u64, MemoryError> {
+    pub(super) fn read_u64(m: &mut Mem, at: u64) -> Result<u64, MemoryError> {
         let mut b = [0u8; 8];
         m.read(at, &mut b).map(|()| u64::from_le_bytes(b))
     }
 
-    fn in_use() -> usize {
+    pub(super) fn in_use() -> usize {
         ArenaMemory::alloc().in_use()
     }
 
@@ -590,3 +684,8 @@ mod tests {
         assert_eq!(in_use(), 0);
     }
 }
+
+/// Host policy, quotas and the hypercall-facing errors.
+#[cfg(test)]
+#[path = "space_memory_policy_tests.rs"]
+mod policy_tests;

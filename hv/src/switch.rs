@@ -127,6 +127,7 @@ pub(crate) enum Vendor {
 /// The optional host features the software switch uses, found once by
 /// [`detect_host_features`].
 static HAS_PKU: AtomicBool = AtomicBool::new(false);
+static HAS_XSAVE: AtomicBool = AtomicBool::new(false);
 static HAS_TSC_AUX: AtomicBool = AtomicBool::new(false);
 /// The value of each load-only MSR now in the CPU (STAR, LSTAR, CSTAR, FMASK,
 /// TSC_AUX), so an entry writes only what changed; `u64::MAX` = unknown.
@@ -134,6 +135,10 @@ static LOADED: [AtomicU64; 5] = [const { AtomicU64::new(u64::MAX) }; 5];
 
 /// CR4.PKE (Intel SDM vol. 3A 2.5).
 const CR4_PKE: u64 = 1 << 22;
+/// CR4.OSXSAVE (Intel SDM vol. 3A 2.5).
+const CR4_OSXSAVE: u64 = 1 << 18;
+/// The host's XCR0: x87 only, the reset value (Intel SDM vol. 1 13.3).
+const HOST_XCR0: u64 = 1;
 
 /// Finds out whether the CPU has PKU (CPUID.7.0:ECX bit 3) and IA32_TSC_AUX (RDTSCP,
 /// CPUID.8000_0001:EDX bit 27, or RDPID, CPUID.7.0:ECX bit 22), and enables CR4.PKE in
@@ -150,6 +155,7 @@ pub(crate) fn detect_host_features() {
         0
     };
     let pku = leaf7 & (1 << 3) != 0;
+    let xsave = __cpuid(1).ecx & (1 << 26) != 0;
     HAS_TSC_AUX.store(
         ext & (1 << 27) != 0 || leaf7 & (1 << 22) != 0,
         Ordering::Relaxed,
@@ -169,6 +175,48 @@ pub(crate) fn detect_host_features() {
         }
     }
     HAS_PKU.store(pku, Ordering::Relaxed);
+    if xsave {
+        // SAFETY: setting CR4.OSXSAVE, which the CPU offers, only makes XGETBV/XSETBV
+        // usable in the host (to check XCR0 after each exit); the host uses no state
+        // beyond x87/SSE.
+        unsafe {
+            asm!(
+                "mov {0}, cr4",
+                "or {0}, {bit}",
+                "mov cr4, {0}",
+                out(reg) _,
+                bit = in(reg) CR4_OSXSAVE,
+                options(nostack)
+            );
+        }
+    }
+    HAS_XSAVE.store(xsave, Ordering::Relaxed);
+}
+
+/// Checks after an exit that the guest left XCR0 alone: XSETBV is intercepted on both
+/// vendors, but an emulator may not honour the intercept (QEMU 7.2's TCG does not). A
+/// changed XCR0 is put back to the host's value and returned, so that the vCPU ends
+/// the guest as if the intercept had fired.
+pub(crate) fn xcr0_changed() -> Option<u64> {
+    if !HAS_XSAVE.load(Ordering::Relaxed) {
+        return None;
+    }
+    let (lo, hi): (u32, u32);
+    // SAFETY: CR4.OSXSAVE is set in the host (`detect_host_features`); XGETBV only reads.
+    unsafe {
+        asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi,
+            options(nomem, nostack, preserves_flags))
+    };
+    let xcr0 = (u64::from(hi) << 32) | u64::from(lo);
+    if xcr0 == HOST_XCR0 {
+        return None;
+    }
+    // SAFETY: x87 only is always a valid XCR0 (Intel SDM vol. 1 13.3).
+    unsafe {
+        asm!("xsetbv", in("ecx") 0, in("eax") HOST_XCR0 as u32, in("edx") 0,
+            options(nomem, nostack, preserves_flags))
+    };
+    Some(xcr0)
 }
 
 /// Whether the world switch saves and restores PKRU (so PKU may be shown to guests).

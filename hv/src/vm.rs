@@ -216,7 +216,7 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
         if !serial || string {
             return Step::Ended(fault(
                 FaultKind::Io,
-                None,
+                Some(u64::from(port)),
                 format!(
                     "{}{} of {size} byte(s) to port {port:#x} refused",
                     if string { "string " } else { "" },
@@ -290,6 +290,14 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
             .map_err(|e| refuse(format!("its bytes at rip {rip:#x} cannot be read: {e}")))?;
         let d = decode::decode(&bytes[..n], cs)
             .map_err(|e| refuse(format!("the bytes at rip {rip:#x} do not decode: {e}")))?;
+        if d.op == Op::Invd {
+            // QEMU 7.2 reports INVD as a WBINVD exit: what runs is what counts.
+            return Err(fault(
+                FaultKind::Instruction,
+                None,
+                format!("INVD is not allowed in a guest (it exited as {exit:?})"),
+            ));
+        }
         if !expected.contains(&d.op) {
             return Err(refuse(format!(
                 "the bytes at rip {rip:#x} are {:?}, not the {exit:?} that exited",
@@ -356,26 +364,19 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
             self.name
         );
         self.vcpu.skip_instruction();
-        let result: Result<u64, HypercallStatus> = match number {
+        let result: Result<u64, MemoryError> = match number {
             hypercall::EXIT => return Step::Ended(GuestEnd::Exited(a0)),
             hypercall::YIELD => return Step::Yield,
             hypercall::CLONE => return Step::Clone,
             hypercall::LEAF_SIZE => Ok(self.memory.leaf_size(a0).unwrap_or(0)),
             hypercall::PROTECT => match rights(a2) {
-                Some(rights) => self
-                    .memory
-                    .protect(a0, a1, rights)
-                    .map(|()| 0)
-                    .map_err(status_of),
-                None => Err(HypercallStatus::InvalidArgument),
+                Some(rights) => self.memory.protect(a0, a1, rights).map(|()| 0),
+                None => return self.refuse(HypercallStatus::InvalidArgument),
             },
-            hypercall::UNMAP => self.memory.unmap(a0, a1).map(|()| 0).map_err(status_of),
+            hypercall::UNMAP => self.memory.unmap(a0, a1).map(|()| 0),
             hypercall::HOST_READ => {
                 let mut b = [0u8; 8];
-                self.memory
-                    .read(a0, &mut b)
-                    .map(|()| u64::from_le_bytes(b))
-                    .map_err(status_of)
+                self.memory.read(a0, &mut b).map(|()| u64::from_le_bytes(b))
             }
             _ => {
                 return Step::Ended(fault(
@@ -385,11 +386,19 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
                 ));
             }
         };
-        let rax = match result {
-            Ok(v) => v,
-            Err(s) => s as i64 as u64,
-        };
-        self.vcpu.set_reg(Reg::Rax, rax);
+        match result.map_err(status_or_end) {
+            Ok(v) => {
+                self.vcpu.set_reg(Reg::Rax, v);
+                Step::Continue
+            }
+            Err(Ok(status)) => self.refuse(status),
+            Err(Err(end)) => Step::Ended(end),
+        }
+    }
+
+    /// Returns `status` to the guest in RAX.
+    fn refuse(&mut self, status: HypercallStatus) -> Step {
+        self.vcpu.set_reg(Reg::Rax, status as i64 as u64);
         Step::Continue
     }
 }
@@ -406,13 +415,19 @@ pub fn rights(bits: u64) -> Option<Access> {
     Some(a)
 }
 
-fn status_of(e: MemoryError) -> HypercallStatus {
+/// The status a refused memory hypercall returns, or the guest's end when the
+/// refusal ends it: running out of bookkeeping (the guest grew its areas or shares
+/// past its budget) or of host frames (the host is short: the guest that asked ends,
+/// with that reason) is not something a guest can handle by retrying.
+pub fn status_or_end(e: MemoryError) -> Result<HypercallStatus, GuestEnd> {
     log::debug!("hypercall refused: {}", e.detail);
-    match e.kind {
+    Ok(match e.kind {
+        FaultKind::Metadata | FaultKind::HostMemory => return Err(end_of(e)),
         FaultKind::Quota => HypercallStatus::NoMemory,
         FaultKind::Unmapped => HypercallStatus::NotMapped,
+        FaultKind::Read | FaultKind::Write | FaultKind::Exec => HypercallStatus::Denied,
         _ => HypercallStatus::InvalidArgument,
-    }
+    })
 }
 
 fn fault(kind: FaultKind, gpa: Option<u64>, detail: String) -> GuestEnd {

@@ -18,6 +18,7 @@
 
 mod bochs;
 mod build;
+mod checks;
 mod deps;
 mod emulator;
 mod iso;
@@ -263,29 +264,43 @@ fn boot_test(
             RunStatus::AllPassed | RunStatus::GuestFailed | RunStatus::Leak
         )
     });
-    let backend_ok = backend.is_none_or(|b| output.lines().any(|l| l.starts_with(b)));
-    // Every stage-2 report ends with the validator's verdict on that guest's table.
-    let validator_ok = !output.contains("validator: FAILED");
+    let mut problems = Vec::new();
+    if !marker_ok {
+        problems.push(format!("marker `{}` missing", test.marker));
+    }
+    if let Some(b) = backend.filter(|b| !output.lines().any(|l| l.starts_with(b))) {
+        problems.push(format!("back-end line `{b}` missing"));
+    }
+    // Every stage-2 report ends with the validator's verdict on that guest's table
+    // (`validator: OK`), and what guests claim about their memory is checked against
+    // their reports.
+    if output.contains("validator: FAILED") {
+        problems.push("a stage-2 validator FAILED".to_string());
+    }
+    problems.extend(checks::report_problems(&output, test.reports));
+    // The details the test names (under the back-end that ran it).
+    let vmx = output.lines().any(|l| l.starts_with("[hv] Intel VMX"));
+    let vendor_lines = if vmx {
+        test.vendor_lines.1
+    } else {
+        test.vendor_lines.0
+    };
+    for want in test.lines.iter().chain(vendor_lines) {
+        if !output.lines().any(|l| l.contains(want)) {
+            problems.push(format!("no line with `{want}`"));
+        }
+    }
     let label = format!("[{}] {}", emulator.name(), test.name);
-    Ok(if status_ok && marker_ok && backend_ok && validator_ok {
+    Ok(if status_ok && problems.is_empty() {
         (
             true,
             format!("boot-test {label}: PASS ({:.2}s)", elapsed.as_secs_f64()),
         )
     } else {
         let report = format!(
-            "boot-test {label}: FAIL (ended {end:?}, wanted status {want}; marker `{}` {}{})\n\
+            "boot-test {label}: FAIL (ended {end:?}, wanted status {want}; {})\n\
              --- last lines of {} ---\n{}\n---",
-            test.marker,
-            if marker_ok { "found" } else { "missing" },
-            match backend {
-                Some(b) if !backend_ok => format!("; back-end line `{b}` missing"),
-                _ => String::new(),
-            } + if validator_ok {
-                ""
-            } else {
-                "; a stage-2 validator FAILED"
-            },
+            problems.join("; "),
             log.display(),
             tail(&output, 25)
         );

@@ -2,6 +2,8 @@
 
 use guest_images::abi::RunStatus;
 
+use crate::checks::ReportCheck;
+
 /// Default module settings for each guest image (`cargo xtask run NAME` uses them;
 /// extra words on the command line are appended and win).
 pub const GUEST_DEFAULTS: &[(&str, &str)] = &[
@@ -23,13 +25,20 @@ pub const GUEST_DEFAULTS: &[(&str, &str)] = &[
     ),
     ("clone", "area=0x1000000+64K:rw"),
     ("badcall", "expect=fault:hypercall"),
-    ("portio", "expect=fault:io"),
+    ("portio", "expect=fault:io@0xf4"),
     ("triple", "expect=fault:shutdown"),
     ("hostile", "area=0x1000000+64K:rw"),
     ("registers", ""),
     ("populated", "populate area=0x4000000+4M:rwp"),
     ("spin", "expect=fault:timeout"),
     ("realmode", ""),
+    ("intercepts", "expect=fault:instruction"),
+    ("badmsr", "expect=fault:shutdown"),
+    ("areaflood", "area=0x40000000+1G:rw expect=fault:metadata"),
+    (
+        "cloneflood",
+        "area=0x4000000+16M:rw area=0x40000000+1G:rw expect=fault:metadata",
+    ),
 ];
 
 /// The default settings of guest `name` ("" for an unknown guest).
@@ -58,6 +67,14 @@ pub struct BootTest {
     pub status: RunStatus,
     /// A line the serial log must contain.
     pub marker: &'static str,
+    /// Text that must appear in the serial log (each in some line), under every
+    /// back-end: the detail of an expected end, a check the hypervisor made.
+    pub lines: &'static [&'static str],
+    /// Text that must appear under SVM, and under VMX (`(svm, vmx)`).
+    pub vendor_lines: (&'static [&'static str], &'static [&'static str]),
+    /// Claims checked against guests' stage-2 reports (every report must also end
+    /// with `validator: OK`).
+    pub reports: &'static [ReportCheck],
 }
 
 macro_rules! single {
@@ -68,6 +85,16 @@ macro_rules! single {
             guests: &[$name],
             status: RunStatus::AllPassed,
             marker: "HV: ALL 1 GUESTS PASSED",
+            lines: &[],
+            vendor_lines: (&[], &[]),
+            reports: &[],
+        }
+    };
+    ($name:literal, lines: $lines:expr, reports: $reports:expr) => {
+        BootTest {
+            lines: $lines,
+            reports: $reports,
+            ..single!($name)
         }
     };
 }
@@ -75,13 +102,33 @@ macro_rules! single {
 /// Every boot test.
 pub const BOOT_TESTS: &[BootTest] = &[
     single!("hello"),
-    single!("ondemand"),
-    single!("huge"),
+    // The guest says it got 2 MiB and 4 KiB leaves on demand; its report must agree:
+    // 24 + 3 leaves of 2 MiB (its 48 MiB and the middle of its 8 MiB area), and a fault
+    // served for each of them and each of the area's 512 edge pages.
+    single!(
+        "ondemand",
+        lines: &[],
+        reports: &[ReportCheck {
+            guest: "ondemand",
+            leaves_2m: 27,
+            faults: 539,
+        }]
+    ),
+    single!(
+        "huge",
+        lines: &[],
+        reports: &[ReportCheck {
+            guest: "huge",
+            leaves_2m: 2,
+            faults: 2,
+        }]
+    ),
     single!("readonly"),
     single!("noexec"),
     single!("mmio"),
     single!("outofrange"),
-    single!("quota"),
+    // The running guest hit its quota at an address (not: it could not be created).
+    single!("quota", lines: &["guest quota: PASS (ended: fault:quota@0x"], reports: &[]),
     single!("protect"),
     single!("unmap"),
     BootTest {
@@ -90,14 +137,69 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["clone"],
         status: RunStatus::AllPassed,
         marker: "HV: ALL 2 GUESTS PASSED",
+        lines: &[],
+        vendor_lines: (&[], &[]),
+        reports: &[],
     },
     single!("badcall"),
-    single!("portio"),
-    single!("triple"),
+    single!(
+        "portio",
+        lines: &["guest portio: PASS (ended: fault:io@0xf4: OUT of 1 byte(s) to port 0xf4 refused)"],
+        reports: &[]
+    ),
+    single!(
+        "triple",
+        lines: &["guest triple: PASS (ended: fault:shutdown: triple fault (shutdown) at rip 0x"],
+        reports: &[]
+    ),
+    // An unknown MSR gets #GP(0); without an IDT that is a triple fault, which names it.
+    single!(
+        "badmsr",
+        lines: &["after #GP injected for RDMSR of MSR 0xc0011234 (no such MSR on this virtual CPU)"],
+        reports: &[]
+    ),
     single!("hostile"),
     single!("populated"),
     // A 16-bit real-mode guest (VMX: unrestricted guest; SVM: natively).
     single!("realmode"),
+    // Guests that grow the hypervisor's bookkeeping (areas; entries for frames shared
+    // by clones) end alone at their budget; the guest beside them passes.
+    BootTest {
+        name: "areaflood",
+        cmdline: "log=info",
+        guests: &["areaflood", "hello"],
+        status: RunStatus::AllPassed,
+        marker: "HV: ALL 2 GUESTS PASSED",
+        lines: &[
+            "guest areaflood: PASS (ended: fault:metadata@",
+            "area bookkeeping budget exhausted (16384 of 16384 entries)",
+            "guest hello: PASS (ended: exit code 0)",
+            "... and 16376 more area(s) totalling",
+        ],
+        vendor_lines: (&[], &[]),
+        reports: &[],
+    },
+    BootTest {
+        name: "cloneflood",
+        cmdline: "log=info",
+        guests: &["cloneflood", "hello"],
+        status: RunStatus::AllPassed,
+        marker: "HV: ALL 4 GUESTS PASSED",
+        lines: &[
+            "[guest cloneflood] clone 2 made",
+            "guest cloneflood: PASS (ended: fault:metadata: area bookkeeping budget exhausted",
+            "guest cloneflood.child3: PASS (ended: fault:metadata@",
+            "guest cloneflood.child4: PASS (ended: fault:metadata@",
+            "guest hello: PASS (ended: exit code 0)",
+        ],
+        vendor_lines: (&[], &[]),
+        // Every touched page came in by a fault of its own (4 KiB pieces).
+        reports: &[ReportCheck {
+            guest: "cloneflood",
+            leaves_2m: 0,
+            faults: 4088,
+        }],
+    },
     // A guest that never exits is preempted by the timer (the others finish first) and
     // stopped after its CPU budget (1 s here; the others need a few ms each).
     BootTest {
@@ -106,13 +208,57 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["spin", "hello", "clone"],
         status: RunStatus::AllPassed,
         marker: "HV: ALL 4 GUESTS PASSED",
+        lines: &["guest spin: PASS (ended: fault:timeout: still running after its CPU budget of "],
+        vendor_lines: (&[], &[]),
+        reports: &[],
+    },
+    // Two instances: the second starts after the first (and its clone) wrote their
+    // own values into every register and MSR, and must see the reset state.
+    // One guest per instruction a guest could use against the host: each ends, named.
+    BootTest {
+        name: "intercepts",
+        cmdline: "log=info",
+        guests: &["intercepts"],
+        status: RunStatus::AllPassed,
+        marker: "HV: ALL 10 GUESTS PASSED",
+        lines: &[],
+        vendor_lines: (
+            &[
+                "fault:instruction: VMRUN is not allowed",
+                "fault:instruction: VMLOAD is not allowed",
+                "fault:instruction: VMSAVE is not allowed",
+                "fault:instruction: STGI is not allowed",
+                "fault:instruction: CLGI is not allowed",
+                "fault:instruction: SKINIT is not allowed",
+                "fault:instruction: INVLPGA is not allowed",
+                "fault:instruction: INVD is not allowed",
+                "fault:instruction: XSETBV",
+                "fault:instruction: RDPMC is not allowed",
+            ],
+            &[
+                "fault:instruction: VMXON is not allowed",
+                "fault:instruction: VMCLEAR is not allowed",
+                "fault:instruction: VMPTRLD is not allowed",
+                "fault:instruction: VMREAD is not allowed",
+                "fault:instruction: VMWRITE is not allowed",
+                "fault:instruction: VMLAUNCH is not allowed",
+                "fault:instruction: INVEPT is not allowed",
+                "fault:instruction: INVVPID is not allowed",
+                "fault:instruction: INVD is not allowed",
+                "fault:instruction: XSETBV",
+            ],
+        ),
+        reports: &[],
     },
     BootTest {
         name: "registers",
         cmdline: "log=info",
-        guests: &["registers"],
+        guests: &["registers", "registers name=registers2"],
         status: RunStatus::AllPassed,
-        marker: "HV: ALL 2 GUESTS PASSED",
+        marker: "HV: ALL 4 GUESTS PASSED",
+        lines: &[],
+        vendor_lines: (&[], &[]),
+        reports: &[],
     },
     // Every scenario in one boot: each guest has its own address space and ASID, the
     // misbehaving ones end alone and the others go on.
@@ -138,6 +284,9 @@ pub const BOOT_TESTS: &[BootTest] = &[
         ],
         status: RunStatus::AllPassed,
         marker: "HV: ALL 16 GUESTS PASSED",
+        lines: &[],
+        vendor_lines: (&[], &[]),
+        reports: &[],
     },
     // A guest whose outcome differs from its expectation fails the run (and only it).
     BootTest {
@@ -146,6 +295,9 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["hello", "readonly expect=ok", "hello name=hello2"],
         status: RunStatus::GuestFailed,
         marker: "HV: 1 GUEST(S) FAILED",
+        lines: &[],
+        vendor_lines: (&[], &[]),
+        reports: &[],
     },
     // More guests than SVM offers ASIDs (15 under QEMU): they are admitted as others end.
     BootTest {
@@ -175,6 +327,9 @@ pub const BOOT_TESTS: &[BootTest] = &[
         ],
         status: RunStatus::AllPassed,
         marker: "HV: ALL 21 GUESTS PASSED",
+        lines: &[],
+        vendor_lines: (&[], &[]),
+        reports: &[],
     },
     // The host's own failures end the run with their own status.
     BootTest {
@@ -183,6 +338,9 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["hello"],
         status: RunStatus::HostFault,
         marker: "HV: HOST FAULT (exception 6), status 37",
+        lines: &[],
+        vendor_lines: (&[], &[]),
+        reports: &[],
     },
     BootTest {
         name: "host-panic",
@@ -190,6 +348,9 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["hello"],
         status: RunStatus::HostFault,
         marker: "HV: HOST FAULT (panic), status 37",
+        lines: &[],
+        vendor_lines: (&[], &[]),
+        reports: &[],
     },
     BootTest {
         name: "leak-check",
@@ -197,6 +358,9 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["hello"],
         status: RunStatus::Leak,
         marker: "HV: FRAME LEAK (1 frames)",
+        lines: &[],
+        vendor_lines: (&[], &[]),
+        reports: &[],
     },
     // A malformed configuration is refused before any guest runs.
     BootTest {
@@ -205,6 +369,9 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["hello mem=3M"],
         status: RunStatus::BadConfig,
         marker: "HV: CONFIGURATION REFUSED",
+        lines: &[],
+        vendor_lines: (&[], &[]),
+        reports: &[],
     },
     BootTest {
         name: "refuses-bad-image",
@@ -212,6 +379,9 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["hello", "corrupt"],
         status: RunStatus::BadConfig,
         marker: "HV: CONFIGURATION REFUSED",
+        lines: &[],
+        vendor_lines: (&[], &[]),
+        reports: &[],
     },
     BootTest {
         name: "refuses-bad-cmdline",
@@ -219,5 +389,8 @@ pub const BOOT_TESTS: &[BootTest] = &[
         guests: &["hello"],
         status: RunStatus::BadConfig,
         marker: "HV: CONFIGURATION REFUSED",
+        lines: &[],
+        vendor_lines: (&[], &[]),
+        reports: &[],
     },
 ];

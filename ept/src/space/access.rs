@@ -49,7 +49,9 @@ where
             return Ok(());
         };
         inner.check_ram(range, Access::WRITE)?;
-        inner.make_writable(range)?;
+        let made = inner.make_writable(range);
+        inner.sync_metadata();
+        made?;
         inner.copy_in(gpa, data);
         inner.note_written(range);
         Ok(())

@@ -9,7 +9,7 @@ use memory_set::{AddrRange, GuestPhysAddr, HostPhysAddr, MappingBackend, MemoryA
 use super::Invalidate;
 use super::error::SpaceError;
 use super::state::State;
-use crate::format::{LeafAttr, Stage2Format};
+use crate::format::{Access, LeafAttr, Stage2Format};
 use crate::frame::{FrameAlloc, PhysMapper};
 
 /// The flags of an area: what its leaves grant, and which owned region (if any) holds
@@ -21,12 +21,19 @@ pub(crate) struct AreaFlags {
     pub(crate) attr: LeafAttr,
     /// The owning region's id, 0 for none.
     pub(crate) owner: u64,
+    /// The most the area's rights may ever be: what the host mapped it with (see
+    /// `ceiling.rs`). Kept by every cut, relabel and clone.
+    pub(crate) ceiling: Access,
 }
 
 impl AreaFlags {
-    /// Flags of an area no region owns.
+    /// Flags of an area no region owns, whose ceiling is `attr`'s rights.
     pub(crate) fn new(attr: LeafAttr) -> Self {
-        Self { attr, owner: 0 }
+        Self {
+            attr,
+            owner: 0,
+            ceiling: attr.access,
+        }
     }
 }
 

@@ -1,13 +1,13 @@
 //! `try_clone`: a copy-on-write clone of an address space.
 
-use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
 use core::mem::ManuallyDrop;
 
 use memory_set::{AddrRange, GuestPhysAddr, HostPhysAddr, MemorySet, PAGE_SIZE_4K};
 
 use super::backend::{AreaFlags, Backend, BackendKind};
-use super::error::{OomReason, SpaceError};
+use super::budget::Budget;
+use super::error::SpaceError;
 use super::state::{Inner, State, set_err};
 use super::{AddressSpace, Invalidate};
 use crate::format::{Access, LeafAttr, Stage2Format};
@@ -25,13 +25,10 @@ where
     I: Invalidate + Clone,
 {
     /// [`AddressSpace::try_clone_with`] with a clone of this space's invalidation
-    /// handle and the same quota.
+    /// handle.
     pub fn try_clone(&self) -> Result<Self, SpaceError> {
-        let (invalidate, quota) = {
-            let inner = self.inner.lock();
-            (inner.st.invalidate.clone(), inner.st.quota)
-        };
-        self.try_clone_with(invalidate, quota)
+        let invalidate = self.inner.lock().st.invalidate.clone();
+        self.try_clone_with(invalidate)
     }
 }
 
@@ -45,18 +42,32 @@ where
     /// A new space with the same window, areas and contents, sharing RAM frames
     /// copy-on-write (read-only in both until written), linear windows mapped as they
     /// are, and owned regions copied into private frames (they become plain RAM areas
-    /// in the clone). The clone uses `invalidate` and its own quota.
+    /// in the clone). The clone uses `invalidate`.
+    ///
+    /// The clone joins this space's family: the quota and bookkeeping budget of
+    /// [`Limits`](super::Limits) hold for the family as a whole. A frame shared
+    /// copy-on-write counts once; the clone's tables, owned-region copies and later
+    /// copy-on-write copies count as new frames. The clone's areas and the entries
+    /// for shared frames (in both spaces) count against the bookkeeping budget.
     ///
     /// Transactional: the whole clone is built before the parent changes; out of
-    /// frames (or over `quota_frames`) leaves the parent exactly as it was.
-    pub fn try_clone_with(&self, invalidate: I, quota_frames: usize) -> Result<Self, SpaceError> {
+    /// frames or bookkeeping leaves the parent exactly as it was. Should
+    /// write-protecting the parent fail (a table bug), the clone is dropped and the
+    /// error returned; some parent leaves may then be read-only, which its next
+    /// write fault restores.
+    pub fn try_clone_with(&self, invalidate: I) -> Result<Self, SpaceError> {
         let mut inner = self.inner.lock();
-        let parts = inner.clone_parts(invalidate, quota_frames);
+        inner.sync_metadata();
+        let parts = inner.clone_parts(invalidate, None);
+        inner.sync_metadata();
         let (set, st) = super::debug_validated(&inner, parts)?;
         let window = inner.window;
         drop(inner);
         let child = Self::from_state(window, set, st);
-        super::debug_validated(&child.inner.lock(), Ok(()))?;
+        let mut locked = child.inner.lock();
+        locked.sync_metadata();
+        super::debug_validated(&locked, Ok(()))?;
+        drop(locked);
         Ok(child)
     }
 }
@@ -68,18 +79,28 @@ where
     A: FrameAlloc + Clone,
     I: Invalidate,
 {
+    /// The parts of a copy-on-write clone. `budget`: the family's own (`None`, a
+    /// clone) or a separate one (a snapshot, which charges its parent its own way).
     pub(crate) fn clone_parts(
         &mut self,
         invalidate: I,
-        quota: usize,
+        budget: Option<Budget>,
     ) -> Result<Parts<F, M, A, I>, SpaceError> {
+        // Bookkeeping first, before any of it is allocated: the child's areas, one
+        // entry per shared chunk in the child, and one in the parent for every frame
+        // that becomes shared now.
+        let (chunks, untracked) = self.shared_entries();
+        self.st
+            .alloc
+            .budget
+            .metadata_room(self.set.len() + chunks + untracked)?;
         let mapper = self.st.table.mapper().clone();
         let mut child = State::new(
             mapper,
-            self.st.alloc.clone(),
+            self.st.alloc.host.clone(),
             invalidate,
             self.st.caps,
-            quota,
+            budget.unwrap_or_else(|| self.st.alloc.budget.clone()),
         )?;
         let mut set = MemorySet::new();
         let mut copies: Vec<HostPhysAddr> = Vec::new();
@@ -94,9 +115,35 @@ where
             abandon(child, copies);
             return Err(e);
         }
-        // Phase 2: share the frames; write-protect the parent's RAM (exact areas: no
-        // split, no allocation).
+        // Phase 2: write-protect the parent's RAM (exact areas: no split, no
+        // allocation). Read-only leaves over private frames are harmless (a write
+        // fault restores them), so a failure here only drops the child.
         let mut flush = crate::flush::Flush::none();
+        for (range, flags, kind) in &areas {
+            if !kind.is_ram() || flags.owner != 0 || !flags.attr.access.contains(Access::WRITE) {
+                continue;
+            }
+            if self.st.table.leaves_in(*range).next().is_none() {
+                continue;
+            }
+            let ro = LeafAttr {
+                access: flags.attr.access.difference(Access::WRITE),
+                ..flags.attr
+            };
+            let r = self.st.metered(range.start(), |table, meter| {
+                table.protect_range(meter, range.start(), range.size(), ro)
+            });
+            match r {
+                Ok(f) => flush = flush.merge(f),
+                Err(e) => {
+                    self.st.finish(flush, false);
+                    abandon(child, copies);
+                    return Err(e);
+                }
+            }
+        }
+        self.st.finish(flush, false);
+        // Phase 3: share the frames (bookkeeping only; its room was checked).
         for (range, flags, kind) in &areas {
             if kind.is_window() {
                 // Shared windows stay shared: one more reference, rights unchanged.
@@ -116,21 +163,31 @@ where
                     .book
                     .share_leaf_with(leaf.hpa, leaf.size, &mut child.book);
             }
-            if flags.attr.access.contains(Access::WRITE) && !leaves.is_empty() {
-                let ro = LeafAttr {
-                    access: flags.attr.access.difference(Access::WRITE),
-                    ..flags.attr
-                };
-                let (table, mut meter) = self.st.parts();
-                if let Ok(f) = table.protect_range(&mut meter, range.start(), range.size(), ro) {
-                    flush = flush.merge(f);
-                }
-            }
         }
-        self.st.finish(flush, false);
         child.replay = false;
         child.zero.inherit_setting(&self.st.zero);
         Ok((set, child))
+    }
+
+    /// Bookkeeping entries sharing the RAM leaves needs: (chunks the child will
+    /// track, leaves the parent does not track yet).
+    fn shared_entries(&self) -> (usize, usize) {
+        let mut bases = Vec::new();
+        let mut untracked = 0;
+        for a in self.set.iter() {
+            if !a.backend().kind.owns_frames() || a.flags().owner != 0 {
+                continue;
+            }
+            for leaf in self.st.table.leaves_in(a.va_range()) {
+                match self.st.book.chunk_of(leaf.hpa) {
+                    Some((base, _)) => bases.push(base),
+                    None => untracked += 1,
+                }
+            }
+        }
+        bases.sort_unstable();
+        bases.dedup();
+        (bases.len() + untracked, untracked)
     }
 
     fn build_child(
@@ -141,8 +198,6 @@ where
         copies: &mut Vec<HostPhysAddr>,
     ) -> Result<(), SpaceError> {
         child.replay = true;
-        let mut shared_chunks = BTreeSet::new();
-        let mut shared_frames = 0usize;
         // The areas: a copy of the bookkeeping; owned areas become plain RAM (a
         // relabel of whole areas, which the replaying child state ignores).
         *set = self.set.clone();
@@ -165,11 +220,6 @@ where
                     }
                     BackendKind::Window => {
                         child.map_leaf(leaf.gpa, leaf.hpa, leaf.size, leaf.attr)?;
-                        if let Some((base, chunk)) = self.st.book.chunk_of(leaf.hpa)
-                            && shared_chunks.insert(base)
-                        {
-                            shared_frames += chunk.frames();
-                        }
                     }
                     BackendKind::Alloc { .. } if flags.owner != 0 => {
                         copy_leaf_private(child, leaf, copies)?;
@@ -180,27 +230,9 @@ where
                             ..leaf.attr
                         };
                         child.map_leaf(leaf.gpa, leaf.hpa, leaf.size, ro)?;
-                        match self.st.book.chunk_of(leaf.hpa) {
-                            Some((base, chunk)) => {
-                                if shared_chunks.insert(base) {
-                                    shared_frames += chunk.frames();
-                                }
-                            }
-                            None => shared_frames += 1,
-                        }
                     }
                 }
             }
-        }
-        let used = child.used() + shared_frames;
-        if used > child.quota {
-            return Err(SpaceError::OutOfMemory {
-                gpa: None,
-                reason: OomReason::Quota {
-                    quota_frames: child.quota,
-                    used_frames: used,
-                },
-            });
         }
         Ok(())
     }

@@ -180,11 +180,7 @@ where
             inner.split_huge_ram(range)?;
         }
         let flush = match mode {
-            DirtyMode::AccessedDirty => inner
-                .st
-                .table
-                .harvest_dirty(range, |_, _| {})
-                .map_err(SpaceError::Table)?,
+            DirtyMode::AccessedDirty => inner.st.table.harvest_dirty_fast(range, |_, _| {}),
             DirtyMode::WriteProtect => inner.write_protect_ram(range),
         };
         inner.st.finish(flush, false);
@@ -266,18 +262,6 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
         {
             self.track.record(t.leaf_gpa.as_usize(), t.size.size());
         }
-    }
-
-    /// Write-protects the leaf `t` (exact: never splits, never allocates).
-    pub(crate) fn write_protect_leaf(&mut self, t: &Translation) -> Flush {
-        let ro = LeafAttr {
-            access: t.attr.access.difference(Access::WRITE),
-            ..t.attr
-        };
-        let (table, mut meter) = self.parts();
-        table
-            .protect_range(&mut meter, t.leaf_gpa, t.size.size(), ro)
-            .unwrap_or_default()
     }
 }
 
@@ -398,8 +382,7 @@ where
         let mut flush = match mode {
             DirtyMode::AccessedDirty => st
                 .table
-                .harvest_dirty(log.range, |g, size| out.set_span(g.as_usize(), size.size()))
-                .map_err(SpaceError::Table)?,
+                .harvest_dirty_fast(log.range, |g, size| out.set_span(g, size)),
             DirtyMode::WriteProtect => Flush::none(),
         };
         let base = soft.base().as_usize();
@@ -412,8 +395,10 @@ where
             out.set_span(t.leaf_gpa.as_usize(), t.size.size());
             let leaf_end = t.leaf_gpa.as_usize() + t.size.size();
             next = next.max(leaf_end.saturating_sub(base) / 4096);
-            if mode == DirtyMode::WriteProtect && t.attr.access.contains(Access::WRITE) {
-                flush = flush.merge(st.write_protect_leaf(&t));
+            if mode == DirtyMode::WriteProtect
+                && let Some((leaf, size)) = st.table.clear_write(t.leaf_gpa)
+            {
+                flush.add_range(leaf, size.size());
             }
         }
         soft.clear();

@@ -133,6 +133,26 @@ pub enum SpaceError {
     /// The stage-2 table refused an operation the space believed valid. This reports a
     /// bug rather than a guest or caller mistake; the state is still consistent.
     Table(TableError),
+    /// The operation would pass the family's bookkeeping budget (areas, tracked
+    /// frames) or the host-wide pool (see [`Limits`](super::Limits)).
+    OutOfMetadata {
+        /// Entries held now (by the family, or by all families for the pool).
+        used: usize,
+        /// The limit that would be passed.
+        limit: usize,
+        /// The host-wide pool ran out, not this family's own budget.
+        host_pool: bool,
+    },
+    /// New rights beyond what the host configured for the area (the area's ceiling):
+    /// a guest may lower its rights and raise them back, never above the ceiling.
+    RightsExceeded {
+        /// The first address of an area whose ceiling is passed.
+        gpa: GuestPhysAddr,
+        /// The rights asked for.
+        requested: Access,
+        /// The most the area may have.
+        ceiling: Access,
+    },
 }
 
 /// Why a dirty-log or snapshot request was refused ([`SpaceError::Tracking`]).
@@ -239,6 +259,32 @@ impl fmt::Display for SpaceError {
             Self::Tracking { problem } => write!(f, "dirty tracking: {problem}"),
             Self::Bundle { problem } => write!(f, "frame bundle: {problem}"),
             Self::Table(e) => write!(f, "stage-2 table refused the operation: {e}"),
+            Self::OutOfMetadata {
+                used,
+                limit,
+                host_pool: false,
+            } => write!(
+                f,
+                "area bookkeeping budget exhausted ({used} of {limit} entries)"
+            ),
+            Self::OutOfMetadata {
+                used,
+                limit,
+                host_pool: true,
+            } => write!(
+                f,
+                "host bookkeeping pool exhausted ({used} of {limit} entries)"
+            ),
+            Self::RightsExceeded {
+                gpa,
+                requested,
+                ceiling,
+            } => write!(
+                f,
+                "rights {} at {gpa:#x} exceed what the host allows there ({})",
+                AccessName(*requested),
+                AccessName(*ceiling)
+            ),
         }
     }
 }

@@ -78,6 +78,15 @@ where
             Some(size) => FaultOutcome::Populated { size },
             None => inner.st.serve_fault(area, flags.attr, kind, gpa, access)?,
         };
+        if matches!(
+            outcome,
+            FaultOutcome::Populated {
+                size: LeafSize::Size2M
+            } | FaultOutcome::CopiedOnWrite
+                | FaultOutcome::Reprotected
+        ) {
+            inner.sync_metadata();
+        }
         inner.st.note_fault(gpa, access, outcome);
         inner.st.counters.faults_handled += 1;
         if outcome == FaultOutcome::Spurious {

@@ -25,9 +25,19 @@
 //! their host frames.
 //!
 //! Frames are counted per space ([`SpaceStats`]): RAM frames (a frame shared with a
-//! clone counts in both) and table frames (root included). `quota_frames` bounds their
-//! sum; going over it is [`SpaceError::OutOfMemory`] with [`OomReason::Quota`] for this
-//! guest alone.
+//! clone counts in both) and table frames (root included). The quota ([`Limits`])
+//! bounds the host frames a space and its clones (its *family*) hold together, each
+//! shared frame once; going over it is [`SpaceError::OutOfMemory`] with
+//! [`OomReason::Quota`] for this guest alone, and an empty host allocator is
+//! [`OomReason::HostFrames`].
+//!
+//! # Budgets and host policy
+//! Bookkeeping the guest can grow (areas, gap index, entries for shared and 2 MiB
+//! frames) counts against the family's entry budget and an optional host-wide
+//! [`MetadataPool`]; an operation that would pass either is refused before it changes
+//! anything ([`SpaceError::OutOfMetadata`]); see `budget.rs`. The rights an area was
+//! mapped with are its ceiling: [`AddressSpace::protect`] and the region operations
+//! never go above it ([`SpaceError::RightsExceeded`]); see `ceiling.rs`.
 //!
 //! # Transactions
 //! An error changes nothing: areas, tables, frame counts and guest memory are as before.
@@ -119,6 +129,8 @@ mod access;
 mod backend;
 mod balloon;
 mod bitmap;
+mod budget;
+mod ceiling;
 mod clone;
 pub mod dirty;
 mod error;
@@ -149,12 +161,13 @@ use lock::SpinLock;
 use state::{Inner, State};
 
 pub use bitmap::DirtyBitmap;
+pub use budget::{ENTRY_BYTES, Limits, MIN_METADATA_ENTRIES, MetadataPool};
 pub use dirty::{DirtyMode, HugeLeaves};
 pub use error::{OomReason, RangeProblem, SpaceError, TrackingProblem};
 pub use fault::FaultOutcome;
 pub use pod::Pod;
 pub use region::{OwnedRegion, ViewError};
-pub use report::{AreaInfo, AreaKind, SpaceReport, SpaceStats};
+pub use report::{AreaInfo, AreaKind, REPORT_AREAS, SpaceReport, SpaceStats};
 pub use share::{BundleProblem, FrameBundle};
 pub use snapshot::{RestoreStats, Snapshot};
 
@@ -245,7 +258,7 @@ where
 {
     /// An empty space over `[base, base + size)` (both 4 KiB aligned, inside the GPA
     /// width of `caps`), with an empty stage-2 table whose root counts against
-    /// `quota_frames`.
+    /// `quota_frames`, and the default bookkeeping budget ([`Limits::quota`]).
     pub fn new(
         base: GuestPhysAddr,
         size: usize,
@@ -255,8 +268,25 @@ where
         invalidate: I,
         quota_frames: usize,
     ) -> Result<Self, SpaceError> {
+        let limits = Limits::quota(quota_frames);
+        Self::with_limits(base, size, caps, mapper, alloc, invalidate, limits)
+    }
+
+    /// [`AddressSpace::new`] with explicit frame and bookkeeping limits, which the new
+    /// space and all its clones share (see [`Limits`]).
+    pub fn with_limits(
+        base: GuestPhysAddr,
+        size: usize,
+        caps: Stage2Caps,
+        mapper: M,
+        alloc: A,
+        invalidate: I,
+        limits: Limits,
+    ) -> Result<Self, SpaceError> {
         let window = window_range(base, size, &caps)?;
-        let state = State::new(mapper, alloc, invalidate, caps, quota_frames)?;
+        let budget = budget::Budget::new(limits);
+        budget.metadata_room(0)?;
+        let state = State::new(mapper, alloc, invalidate, caps, budget)?;
         Ok(Self::from_state(window, MemorySet::new(), state))
     }
 
@@ -415,7 +445,9 @@ where
 
     /// Gives every area in `[gpa, gpa + size)` the rights `access` (memory types are
     /// kept), cutting areas that cross an end. Holes are fine. Shared copy-on-write
-    /// frames stay read-only until written.
+    /// frames stay read-only until written. Rights above what an area was mapped with
+    /// are refused ([`SpaceError::RightsExceeded`]); a protect that changes nothing
+    /// needs no frame and always succeeds.
     pub fn protect(
         &mut self,
         gpa: GuestPhysAddr,
@@ -426,6 +458,7 @@ where
         let range = inner.check_range(gpa, size)?;
         inner.st.check_attr(LeafAttr::ram(access))?;
         inner.check_not_owned(range)?;
+        inner.check_ceiling(range, access)?;
         let result = inner.protect_range(range, access, None);
         debug_validated(&inner, result)
     }
@@ -435,6 +468,11 @@ where
         let mut inner = self.inner.lock();
         let result = inner.clear();
         debug_validated(&inner, result)
+    }
+
+    /// Whether any area shares an address with `range`.
+    pub fn overlaps(&self, range: AddrRange<GuestPhysAddr>) -> bool {
+        self.inner.lock().set.overlaps(range)
     }
 
     /// Checks that every byte of `range` lies in an area allowing `access`.

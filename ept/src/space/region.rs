@@ -79,12 +79,12 @@ impl fmt::Display for ViewError {
 /// shared frame), and dropping the handle unmaps it and frees its frames.
 ///
 /// # Views
-/// `as_type`/`as_slice` (and `_mut`) give references into the guest frames. A view
-/// must lie inside one 4 KiB page (guest pages are not host-contiguous in general),
-/// be aligned for the type in host memory, and a mutable view needs `WRITE`.
-/// References into guest memory are only sound while no vCPU of this guest runs
-/// (the guest could write under them): the hypervisor takes views while handling an
-/// exit, not across a guest entry.
+/// `read_type`/`read_slice` and `write_type`/`write_slice` copy typed values out of
+/// and into the guest frames with volatile accesses; they never hand out references,
+/// because the guest may write its frames at any time (a `&T` into them would be
+/// unsound). A view must lie inside one 4 KiB page (guest pages are not
+/// host-contiguous in general), be aligned for the type in host memory, needs `READ`,
+/// and a write needs `WRITE`.
 ///
 /// # Example
 /// ```
@@ -96,9 +96,9 @@ impl fmt::Display for ViewError {
 ///     GuestPhysAddr::new(0), 1 << 20, Stage2Caps::all(),
 ///     arena.clone(), arena.clone(), |_: FlushScope| {}, 64)?;
 /// let mut region = space.alloc_region(None, 0x2000, Access::RW)?;
-/// *region.as_type_mut::<u64>(0x1008).unwrap() = 7;
+/// region.write_type::<u64>(0x1008, 7).unwrap();
 /// let (left, right) = region.split_at(0x1000).map_err(|(_, e)| e)?;
-/// assert_eq!(*right.as_type::<u64>(8).unwrap(), 7);
+/// assert_eq!(right.read_type::<u64>(8).unwrap(), 7);
 /// drop((left, right));
 /// drop(space);
 /// assert_eq!(arena.in_use(), 0);
@@ -135,7 +135,7 @@ where
     ) -> Result<OwnedRegion<F, M, A, I>, SpaceError> {
         let mut inner = self.inner.lock();
         let range = inner.region_range(gpa, size)?;
-        let owner = inner.map_owned(range, access)?;
+        let owner = inner.map_owned(range, access, access)?;
         drop(inner);
         Ok(OwnedRegion {
             inner: self.inner.clone(),
@@ -181,11 +181,17 @@ where
         &mut self,
         range: AddrRange<GuestPhysAddr>,
         access: Access,
+        ceiling: Access,
     ) -> Result<u64, SpaceError> {
         let attr = LeafAttr::ram(access);
         self.st.check_attr(attr)?;
+        super::ceiling::within(range.start(), access, ceiling)?;
         let owner = self.st.last_owner + 1;
-        let flags = AreaFlags { attr, owner };
+        let flags = AreaFlags {
+            attr,
+            owner,
+            ceiling,
+        };
         self.map_area(range, flags, BackendKind::Alloc { populate: true })?;
         self.st.last_owner = owner;
         Ok(owner)
@@ -336,8 +342,13 @@ where
     pub fn deep_copy(&self, access: Option<Access>) -> Result<Self, SpaceError> {
         let access = access.unwrap_or(self.access);
         let mut inner = self.inner.lock();
+        // The copy's ceiling is the source's (the rights all of its areas allow).
+        let ceiling = inner
+            .set
+            .iter_overlapping(self.range)
+            .fold(Access::all(), |c, a| c.intersection(a.flags().ceiling));
         let range = inner.region_range(None, self.size())?;
-        let owner = inner.map_owned(range, access)?;
+        let owner = inner.map_owned(range, access, ceiling)?;
         let table = &inner.st.table;
         for off in (0..self.size()).step_by(PAGE_SIZE_4K) {
             let src = GuestPhysAddr::new(self.start().as_usize() + off);
@@ -364,6 +375,7 @@ where
         }
         let mut inner = self.inner.lock();
         inner.st.check_attr(LeafAttr::ram(access))?;
+        inner.check_ceiling(self.range, access)?;
         inner.protect_range(self.range, access, None)?;
         self.access = access;
         Ok(())
@@ -410,23 +422,29 @@ where
         Ok(ptr)
     }
 
-    /// A reference to the `T` at byte `offset`.
-    pub fn as_type<T: Pod>(&self, offset: usize) -> Result<&T, ViewError> {
+    /// A copy of the `T` at byte `offset`.
+    ///
+    /// A copy, read with one volatile access per `T`, not a reference: the guest may
+    /// write the frame at any time (another vCPU, or after the next entry), and a
+    /// `&T` into memory that changes under it would be unsound.
+    pub fn read_type<T: Pod>(&self, offset: usize) -> Result<T, ViewError> {
         let p = self.view_ptr(offset, size_of::<T>(), align_of::<T>(), false)?;
         // SAFETY: `view_ptr` checked that the `size_of::<T>()` bytes lie in one frame
-        // of this region that the mapper reaches (valid for reads, aligned for `T`).
-        // The frame is owned by this region alone (never shared by clones, never
-        // unmapped while the handle lives), `T: Pod` accepts any bytes, and the
-        // reference borrows `self`, so no mutable view coexists.
-        Ok(unsafe { &*p.cast::<T>() })
+        // of this region that the mapper reaches (valid for reads, aligned for `T`),
+        // owned by this region alone (never shared by clones, never unmapped while the
+        // handle lives). A volatile read of a `Pod` type is defined whatever the bytes
+        // are, even if the guest writes them concurrently (it may then see a torn
+        // value, which `Pod` accepts).
+        Ok(unsafe { p.cast::<T>().read_volatile() })
     }
 
-    /// A mutable reference to the `T` at byte `offset` (needs `WRITE`).
-    pub fn as_type_mut<T: Pod>(&mut self, offset: usize) -> Result<&mut T, ViewError> {
+    /// Writes `value` at byte `offset` (needs `WRITE`), with one volatile access.
+    pub fn write_type<T: Pod>(&mut self, offset: usize, value: T) -> Result<(), ViewError> {
         let p = self.view_ptr(offset, size_of::<T>(), align_of::<T>(), true)?;
-        // SAFETY: as in `as_type`; `&mut self` makes this the only view, and the
-        // space refuses its own reads and writes of owned ranges.
-        Ok(unsafe { &mut *p.cast::<T>() })
+        // SAFETY: as in `read_type`, and the region allows writes; no reference to the
+        // frame exists (views are copies).
+        unsafe { p.cast::<T>().write_volatile(value) };
+        Ok(())
     }
 
     /// The size in bytes of `len` values of `T` at byte `offset` (out of bounds if it
@@ -440,30 +458,35 @@ where
             })
     }
 
-    /// A slice of `len` values of `T` starting at byte `offset`.
-    pub fn as_slice<T: Pod>(&self, offset: usize, len: usize) -> Result<&[T], ViewError> {
-        let bytes = self.slice_bytes::<T>(offset, len)?;
+    /// Copies `out.len()` values of `T` starting at byte `offset` into `out` (one
+    /// volatile read each; see [`OwnedRegion::read_type`]).
+    pub fn read_slice<T: Pod>(&self, offset: usize, out: &mut [T]) -> Result<(), ViewError> {
+        let bytes = self.slice_bytes::<T>(offset, out.len())?;
         if bytes == 0 {
-            return Ok(&[]);
+            return Ok(());
         }
         let p = self.view_ptr(offset, bytes, align_of::<T>(), false)?;
-        // SAFETY: as in `as_type`, for `len` consecutive values inside one frame.
-        Ok(unsafe { core::slice::from_raw_parts(p.cast::<T>(), len) })
+        for (i, v) in out.iter_mut().enumerate() {
+            // SAFETY: as in `read_type`, for the `i`-th of `out.len()` consecutive
+            // values inside one frame.
+            *v = unsafe { p.cast::<T>().wrapping_add(i).read_volatile() };
+        }
+        Ok(())
     }
 
-    /// A mutable slice of `len` values of `T` starting at byte `offset`.
-    pub fn as_slice_mut<T: Pod>(
-        &mut self,
-        offset: usize,
-        len: usize,
-    ) -> Result<&mut [T], ViewError> {
-        let bytes = self.slice_bytes::<T>(offset, len)?;
+    /// Copies `values` to byte `offset` (needs `WRITE`; one volatile write each).
+    pub fn write_slice<T: Pod>(&mut self, offset: usize, values: &[T]) -> Result<(), ViewError> {
+        let bytes = self.slice_bytes::<T>(offset, values.len())?;
         if bytes == 0 {
-            return Ok(&mut []);
+            return Ok(());
         }
         let p = self.view_ptr(offset, bytes, align_of::<T>(), true)?;
-        // SAFETY: as in `as_type_mut`, for `len` consecutive values inside one frame.
-        Ok(unsafe { core::slice::from_raw_parts_mut(p.cast::<T>(), len) })
+        for (i, &v) in values.iter().enumerate() {
+            // SAFETY: as in `write_type`, for the `i`-th of `values.len()` consecutive
+            // values inside one frame.
+            unsafe { p.cast::<T>().wrapping_add(i).write_volatile(v) };
+        }
+        Ok(())
     }
 }
 

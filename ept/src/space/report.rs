@@ -44,10 +44,17 @@ pub struct SpaceStats {
     pub leaves_1g: usize,
     /// Areas.
     pub areas: usize,
+    /// Host frames the space's family (it and its copy-on-write clones) holds, each
+    /// shared frame once: what the quota bounds.
+    pub family_frames: usize,
+    /// Bookkeeping entries the family holds (areas, tracked frames).
+    pub metadata_entries: usize,
+    /// The family's bookkeeping budget.
+    pub metadata_limit: usize,
 }
 
 impl SpaceStats {
-    /// Frames the space holds in all (what counts against the quota).
+    /// Frames the space holds in all (shared frames included).
     pub fn frames(&self) -> usize {
         self.ram_frames + self.table_frames
     }
@@ -98,9 +105,15 @@ pub struct SpaceReport {
     pub root: HostPhysAddr,
     /// The counters.
     pub stats: SpaceStats,
-    /// The areas in address order.
+    /// The first [`REPORT_AREAS`] areas in address order.
     pub areas: Vec<AreaInfo>,
+    /// Areas after those, and the bytes they cover (summarised on one line).
+    pub more_areas: (usize, usize),
 }
+
+/// Areas a [`SpaceReport`] lists one by one; the rest are summarised, so a report
+/// stays one screen and its size does not grow with the guest's areas.
+pub const REPORT_AREAS: usize = 8;
 
 impl<F, M, A, I> AddressSpace<F, M, A, I>
 where
@@ -122,7 +135,7 @@ where
         SpaceStats {
             ram_frames: st.book.ram_frames(),
             table_frames: st.table.table_frames(),
-            quota_frames: st.quota,
+            quota_frames: st.quota(),
             shared_frames,
             faults_handled: st.counters.faults_handled,
             cow_copies: st.counters.cow_copies,
@@ -134,15 +147,24 @@ where
             leaves_2m: st.table.leaf_count(LeafSize::Size2M),
             leaves_1g: st.table.leaf_count(LeafSize::Size1G),
             areas: inner.set.len(),
+            family_frames: st.alloc.budget.held(),
+            metadata_entries: st.alloc.budget.metadata().0,
+            metadata_limit: st.alloc.budget.metadata().1,
         }
     }
 
     /// The areas in address order.
     pub fn areas(&self) -> Vec<AreaInfo> {
+        self.areas_upto(usize::MAX)
+    }
+
+    /// The first `n` areas in address order.
+    fn areas_upto(&self, n: usize) -> Vec<AreaInfo> {
         let inner = self.inner.lock();
         inner
             .set
             .iter()
+            .take(n)
             .map(|a| AreaInfo {
                 range: a.va_range(),
                 access: a.flags().attr.access,
@@ -161,14 +183,24 @@ where
             .collect()
     }
 
-    /// A printable report of the space.
+    /// A printable report of the space: the first [`REPORT_AREAS`] areas, the rest
+    /// summarised (no allocation that grows with the number of areas).
     pub fn report(&self) -> SpaceReport {
+        let more_areas = {
+            let inner = self.inner.lock();
+            inner
+                .set
+                .iter()
+                .skip(REPORT_AREAS)
+                .fold((0, 0), |(n, b), a| (n + 1, b + a.size()))
+        };
         SpaceReport {
             format: F::NAME,
             window: self.window,
             root: self.root,
             stats: self.stats(),
-            areas: self.areas(),
+            areas: self.areas_upto(REPORT_AREAS),
+            more_areas,
         }
     }
 }
@@ -208,6 +240,14 @@ impl fmt::Display for SpaceReport {
                 )?,
             }
         }
+        if self.more_areas.0 > 0 {
+            let (n, bytes) = self.more_areas;
+            writeln!(
+                f,
+                "  ... and {n} more area(s) totalling {} KiB",
+                bytes / 1024
+            )?;
+        }
         writeln!(
             f,
             "  leaves: {} x 4K, {} x 2M, {} x 1G",
@@ -224,6 +264,11 @@ impl fmt::Display for SpaceReport {
             s.table_frames,
             s.frames(),
             s.quota_frames
+        )?;
+        writeln!(
+            f,
+            "  family: {} frames held (clones included); bookkeeping {} of {} entries",
+            s.family_frames, s.metadata_entries, s.metadata_limit
         )?;
         write!(
             f,

@@ -62,13 +62,12 @@ use memory_set::{AddrRange, GuestPhysAddr, HostPhysAddr, MemoryAddr, PAGE_SIZE_2
 
 use super::backend::{AreaFlags, BackendKind};
 use super::error::{OomReason, SpaceError};
-use super::frames::ShareMark;
+use super::frames::{ShareMark, free_block};
 use super::state::Inner;
 use super::{AddressSpace, Invalidate};
 use crate::format::{Access, LeafAttr, Stage2Format};
 use crate::frame::{FrameAlloc, PhysMapper};
 use crate::size::LeafSize;
-use crate::table::Translation;
 
 /// Why a bundle cannot be mapped as a window ([`SpaceError::Bundle`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,15 +204,21 @@ impl<A: FrameAlloc> fmt::Debug for FrameBundle<A> {
 impl<A: FrameAlloc> Drop for FrameBundle<A> {
     fn drop(&mut self) {
         for p in self.pieces.drain(..) {
-            if Arc::into_inner(p.mark).is_some() {
-                if p.big {
-                    self.alloc.dealloc_2m(p.base);
-                } else {
-                    self.alloc.dealloc_frame(p.base);
+            if let Some(mark) = Arc::into_inner(p.mark) {
+                // The last holder: back to the host, out of the home family's count.
+                let home = mark.home.lock().take();
+                free_block(&mut self.alloc, p.base, p.big);
+                if let Some(home) = home {
+                    home.uncharge(chunk_frames(p.big));
                 }
             }
         }
     }
+}
+
+/// 4 KiB frames in a chunk.
+fn chunk_frames(big: bool) -> usize {
+    if big { PAGE_SIZE_2M / PAGE_SIZE_4K } else { 1 }
 }
 
 impl<F, M, A, I> AddressSpace<F, M, A, I>
@@ -261,7 +266,9 @@ where
             drop(inner);
             return Err((bundle, e));
         }
-        // The bundle's references go; frames nobody else holds are private now.
+        // The charge moves here; the bundle's references go; frames nobody else
+        // holds are private now.
+        inner.take_charge(&bundle);
         drop(bundle);
         inner.make_private_writable(gpa);
         // Panics in debug builds if an invariant broke; never an error.
@@ -325,7 +332,7 @@ where
             .collect();
         let mut pieces = Vec::with_capacity(leaves.len());
         for leaf in &leaves {
-            let (base, big, mark) = self.st.book.pin(leaf.hpa);
+            let (base, big, mark) = self.st.book.pin(leaf.hpa, &self.st.alloc.budget);
             pieces.push(Piece {
                 offset: leaf.gpa.as_usize() - range.start().as_usize(),
                 hpa: leaf.hpa,
@@ -338,7 +345,7 @@ where
         let bundle = FrameBundle {
             size: range.size(),
             pieces,
-            alloc: self.st.alloc.clone(),
+            alloc: self.st.alloc.host.clone(),
             window: false,
         };
         if let Err(e) = self.unmap_range(range) {
@@ -380,13 +387,15 @@ where
             .collect();
         let mut flush = crate::flush::Flush::none();
         for leaf in shared {
-            let t = Translation {
-                hpa: leaf.hpa,
-                attr: leaf.attr,
-                size: leaf.size,
-                leaf_gpa: leaf.gpa,
+            let ro = LeafAttr {
+                access: leaf.attr.access.difference(Access::WRITE),
+                ..leaf.attr
             };
-            flush = flush.merge(self.st.write_protect_leaf(&t));
+            let (table, mut meter) = self.st.parts();
+            // Exact leaves: never split, never allocate.
+            if let Ok(f) = table.protect_range(&mut meter, leaf.gpa, leaf.size.size(), ro) {
+                flush = flush.merge(f);
+            }
         }
         self.st.finish(flush, false);
     }
@@ -408,29 +417,21 @@ where
                 gpa: a.start().max(range.start()),
             });
         }
-        // The frames this space does not hold yet must fit the quota now; the tables
-        // are metered as they are built.
-        let mut bases: Vec<(HostPhysAddr, usize)> = Vec::new();
-        for p in &bundle.pieces {
-            if self.st.book.chunk_of(p.base).is_none() && !bases.iter().any(|(b, _)| *b == p.base) {
-                bases.push((
-                    p.base,
-                    if p.big {
-                        PAGE_SIZE_2M / PAGE_SIZE_4K
-                    } else {
-                        1
-                    },
-                ));
-            }
-        }
-        let new_frames: usize = bases.iter().map(|(_, n)| n).sum();
+        // A move brings the frames' charge into this family: they must fit the
+        // quota now (a window's frames stay charged to the family they came from).
+        // The tables are metered as they are built.
+        let need = if kind.is_window() {
+            0
+        } else {
+            self.foreign_charge(bundle).iter().map(|(_, n)| n).sum()
+        };
         let used = self.st.used();
-        if used + new_frames > self.st.quota {
+        if used + need > self.st.quota() {
             return Err(SpaceError::OutOfMemory {
                 gpa: Some(gpa),
                 reason: OomReason::Quota {
-                    quota_frames: self.st.quota,
-                    used_frames: used + new_frames,
+                    quota_frames: self.st.quota(),
+                    used_frames: used + need,
                 },
             });
         }
@@ -494,6 +495,41 @@ where
             return Err(e);
         }
         Ok(())
+    }
+
+    /// The distinct chunks of `bundle` charged to another family, with their frames.
+    fn foreign_charge(&self, bundle: &FrameBundle<A>) -> Vec<(HostPhysAddr, usize)> {
+        let mut out: Vec<(HostPhysAddr, usize)> = Vec::new();
+        for p in &bundle.pieces {
+            let foreign = p
+                .mark
+                .home
+                .lock()
+                .as_ref()
+                .is_some_and(|h| !h.same_family(&self.st.alloc.budget));
+            if foreign && !out.iter().any(|(b, _)| *b == p.base) {
+                out.push((p.base, chunk_frames(p.big)));
+            }
+        }
+        out
+    }
+
+    /// After a move: the frames' charge leaves their old family for this one.
+    fn take_charge(&mut self, bundle: &FrameBundle<A>) {
+        let foreign = self.foreign_charge(bundle);
+        let own = &self.st.alloc.budget;
+        for p in &bundle.pieces {
+            if !foreign.iter().any(|(b, _)| *b == p.base) {
+                continue;
+            }
+            let mut home = p.mark.home.lock();
+            if let Some(old) = home.replace(own.clone())
+                && !old.same_family(own)
+            {
+                old.uncharge(chunk_frames(p.big));
+                own.charge(chunk_frames(p.big));
+            }
+        }
     }
 
     /// After a move: gives write access to the RAM leaves of the area at `gpa` whose

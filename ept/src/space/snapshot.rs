@@ -43,7 +43,9 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use memory_set::{AddrRange, GuestPhysAddr, PAGE_SIZE_4K};
 
+use super::Limits;
 use super::bitmap::DirtyBitmap;
+use super::budget::Budget;
 use super::error::{OomReason, SpaceError, TrackingProblem};
 use super::lock::SpinLock;
 use super::state::Inner;
@@ -188,19 +190,22 @@ where
         // The snapshot references every RAM frame and copies the table layout.
         let charge = inner.st.book.ram_frames() + inner.st.table.table_frames();
         let used = inner.st.used();
-        if used + charge > inner.st.quota {
+        if used + charge > inner.st.quota() {
             return Err(SpaceError::OutOfMemory {
                 gpa: None,
                 reason: OomReason::Quota {
-                    quota_frames: inner.st.quota,
+                    quota_frames: inner.st.quota(),
                     used_frames: used + charge,
                 },
             });
         }
         let invalidate = inner.st.invalidate.clone();
-        let (set, st) = inner.clone_parts(invalidate, usize::MAX)?;
-        debug_assert_eq!(st.used(), charge, "snapshot charge estimate");
-        let charge = st.used();
+        // The frozen copy keeps a budget of its own (its frames are charged to the
+        // live space through `charge`, not through the family's count).
+        let own = Budget::new(Limits::quota(usize::MAX).metadata(usize::MAX));
+        let (set, st) = inner.clone_parts(invalidate, Some(own))?;
+        debug_assert_eq!(st.own_frames(), charge, "snapshot charge estimate");
+        let charge = st.own_frames();
         let extent = ram_extent(&inner);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         inner.st.track.snap = Some(SnapTrack {
@@ -339,8 +344,8 @@ where
                 Step::Copy(l, src) => {
                     // Both are whole frames this space and the snapshot hold.
                     let _ = copy_frame(self.st.table.mapper(), l.hpa, *src);
-                    if l.attr.access.contains(Access::WRITE) {
-                        flush = flush.merge(self.st.write_protect_leaf(l));
+                    if let Some((leaf, size)) = self.st.table.clear_write(l.leaf_gpa) {
+                        flush.add_range(leaf, size.size());
                     }
                     stats.pages_copied += 1;
                 }

@@ -11,6 +11,7 @@ use memory_set::{
 };
 
 use super::backend::{AreaFlags, Backend, BackendKind};
+use super::budget::{Budget, Charged};
 use super::error::{OomReason, RangeProblem, SpaceError};
 use super::frames::FrameBook;
 use super::meter::{Meter, ReserveSink};
@@ -39,18 +40,20 @@ pub(crate) struct Counters {
 pub(crate) struct State<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> {
     /// The table; taken out only by [`State::teardown`].
     pub(crate) table: ManuallyDrop<Stage2Table<F, M>>,
-    pub(crate) alloc: A,
+    /// The host allocator, counting into the family's budget.
+    pub(crate) alloc: Charged<A>,
     pub(crate) invalidate: I,
     pub(crate) book: FrameBook,
     /// Frames taken up front for the current operation (empty between operations).
     pub(crate) reserve: Vec<HostPhysAddr>,
-    pub(crate) quota: usize,
     pub(crate) caps: Stage2Caps,
     pub(crate) counters: Counters,
     /// Set while a clone's areas are relabelled: backend calls do nothing.
     pub(crate) replay: bool,
     /// The last owned-region id handed out.
     pub(crate) last_owner: u64,
+    /// Bookkeeping entries of this space counted in the family's budget.
+    pub(crate) metadata_charged: usize,
     /// Dirty logging and snapshot tracking (`dirty.rs`, `snapshot.rs`).
     pub(crate) track: super::dirty::Tracking,
     /// The shared zero page, when enabled (`zero.rs`).
@@ -136,16 +139,19 @@ fn hadd(hpa: HostPhysAddr, off: usize) -> HostPhysAddr {
 }
 
 impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A, I> {
-    /// A state with an empty table (the root is the first frame counted).
+    /// A state with an empty table (the root is the first frame counted) in the
+    /// family of `budget`.
     pub(crate) fn new(
         mapper: M,
-        mut alloc: A,
+        host: A,
         invalidate: I,
         caps: Stage2Caps,
-        quota: usize,
+        budget: Budget,
     ) -> Result<Self, SpaceError> {
         let mut reserve = Vec::new();
-        let mut meter = Meter::new(&mut alloc, &mut reserve, quota, 0);
+        let mut alloc = Charged { host, budget };
+        let (quota, held) = (alloc.budget.quota(), alloc.budget.held());
+        let mut meter = Meter::new(&mut alloc, &mut reserve, quota, held);
         let table = Stage2Table::new(mapper, &mut meter, caps).map_err(|e| {
             let reason = meter.reason();
             table_err(e, reason, GuestPhysAddr::new(0))
@@ -156,31 +162,49 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
             invalidate,
             book: FrameBook::default(),
             reserve,
-            quota,
             caps,
             counters: Counters::default(),
             replay: false,
             last_owner: 0,
+            metadata_charged: 0,
             track: Default::default(),
             zero: Default::default(),
         })
     }
 
-    /// Frames this space holds: RAM, tables, any reserve, and an attached snapshot's.
-    pub(crate) fn used(&self) -> usize {
-        self.book.ram_frames()
-            + self.table.table_frames()
-            + self.reserve.len()
-            + self.track.charged_frames()
+    /// The family's frame quota.
+    pub(crate) fn quota(&self) -> usize {
+        self.alloc.budget.quota()
     }
 
-    /// The table and a metered allocator for one operation.
-    pub(crate) fn parts(&mut self) -> (&mut Stage2Table<F, M>, Meter<'_, A>) {
-        let used = self.used();
+    /// What counts against the quota: the host frames the family holds, plus the
+    /// frames an attached snapshot charges (a snapshot has a budget of its own).
+    pub(crate) fn used(&self) -> usize {
+        self.alloc.budget.held() + self.track.charged_frames()
+    }
+
+    /// Frames this space alone refers to: RAM (shared frames included), tables, any
+    /// reserve.
+    pub(crate) fn own_frames(&self) -> usize {
+        self.book.ram_frames() + self.table.table_frames() + self.reserve.len()
+    }
+
+    /// The table and a metered allocator for one operation: the quota applies to
+    /// the frames the whole family holds.
+    pub(crate) fn parts(&mut self) -> (&mut Stage2Table<F, M>, Meter<'_, Charged<A>>) {
+        let (quota, used) = (self.quota(), self.used());
         (
             &mut self.table,
-            Meter::new(&mut self.alloc, &mut self.reserve, self.quota, used),
+            Meter::new(&mut self.alloc, &mut self.reserve, quota, used),
         )
+    }
+
+    /// Brings the family's count of this space's bookkeeping entries up to date
+    /// (`areas` areas plus the tracked frames of the book).
+    pub(crate) fn sync_metadata(&mut self, areas: usize) {
+        let now = areas + self.book.tracked();
+        self.alloc.budget.metadata_moved(self.metadata_charged, now);
+        self.metadata_charged = now;
     }
 
     /// Runs one table operation with a fresh meter; a table error becomes the
@@ -188,7 +212,7 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
     pub(crate) fn metered<T>(
         &mut self,
         gpa: GuestPhysAddr,
-        op: impl FnOnce(&mut Stage2Table<F, M>, &mut Meter<'_, A>) -> Result<T, TableError>,
+        op: impl FnOnce(&mut Stage2Table<F, M>, &mut Meter<'_, Charged<A>>) -> Result<T, TableError>,
     ) -> Result<T, SpaceError> {
         let (table, mut meter) = self.parts();
         let r = op(table, &mut meter);
@@ -331,7 +355,7 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
                 .map(|(_, size)| size);
         }
         // Quota: the same rule as `Meter` (one more frame must fit).
-        if self.used() >= self.quota {
+        if self.used() >= self.quota() {
             return None;
         }
         let page = gpa.align_down(PAGE_SIZE_4K);
@@ -362,10 +386,12 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
         area: AddrRange<GuestPhysAddr>,
     ) -> Result<(GuestPhysAddr, LeafSize), SpaceError> {
         let block = gpa.align_down(PAGE_SIZE_2M);
+        // A 2 MiB block needs a bookkeeping entry; without room, 4 KiB leaves do.
         let block_free = self.caps.leaf_2m
             && AddrRange::from_start_size(block, PAGE_SIZE_2M).is_some_and(|b| {
                 area.contains_range(&b) && self.table.leaves_in(b).next().is_none()
-            });
+            })
+            && self.alloc.budget.metadata_room(1).is_ok();
         if block_free {
             let (table, mut meter) = self.parts();
             if let Some(hpa) = meter.alloc_2m() {
@@ -380,8 +406,15 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
                     Ok(flush) => {
                         self.finish(flush, false);
                         self.book.add_2m(hpa);
+                        // Counted now, so the next block of a long populate sees it.
+                        let c = self.metadata_charged;
+                        self.alloc.budget.metadata_moved(c, c + 1);
+                        self.metadata_charged = c + 1;
                         return Ok((block, LeafSize::Size2M));
                     }
+                    // No frames for the tables a 2 MiB leaf needs: a 4 KiB leaf
+                    // (one frame plus one more table) may still fit below.
+                    Err(TableError::NoMemory { .. }) => meter.dealloc_2m(hpa),
                     Err(e) => {
                         meter.dealloc_2m(hpa);
                         let reason = meter.reason();
@@ -389,7 +422,7 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
                     }
                 }
             }
-            // No 2 MiB block (host or quota): fall back to 4 KiB.
+            // No 2 MiB block (host or quota), or no tables for it: fall back to 4 KiB.
         }
         let page = gpa.align_down(PAGE_SIZE_4K);
         let (table, mut meter) = self.parts();
@@ -456,11 +489,31 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
                 access: attr.access.difference(Access::WRITE),
                 ..attr
             };
+            let mut all_ro = false;
             for (g, s) in shared {
                 let (table, mut meter) = self.parts();
                 // Exact leaves: never split, never allocate.
-                if let Ok(f) = table.protect_range(&mut meter, g, s.size(), ro) {
-                    flush = flush.merge(f);
+                match table.protect_range(&mut meter, g, s.size(), ro) {
+                    Ok(f) => flush = flush.merge(f),
+                    Err(_) => {
+                        all_ro = true;
+                        break;
+                    }
+                }
+            }
+            if all_ro {
+                // Never leave a shared frame writable: the whole range (already split
+                // to these leaves by the first call) goes read-only; write faults
+                // restore the private leaves one by one.
+                let (table, mut meter) = self.parts();
+                let f = table.protect_range(&mut meter, gpa, size, ro);
+                let reason = meter.reason();
+                match f {
+                    Ok(f) => flush = flush.merge(f),
+                    Err(e) => {
+                        self.finish(flush, false);
+                        return Err(table_err(e, reason, gpa));
+                    }
                 }
             }
         }
@@ -681,6 +734,19 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
         Ok(range)
     }
 
+    /// Brings the family's count of this space's bookkeeping entries up to date;
+    /// every operation that may add or drop areas or tracked frames ends with it.
+    pub(crate) fn sync_metadata(&mut self) {
+        let areas = self.set.len();
+        self.st.sync_metadata(areas);
+    }
+
+    /// Checks that `more` bookkeeping entries fit (before an operation adds them).
+    pub(crate) fn metadata_room(&mut self, more: usize) -> Result<(), SpaceError> {
+        self.sync_metadata();
+        self.st.alloc.budget.metadata_room(more)
+    }
+
     /// Adds an area and maps it through its backend.
     pub(crate) fn map_area(
         &mut self,
@@ -691,10 +757,19 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
         let (start, size) = (range.start(), range.size());
         let area = MemoryArea::new(start, size, flags, Backend::new(kind))
             .map_err(|e| set_err(e, start, size))?;
+        // The area, and any 2 MiB blocks a populated area takes (a bound: one each).
+        let blocks = match kind {
+            BackendKind::Alloc { populate: true } => size.div_ceil(PAGE_SIZE_2M),
+            _ => 0,
+        };
+        self.metadata_room(1 + blocks)?;
         self.last_area.set(None);
-        self.set
+        let r = self
+            .set
             .map(area, &mut self.st, false)
-            .map_err(|e| set_err(e, start, size))?;
+            .map_err(|e| set_err(e, start, size));
+        self.sync_metadata();
+        r?;
         self.note_area_change(range);
         Ok(())
     }
@@ -782,18 +857,42 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
                 .unwrap_or(*piece);
             if let Err(e) = self.st.populate(*piece, flags.attr, area, &mut added) {
                 self.st.rollback(&added);
+                self.sync_metadata();
                 return Err(e);
             }
         }
+        self.sync_metadata();
         Ok(())
     }
 
-    /// Takes the frames that splitting huge leaves at the ends of `range` needs.
-    fn reserve_splits(&mut self, range: AddrRange<GuestPhysAddr>) -> Result<(), SpaceError> {
-        let mut cuts = alloc::vec![range.start()];
-        cuts.extend(range.end());
-        let need = self.st.split_need(&cuts);
-        self.st.fill_reserve(need, range.start())
+    /// The ends of `range` that cut an area in two, where `cut_here` says that
+    /// area changes (at most two addresses).
+    fn cuts(
+        &self,
+        range: AddrRange<GuestPhysAddr>,
+        cut_here: impl Fn(&AreaFlags) -> bool,
+    ) -> Vec<GuestPhysAddr> {
+        let mut cuts = Vec::new();
+        let ends = [Some(range.start()), range.end()];
+        let inside = [Some(range.start()), range.last()];
+        for (end, inside) in ends.into_iter().zip(inside) {
+            if let (Some(end), Some(inside)) = (end, inside)
+                && self.set.find(inside).is_some_and(|a| {
+                    let r = a.va_range();
+                    cut_here(&a.flags()) && r.start() < end && r.last().is_some_and(|l| l >= end)
+                })
+            {
+                cuts.push(end);
+            }
+        }
+        cuts
+    }
+
+    /// Takes the frames that splitting huge leaves at the cut points `cuts` needs.
+    fn reserve_splits(&mut self, cuts: &[GuestPhysAddr]) -> Result<(), SpaceError> {
+        let need = self.st.split_need(cuts);
+        self.st
+            .fill_reserve(need, cuts.first().copied().unwrap_or_default())
     }
 
     /// Unmaps `range` (ownership already checked).
@@ -801,13 +900,20 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
         &mut self,
         range: AddrRange<GuestPhysAddr>,
     ) -> Result<(), SpaceError> {
-        self.reserve_splits(range)?;
+        // Cutting a hole into one area leaves two; anything else leaves fewer areas.
+        let inside_one = self.set.find(range.start()).is_some_and(|a| {
+            a.start() < range.start() && range.end().is_some_and(|e| a.va_range().contains(e))
+        });
+        self.metadata_room(usize::from(inside_one))?;
+        let cuts = self.cuts(range, |_| true);
+        self.reserve_splits(&cuts)?;
         self.last_area.set(None);
         let r = self
             .set
             .unmap(range.start(), range.size(), &mut self.st)
             .map_err(|e| set_err(e, range.start(), range.size()));
         self.st.drain_reserve();
+        self.sync_metadata();
         r?;
         self.note_area_change(range);
         Ok(())
@@ -823,6 +929,7 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
         self.relabel(range, |f| AreaFlags {
             attr: LeafAttr { access, ..f.attr },
             owner: owner.unwrap_or(f.owner),
+            ceiling: f.ceiling,
         })
     }
 
@@ -832,18 +939,35 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
         range: AddrRange<GuestPhysAddr>,
         update: impl Fn(AreaFlags) -> AreaFlags,
     ) -> Result<(), SpaceError> {
-        self.reserve_splits(range)?;
+        // Areas whose flags stay as they are are neither cut nor touched: a relabel
+        // that changes nothing needs no frame and no bookkeeping.
+        let changes = |f: &AreaFlags| update(*f) != *f;
+        if !self
+            .set
+            .iter_overlapping(range)
+            .any(|a| changes(&a.flags()))
+        {
+            return Ok(());
+        }
+        // Each end that cuts a changing area adds one area.
+        let cuts = self.cuts(range, changes);
+        self.metadata_room(cuts.len())?;
+        self.reserve_splits(&cuts)?;
         self.last_area.set(None);
         let r = self
             .set
             .protect(
                 range.start(),
                 range.size(),
-                |f| Some(update(f)),
+                |f| {
+                    let new = update(f);
+                    (new != f).then_some(new)
+                },
                 &mut self.st,
             )
             .map_err(|e| set_err(e, range.start(), range.size()));
         self.st.drain_reserve();
+        self.sync_metadata();
         r?;
         self.note_area_change(range);
         Ok(())
@@ -874,9 +998,19 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
         let limit = limit
             .intersection(&self.window)
             .ok_or(SpaceError::NoFreeArea { size })?;
+        use memory_set::InvalidParam;
         self.set
             .find_free_area(hint, size, limit, align)
-            .map_err(|e| set_err(e, hint, size))
+            .map_err(|e| match e {
+                // Only the size is checked for alignment (the hint is rounded up).
+                MemorySetError::InvalidParam {
+                    reason: InvalidParam::Unaligned { page_size },
+                } => SpaceError::Unaligned {
+                    value: size,
+                    align: page_size,
+                },
+                e => set_err(e, hint, size),
+            })
     }
 
     /// The area containing `gpa`, if any (remembered for the next call).
@@ -920,6 +1054,9 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
             if !flags.attr.access.contains(leaf.attr.access) {
                 return Err("leaf grants more than its area");
             }
+            if !flags.ceiling.contains(flags.attr.access) {
+                return Err("area rights above the host's ceiling");
+            }
             match kind {
                 BackendKind::Linear { .. } => {
                     if kind.linear_hpa(leaf.gpa) != Some(leaf.hpa) || leaf.attr != flags.attr {
@@ -955,5 +1092,7 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Drop
             set.find(gpa)
                 .is_some_and(|a| a.backend().kind.owns_frames())
         });
+        st.alloc.budget.metadata_moved(st.metadata_charged, 0);
+        st.metadata_charged = 0;
     }
 }

@@ -126,7 +126,7 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
             meter.dealloc_frame(hpa);
             return None;
         }
-        let mark = Arc::new(ShareMark);
+        let mark = Arc::new(ShareMark::default());
         // The space's own piece: the frame counts once from now on.
         self.book.adopt(hpa, false, 1, mark.clone());
         self.zero.page = Some((hpa, mark));
@@ -141,6 +141,7 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
         };
         self.book.release(hpa, LeafSize::Size4K, &mut self.alloc);
         if Arc::into_inner(mark).is_some() {
+            // Never bundled: charged to this space's family.
             self.alloc.dealloc_frame(hpa);
         }
     }

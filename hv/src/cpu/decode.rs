@@ -34,6 +34,8 @@ pub enum Op {
     Vmcall,
     /// WBINVD (`0f 09`).
     Wbinvd,
+    /// INVD (`0f 08`).
+    Invd,
     /// MOV to or from a control register (`0f 22 /r`, `0f 20 /r`, register operand).
     MovCr {
         /// To the control register (`0f 22`).
@@ -122,6 +124,7 @@ pub fn decode(bytes: &[u8], cs: CodeSegment) -> Result<Decoded, DecodeError> {
             0x32 => done(Op::Rdmsr, 2),
             0x30 => done(Op::Wrmsr, 2),
             0x09 => done(Op::Wbinvd, 2),
+            0x08 => done(Op::Invd, 2),
             0x01 => match at(2)? {
                 0xD9 => done(Op::Vmmcall, 3),
                 0xC1 => done(Op::Vmcall, 3),

@@ -6,6 +6,7 @@
 //!   (host save areas, permission maps, ASIDs).
 
 pub mod exit;
+mod state;
 pub mod vcpu;
 pub mod vmcb;
 

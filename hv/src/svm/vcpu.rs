@@ -26,7 +26,7 @@ use crate::vcpu::{ArchReg, CodeSegment, FlushRequest, Reg, StartState, Vcpu, VmE
 
 /// EFER MSR (APM vol. 2, 3.1.7); bit 12 = SVME.
 const MSR_EFER: u32 = 0xC000_0080;
-const EFER_SVME: u64 = 1 << 12;
+pub(super) const EFER_SVME: u64 = 1 << 12;
 /// VM_CR MSR (APM vol. 2, 15.30.1); bit 4 = SVMDIS.
 const MSR_VM_CR: u32 = 0xC001_0114;
 const VM_CR_SVMDIS: u64 = 1 << 4;
@@ -47,11 +47,6 @@ const GUEST_CR4: u64 = (1 << 5) | (1 << 9) | (1 << 10);
 const REAL_MODE_CR0: u64 = (1 << 1) | (1 << 4) | (1 << 5);
 /// Real-mode guest CR4: OSFXSR (9), OSXMMEXCPT (10), so SSE works as in long mode.
 const REAL_MODE_CR4: u64 = (1 << 9) | (1 << 10);
-/// V_TPR, bits 3:0 of the VMCB's V_INTR field (APM vol. 2 15.21.1).
-const V_TPR_MASK: u64 = 0xF;
-/// CS attribute bits in the VMCB form: L (bit 9) and D/B (bit 10) (APM vol. 2 15.5.1).
-const ATTR_L: u16 = 1 << 9;
-const ATTR_DB: u16 = 1 << 10;
 /// EVENTINJ (APM vol. 2 15.20): type 3 = exception, EV = bit 11, V = bit 31.
 const EVENTINJ_EXCEPTION: u64 = 3 << 8;
 const EVENTINJ_EV: u64 = 1 << 11;
@@ -344,8 +339,8 @@ impl SvmHost {
 
 /// One SVM virtual CPU.
 pub struct SvmVcpu {
-    vmcb: Box<Vmcb>,
-    state: Box<SwitchState>,
+    pub(super) vmcb: Box<Vmcb>,
+    pub(super) state: Box<SwitchState>,
     host_save_pa: u64,
     nrips: bool,
     next_rip: Option<u64>,
@@ -391,6 +386,12 @@ impl Vcpu for SvmVcpu {
         // the host x87/SSE state, and returns on the next #VMEXIT.
         unsafe { svm_world_switch(state, vmcb_pa, self.host_save_pa) };
         switch::leave_guest(&mut self.state.soft, Vendor::Svm);
+        if let Some(xcr0) = switch::xcr0_changed() {
+            log::warn!("a guest set XCR0 to {xcr0:#x} past the XSETBV intercept");
+            return VmExit::Forbidden {
+                what: "XSETBV (executed although intercepted; XCR0 restored)",
+            };
+        }
         // An injected event was delivered (or is now in EXITINTINFO).
         self.vmcb.write_u64(control::EVENT_INJ, 0);
         let (exit_code, info1, info2) = self.last_exit_raw();
@@ -442,84 +443,15 @@ impl Vcpu for SvmVcpu {
     }
 
     fn code_segment(&self) -> CodeSegment {
-        let attr = u16::from_le_bytes([
-            self.vmcb.read_u8(save::CS + 2),
-            self.vmcb.read_u8(save::CS + 3),
-        ]);
-        let lma = self.vmcb.read_u64(save::EFER) & (1 << 10) != 0;
-        CodeSegment {
-            base: self.vmcb.read_u64(save::CS + 8),
-            long: lma && attr & ATTR_L != 0,
-            default32: attr & ATTR_DB != 0,
-        }
+        self.svm_code_segment()
     }
 
     fn arch(&self, reg: ArchReg) -> u64 {
-        let v = &self.vmcb;
-        let soft = &self.state.soft;
-        match reg {
-            ArchReg::Cr0 => v.read_u64(save::CR0),
-            ArchReg::Cr2 => v.read_u64(save::CR2),
-            ArchReg::Cr3 => v.read_u64(save::CR3),
-            ArchReg::Cr4 => v.read_u64(save::CR4),
-            ArchReg::Cr8 => v.read_u64(control::V_INTR) & V_TPR_MASK,
-            ArchReg::Dr0 | ArchReg::Dr1 | ArchReg::Dr2 | ArchReg::Dr3 => {
-                soft.dr[reg as usize - ArchReg::Dr0 as usize]
-            }
-            ArchReg::Dr6 => v.read_u64(save::DR6),
-            ArchReg::Dr7 => v.read_u64(save::DR7),
-            // SVME is the hypervisor's (required in a guest, APM 15.5.1), not the guest's.
-            ArchReg::Efer => v.read_u64(save::EFER) & !EFER_SVME,
-            ArchReg::Pat => v.read_u64(save::G_PAT),
-            ArchReg::FsBase => v.read_u64(save::FS + 8),
-            ArchReg::GsBase => v.read_u64(save::GS + 8),
-            ArchReg::KernelGsBase => v.read_u64(save::KERNEL_GS_BASE),
-            ArchReg::Star => v.read_u64(save::STAR),
-            ArchReg::Lstar => v.read_u64(save::LSTAR),
-            ArchReg::Cstar => v.read_u64(save::CSTAR),
-            ArchReg::Sfmask => v.read_u64(save::SFMASK),
-            ArchReg::SysenterCs => v.read_u64(save::SYSENTER_CS),
-            ArchReg::SysenterEsp => v.read_u64(save::SYSENTER_ESP),
-            ArchReg::SysenterEip => v.read_u64(save::SYSENTER_EIP),
-            ArchReg::TscAux => soft.tsc_aux,
-            ArchReg::Pkru => soft.pkru,
-            ArchReg::TscOffset => v.read_u64(control::TSC_OFFSET),
-        }
+        self.svm_arch(reg)
     }
 
     fn set_arch(&mut self, reg: ArchReg, value: u64) {
-        let v = &mut self.vmcb;
-        let soft = &mut self.state.soft;
-        match reg {
-            ArchReg::Cr0 => v.write_u64(save::CR0, value),
-            ArchReg::Cr2 => v.write_u64(save::CR2, value),
-            ArchReg::Cr3 => v.write_u64(save::CR3, value),
-            ArchReg::Cr4 => v.write_u64(save::CR4, value),
-            ArchReg::Cr8 => {
-                let old = v.read_u64(control::V_INTR);
-                v.write_u64(control::V_INTR, (old & !V_TPR_MASK) | (value & V_TPR_MASK));
-            }
-            ArchReg::Dr0 | ArchReg::Dr1 | ArchReg::Dr2 | ArchReg::Dr3 => {
-                soft.dr[reg as usize - ArchReg::Dr0 as usize] = value;
-            }
-            ArchReg::Dr6 => v.write_u64(save::DR6, value),
-            ArchReg::Dr7 => v.write_u64(save::DR7, value),
-            ArchReg::Efer => v.write_u64(save::EFER, value | EFER_SVME),
-            ArchReg::Pat => v.write_u64(save::G_PAT, value),
-            ArchReg::FsBase => v.write_u64(save::FS + 8, value),
-            ArchReg::GsBase => v.write_u64(save::GS + 8, value),
-            ArchReg::KernelGsBase => v.write_u64(save::KERNEL_GS_BASE, value),
-            ArchReg::Star => v.write_u64(save::STAR, value),
-            ArchReg::Lstar => v.write_u64(save::LSTAR, value),
-            ArchReg::Cstar => v.write_u64(save::CSTAR, value),
-            ArchReg::Sfmask => v.write_u64(save::SFMASK, value),
-            ArchReg::SysenterCs => v.write_u64(save::SYSENTER_CS, value),
-            ArchReg::SysenterEsp => v.write_u64(save::SYSENTER_ESP, value),
-            ArchReg::SysenterEip => v.write_u64(save::SYSENTER_EIP, value),
-            ArchReg::TscAux => soft.tsc_aux = value,
-            ArchReg::Pkru => soft.pkru = value,
-            ArchReg::TscOffset => v.write_u64(control::TSC_OFFSET, value),
-        }
+        self.svm_set_arch(reg, value);
     }
 
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {

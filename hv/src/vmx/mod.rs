@@ -7,11 +7,15 @@
 //! * [`instr`]: the VMX instructions (VMXON, VMPTRLD, VMREAD, INVEPT, ...).
 //! * [`vcpu`]: [`VmxVcpu`], the world switch, and [`VmxHost`] (VMXON region, VPIDs,
 //!   INVEPT type), which implements [`crate::hypervisor::VcpuHost`].
+//! * `state`: the vCPU's architectural state by [`crate::vcpu::ArchReg`] and the
+//!   emulation of MOV CR8; `host`: the host state read from the running CPU.
 
 pub mod caps;
 pub mod exit;
 pub mod fields;
+mod host;
 pub mod instr;
+mod state;
 pub mod vcpu;
 
 pub use caps::{VmxCaps, VmxError};

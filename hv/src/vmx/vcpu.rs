@@ -26,6 +26,7 @@ use super::exit::{self, VMFAIL, reason};
 use super::fields::{
     INTERRUPTIBILITY_STI_MOVSS, ar, entry_ctl, field16, field32, field64, natural, proc, proc2,
 };
+use super::host::{host_segments, read_cr0, read_cr3, read_cr4};
 use super::instr::{self, VmFail};
 use crate::hypervisor::VcpuHost;
 use crate::platform::virt_to_phys;
@@ -49,21 +50,11 @@ const MSR_SYSENTER_ESP: u32 = 0x175;
 const MSR_SYSENTER_EIP: u32 = 0x176;
 /// IA32_PAT.
 const MSR_PAT: u32 = 0x277;
-/// EFER.LME (bit 8) and EFER.LMA (bit 10) (SDM vol. 3A 2.2.1).
-const EFER_LME_LMA: u64 = (1 << 8) | (1 << 10);
 /// VM-entry interruption information (SDM vol. 3C 25.8.3): type 3 = hardware
 /// exception (bits 10:8), deliver error code (bit 11), valid (bit 31).
 const ENTRY_INFO_EXCEPTION: u64 = 3 << 8;
 const ENTRY_INFO_ERROR_CODE: u64 = 1 << 11;
 const ENTRY_INFO_VALID: u64 = 1 << 31;
-/// Control-register access qualification (SDM vol. 3C 28.2.1, table 28-3): CR number
-/// (bits 3:0), access type (bits 5:4: 0 = MOV to CR, 1 = MOV from CR), GPR (11:8).
-const CR_QUAL_NUMBER: u64 = 0xF;
-const CR_QUAL_TYPE_SHIFT: u32 = 4;
-const CR_QUAL_GPR_SHIFT: u32 = 8;
-/// VMCS access-rights bits of CS: L (bit 13), D/B (bit 14) (SDM vol. 3C 25.4.1).
-const AR_L: u64 = 1 << 13;
-const AR_DB: u64 = 1 << 14;
 
 /// Guest EFER: LME (bit 8), LMA (bit 10), NXE (bit 11) (SDM vol. 3A 2.2.1).
 const GUEST_EFER: u64 = (1 << 8) | (1 << 10) | (1 << 11);
@@ -101,7 +92,7 @@ const MAX_VPIDS: usize = 256;
 
 /// A 4 KiB page for the VMXON region and VMCSs.
 #[repr(C, align(4096))]
-struct Page([u8; 4096]);
+pub(super) struct Page([u8; 4096]);
 
 impl Page {
     /// A zeroed region starting with the VMCS revision identifier (bit 31 clear)
@@ -226,105 +217,21 @@ fn host_phys_bits() -> u8 {
     }
 }
 
-fn read_cr0() -> u64 {
-    let v: u64;
-    // SAFETY: reading CR0 has no side effects.
-    unsafe { asm!("mov {}, cr0", out(reg) v, options(nomem, nostack, preserves_flags)) };
-    v
-}
-
-fn read_cr3() -> u64 {
-    let v: u64;
-    // SAFETY: reading CR3 has no side effects.
-    unsafe { asm!("mov {}, cr3", out(reg) v, options(nomem, nostack, preserves_flags)) };
-    v
-}
-
-fn read_cr4() -> u64 {
-    let v: u64;
-    // SAFETY: reading CR4 has no side effects.
-    unsafe { asm!("mov {}, cr4", out(reg) v, options(nomem, nostack, preserves_flags)) };
-    v
-}
-
-/// The host state a VM exit returns to: segment selectors, descriptor tables, TR.
-#[derive(Debug, Clone, Copy)]
-struct HostSegments {
-    cs: u16,
-    ss: u16,
-    ds: u16,
-    es: u16,
-    fs: u16,
-    gs: u16,
-    tr: u16,
-    gdt_base: u64,
-    idt_base: u64,
-    tr_base: u64,
-}
-
-/// The base address in a 16-byte system-segment descriptor (SDM vol. 3A 7.2.3,
-/// figure 7-4): bits 15:0 in bytes 2-3, 23:16 in byte 4, 31:24 in byte 7, 63:32 in
-/// bytes 8-11.
-fn system_descriptor_base(low: u64, high: u64) -> u64 {
-    ((low >> 16) & 0xFF_FFFF) | (((low >> 56) & 0xFF) << 24) | ((high & 0xFFFF_FFFF) << 32)
-}
-
-fn host_segments() -> HostSegments {
-    let (cs, ss, ds, es, fs, gs, tr): (u16, u16, u16, u16, u16, u16, u16);
-    let mut gdtr = [0u8; 10];
-    let mut idtr = [0u8; 10];
-    // SAFETY: reading segment registers and descriptor-table registers has no side
-    // effects; SGDT/SIDT store 10 bytes into the buffers.
-    unsafe {
-        asm!(
-            "mov {0:x}, cs", "mov {1:x}, ss", "mov {2:x}, ds", "mov {3:x}, es",
-            "mov {4:x}, fs", "mov {5:x}, gs", "str {6:x}",
-            "sgdt [{7}]", "sidt [{8}]",
-            out(reg) cs, out(reg) ss, out(reg) ds, out(reg) es, out(reg) fs, out(reg) gs,
-            out(reg) tr, in(reg) gdtr.as_mut_ptr(), in(reg) idtr.as_mut_ptr(),
-            options(nostack, preserves_flags)
-        )
-    };
-    let base = |t: &[u8; 10]| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&t[2..10]);
-        u64::from_le_bytes(b)
-    };
-    let gdt_base = base(&gdtr);
-    let index = u64::from(tr & !7);
-    let descriptor = (gdt_base + index) as *const [u64; 2];
-    // SAFETY: the GDT is identity-mapped kernel memory and TR indexes its 16-byte TSS
-    // descriptor (loaded by the kernel's GDT set-up).
-    let [low, high] = unsafe { descriptor.read_unaligned() };
-    HostSegments {
-        cs,
-        ss,
-        ds,
-        es,
-        fs,
-        gs,
-        tr,
-        gdt_base,
-        idt_base: base(&idtr),
-        tr_base: system_descriptor_base(low, high),
-    }
-}
-
 /// VMREAD from the current VMCS. Only used by this module once VMXON succeeded and a
 /// vCPU's VMCS was made current (a VMREAD without a current VMCS fails and gives 0).
-fn read_current(field: u32) -> u64 {
+pub(super) fn read_current(field: u32) -> u64 {
     // SAFETY: VMX is on (a `VmxVcpu` exists only after `VmxHost::enable`), and VMREAD
     // only reads the current VMCS.
     unsafe { instr::vmread(field) }
 }
 
 /// Collects VMWRITEs and remembers the first failure.
-struct Writer {
-    failed: Option<(u32, VmFail)>,
+pub(super) struct Writer {
+    pub(super) failed: Option<(u32, VmFail)>,
 }
 
 impl Writer {
-    fn w(&mut self, field: u32, value: u64) {
+    pub(super) fn w(&mut self, field: u32, value: u64) {
         if self.failed.is_some() {
             return;
         }
@@ -335,7 +242,7 @@ impl Writer {
         }
     }
 
-    fn finish(self) -> Result<(), VmxError> {
+    pub(super) fn finish(self) -> Result<(), VmxError> {
         match self.failed {
             None => Ok(()),
             Some((field, e)) => {
@@ -849,31 +756,31 @@ fn yes(b: bool) -> &'static str {
 
 /// One VMX virtual CPU.
 pub struct VmxVcpu {
-    vmcs: Box<Page>,
-    caps: VmxCaps,
+    pub(super) vmcs: Box<Page>,
+    pub(super) caps: VmxCaps,
     /// The guest's IA32_PAT where the controls do not switch it.
-    pat: u64,
+    pub(super) pat: u64,
     /// The guest's EFER where the controls do not switch it.
-    efer: u64,
+    pub(super) efer: u64,
     /// An exception to deliver at the next entry.
-    event: Option<(u8, Option<u32>)>,
-    state: Box<SwitchState>,
-    launched: bool,
+    pub(super) event: Option<(u8, Option<u32>)>,
+    pub(super) state: Box<SwitchState>,
+    pub(super) launched: bool,
     /// No entry yet: flush whatever the CPU may cache for this EPTP and VPID.
-    fresh: bool,
-    vpid: u16,
-    eptp: u64,
-    invept: InveptType,
-    invvpid: bool,
-    flush: FlushRequest,
-    rip: u64,
-    rsp: u64,
-    rflags: u64,
+    pub(super) fresh: bool,
+    pub(super) vpid: u16,
+    pub(super) eptp: u64,
+    pub(super) invept: InveptType,
+    pub(super) invvpid: bool,
+    pub(super) flush: FlushRequest,
+    pub(super) rip: u64,
+    pub(super) rsp: u64,
+    pub(super) rflags: u64,
     /// Length of the instruction that caused the last exit, when it may be skipped.
-    next_len: Option<u64>,
+    pub(super) next_len: Option<u64>,
     /// An instruction was skipped: clear blocking by STI/MOV SS before the next entry.
-    clear_blocking: bool,
-    last_exit: (u32, u64, u64),
+    pub(super) clear_blocking: bool,
+    pub(super) last_exit: (u32, u64, u64),
 }
 
 impl VmxVcpu {
@@ -938,6 +845,9 @@ impl VmxVcpu {
         // at the next VM exit or when the entry instruction fails.
         let failed = unsafe { vmx_world_switch(state, u64::from(self.launched)) };
         switch::leave_guest(&mut self.state.soft, Vendor::Vmx);
+        if let Some(xcr0) = switch::xcr0_changed() {
+            log::warn!("a guest set XCR0 to {xcr0:#x} past the XSETBV exit");
+        }
         if failed != 0 {
             // SAFETY: the VMCS is still current after a VMfailValid.
             let error = unsafe { instr::vmread(field32::VM_INSTRUCTION_ERROR) } as u32;
@@ -949,53 +859,6 @@ impl VmxVcpu {
 }
 
 impl VmxVcpu {
-    /// Makes this vCPU's VMCS current, for reading and writing its fields.
-    fn make_current(&self) -> bool {
-        // SAFETY: VMX is on and the region is this vCPU's VMCS, set up by `build`.
-        match unsafe { instr::vmptrld(virt_to_phys(&*self.vmcs)) } {
-            Ok(()) => true,
-            Err(e) => {
-                log::error!("VMPTRLD failed: {e:?}");
-                false
-            }
-        }
-    }
-
-    /// VMREAD of this vCPU's `field` (0 if the VMCS cannot be made current).
-    fn field(&self, field: u32) -> u64 {
-        if self.make_current() {
-            read_current(field)
-        } else {
-            0
-        }
-    }
-
-    /// VMWRITE of this vCPU's `field`.
-    fn set_field(&self, field: u32, value: u64) {
-        if self.make_current() {
-            let mut w = Writer { failed: None };
-            w.w(field, value);
-            let _ = w.finish();
-        }
-    }
-
-    /// Emulates MOV to or from CR8 (exit qualification `qualification`) against the
-    /// guest's own TPR; `false` for any other control-register access.
-    fn emulate_cr8(&mut self, qualification: u64) -> bool {
-        let access = (qualification >> CR_QUAL_TYPE_SHIFT) & 0b11;
-        let gpr = Reg::gpr(((qualification >> CR_QUAL_GPR_SHIFT) & 0xF) as u8);
-        let (8, 0 | 1, Some(gpr)) = (qualification & CR_QUAL_NUMBER, access, gpr) else {
-            return false;
-        };
-        if access == 0 {
-            self.state.soft.cr8 = self.reg(gpr) & 0xF;
-        } else {
-            self.set_reg(gpr, self.state.soft.cr8);
-        }
-        self.skip_instruction();
-        true
-    }
-
     /// One entry and exit; `None` when the exit was a MOV CR8, completed here.
     fn run_once(&mut self) -> Option<VmExit> {
         self.next_len = None;
@@ -1080,107 +943,15 @@ impl Vcpu for VmxVcpu {
     }
 
     fn code_segment(&self) -> CodeSegment {
-        let ar = self.field(field32::GUEST_CS_AR);
-        CodeSegment {
-            base: self.field(natural::GUEST_CS_BASE),
-            long: self.arch(ArchReg::Efer) & (1 << 10) != 0 && ar & AR_L != 0,
-            default32: ar & AR_DB != 0,
-        }
+        self.vmx_code_segment()
     }
 
     fn arch(&self, reg: ArchReg) -> u64 {
-        let soft = &self.state.soft;
-        match reg {
-            ArchReg::Cr0 => self.field(natural::CR0_READ_SHADOW),
-            ArchReg::Cr2 => soft.cr2,
-            ArchReg::Cr3 => self.field(natural::GUEST_CR3),
-            // CR4.VMXE is the host's; the guest sees its read shadow (0).
-            ArchReg::Cr4 => self.field(natural::GUEST_CR4) & !CR4_VMXE,
-            ArchReg::Cr8 => soft.cr8,
-            ArchReg::Dr0 | ArchReg::Dr1 | ArchReg::Dr2 | ArchReg::Dr3 => {
-                soft.dr[reg as usize - ArchReg::Dr0 as usize]
-            }
-            ArchReg::Dr6 => soft.dr6,
-            ArchReg::Dr7 => self.field(natural::GUEST_DR7),
-            ArchReg::Efer if self.caps.switches_efer() => self.field(field64::GUEST_EFER),
-            ArchReg::Efer => self.efer,
-            ArchReg::Pat if self.caps.switches_pat() => self.field(field64::GUEST_PAT),
-            ArchReg::Pat => self.pat,
-            ArchReg::FsBase => self.field(natural::GUEST_FS_BASE),
-            ArchReg::GsBase => self.field(natural::GUEST_GS_BASE),
-            ArchReg::KernelGsBase => soft.kernel_gs_base,
-            ArchReg::Star => soft.syscall[0],
-            ArchReg::Lstar => soft.syscall[1],
-            ArchReg::Cstar => soft.syscall[2],
-            ArchReg::Sfmask => soft.syscall[3],
-            ArchReg::SysenterCs => self.field(field32::GUEST_SYSENTER_CS),
-            ArchReg::SysenterEsp => self.field(natural::GUEST_SYSENTER_ESP),
-            ArchReg::SysenterEip => self.field(natural::GUEST_SYSENTER_EIP),
-            ArchReg::TscAux => soft.tsc_aux,
-            ArchReg::Pkru => soft.pkru,
-            ArchReg::TscOffset if self.caps.tsc_offsetting() => self.field(field64::TSC_OFFSET),
-            ArchReg::TscOffset => 0,
-        }
+        self.vmx_arch(reg)
     }
 
     fn set_arch(&mut self, reg: ArchReg, value: u64) {
-        let soft = &mut self.state.soft;
-        match reg {
-            ArchReg::Cr0 => {
-                self.set_field(natural::GUEST_CR0, value);
-                self.set_field(natural::CR0_READ_SHADOW, value);
-            }
-            ArchReg::Cr2 => soft.cr2 = value,
-            ArchReg::Cr3 => self.set_field(natural::GUEST_CR3, value),
-            ArchReg::Cr4 => {
-                let (fixed0, fixed1) = self.caps.cr4_fixed;
-                self.set_field(natural::GUEST_CR4, apply_fixed(value, fixed0, fixed1));
-                self.set_field(natural::CR4_READ_SHADOW, value & !CR4_VMXE);
-            }
-            ArchReg::Cr8 => soft.cr8 = value & 0xF,
-            ArchReg::Dr0 | ArchReg::Dr1 | ArchReg::Dr2 | ArchReg::Dr3 => {
-                soft.dr[reg as usize - ArchReg::Dr0 as usize] = value;
-            }
-            ArchReg::Dr6 => soft.dr6 = value,
-            ArchReg::Dr7 => self.set_field(natural::GUEST_DR7, value),
-            ArchReg::Efer => {
-                self.efer = value;
-                if self.caps.switches_efer() {
-                    self.set_field(field64::GUEST_EFER, value);
-                }
-                // IA-32e mode guest follows EFER.LMA (SDM vol. 3C 27.3.1.1).
-                let entry = self.field(field32::ENTRY_CONTROLS);
-                let ia32e = u64::from(entry_ctl::IA32E_MODE_GUEST);
-                let lma = value & EFER_LME_LMA == EFER_LME_LMA;
-                self.set_field(
-                    field32::ENTRY_CONTROLS,
-                    if lma { entry | ia32e } else { entry & !ia32e },
-                );
-            }
-            ArchReg::Pat => {
-                self.pat = value;
-                if self.caps.switches_pat() {
-                    self.set_field(field64::GUEST_PAT, value);
-                }
-            }
-            ArchReg::FsBase => self.set_field(natural::GUEST_FS_BASE, value),
-            ArchReg::GsBase => self.set_field(natural::GUEST_GS_BASE, value),
-            ArchReg::KernelGsBase => soft.kernel_gs_base = value,
-            ArchReg::Star => soft.syscall[0] = value,
-            ArchReg::Lstar => soft.syscall[1] = value,
-            ArchReg::Cstar => soft.syscall[2] = value,
-            ArchReg::Sfmask => soft.syscall[3] = value,
-            ArchReg::SysenterCs => self.set_field(field32::GUEST_SYSENTER_CS, value),
-            ArchReg::SysenterEsp => self.set_field(natural::GUEST_SYSENTER_ESP, value),
-            ArchReg::SysenterEip => self.set_field(natural::GUEST_SYSENTER_EIP, value),
-            ArchReg::TscAux => soft.tsc_aux = value,
-            ArchReg::Pkru => soft.pkru = value,
-            ArchReg::TscOffset => {
-                if self.caps.tsc_offsetting() {
-                    self.set_field(field64::TSC_OFFSET, value);
-                }
-            }
-        }
+        self.vmx_set_arch(reg, value);
     }
 
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
@@ -1231,15 +1002,6 @@ impl VcpuHost for VmxHost {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tss_descriptor_base() {
-        // A 64-bit TSS descriptor for base 0xFFFF_8000_1234_5678, limit 0x67.
-        let base: u64 = 0xFFFF_8000_1234_5678;
-        let low = 0x67 | ((base & 0xFF_FFFF) << 16) | (0x89 << 40) | ((base >> 24 & 0xFF) << 56);
-        let high = base >> 32;
-        assert_eq!(system_descriptor_base(low, high), base);
-    }
 
     #[test]
     fn vmx_regions_are_page_aligned() {
