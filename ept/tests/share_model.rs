@@ -341,8 +341,13 @@ impl World {
     }
 }
 
+/// Out of frames, or out of bookkeeping entries (the family budget): a legitimate
+/// refusal that must change nothing.
 fn is_oom(e: &SpaceError) -> bool {
-    matches!(e, SpaceError::OutOfMemory { .. })
+    matches!(
+        e,
+        SpaceError::OutOfMemory { .. } | SpaceError::OutOfMetadata { .. }
+    )
 }
 
 /// The reference's verdict on a range of pages for take / discard: `None` if every
@@ -368,7 +373,7 @@ fn category(e: &SpaceError) -> &'static str {
         SpaceError::InvalidRange { .. } => "range",
         SpaceError::AlreadyMapped { .. } => "overlap",
         SpaceError::PermissionDenied { .. } => "denied",
-        SpaceError::OutOfMemory { .. } => "oom",
+        SpaceError::OutOfMemory { .. } | SpaceError::OutOfMetadata { .. } => "oom",
         _ => "other",
     }
 }

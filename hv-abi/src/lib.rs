@@ -364,6 +364,11 @@ pub mod hypercall {
     /// which follows the stage-2 mapping: `NotMapped` once the page is unmapped,
     /// `Denied` once it is not readable.
     pub const HOST_READ: u64 = 6;
+    /// Balloon: give the RAM frames of `[RDI, RDI+RSI)` back to the host at once. The
+    /// range stays this guest's on-demand RAM (touching it again gives zeros).
+    /// Returns the number of 4 KiB frames the guest stopped holding (a 2 MiB block
+    /// goes back with its last page).
+    pub const BALLOON: u64 = 7;
 }
 
 /// Access bits for [`hypercall::PROTECT`].

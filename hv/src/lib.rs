@@ -22,6 +22,7 @@ pub mod memory;
 pub mod outcome;
 pub mod platform;
 pub mod settings;
+pub mod sharing;
 pub mod space_memory;
 pub mod svm;
 mod switch;

@@ -30,7 +30,7 @@ where
     A: FrameAlloc + Clone,
     I: Invalidate,
 {
-    /// Gives the frames of `[gpa, gpa + size)` back (see the [module docs](self)) and
+    /// Gives the frames of `[gpa, gpa + size)` back (see `balloon.rs`) and
     /// returns how many 4 KiB frames this space stopped holding.
     ///
     /// Errors change nothing: a range that is not page aligned or leaves the window;

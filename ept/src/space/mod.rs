@@ -85,6 +85,19 @@
 //! memory contents copy-on-write and [`AddressSpace::restore`] rolls back only the
 //! pages changed since ([`snapshot`]).
 //!
+//! # Memory that moves between owners
+//! [`AddressSpace::take`] unmaps a RAM range and hands its frames back as a
+//! [`FrameBundle`] (no copy); [`AddressSpace::map_bundle`] moves them into a space
+//! (this or another) with new rights; [`AddressSpace::map_window`] maps the same
+//! frames into several spaces as a shared window, each with its own rights (clones
+//! keep windows shared). [`AddressSpace::discard`] gives a range's frames back at
+//! once (a balloon) and keeps the range on demand. [`AddressSpace::set_zero_page`]
+//! makes read faults on never-written RAM map one shared read-only page of zeros.
+//! All of it, like clones and snapshots, goes through the one per-frame reference
+//! count of `frames.rs`: whoever lets go last frees, after the flush. How quotas
+//! count these frames: see `share.rs` (a bundle's frames stay charged to the family
+//! they came from until a move carries the charge over), `balloon.rs`, `zero.rs`.
+//!
 //! # Example
 //! ```
 //! use ept::caps::Stage2Caps;

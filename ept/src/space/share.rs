@@ -46,12 +46,16 @@
 //! a window.
 //!
 //! # Quota
-//! A frame counts in the quota of every space that maps it (the rule for all shared
-//! frames; a 2 MiB block counts 512 until its last piece goes): taking a range
-//! removes its frames from the space's count at once, mapping a bundle adds the
-//! frames the space did not hold yet and is refused when they (plus the tables) do
-//! not fit. A bundle between two spaces is held by the hypervisor and charged to
-//! none: the hypervisor bounds how much it keeps.
+//! Every host frame is charged to exactly one family (a space and its clones, see
+//! `budget.rs`). Taking frames out of a space does not change that: the bundle's
+//! frames stay charged to the family they came from (recorded on the frame's shared
+//! mark), as long as the bundle or anyone else holds them. A move
+//! ([`AddressSpace::map_bundle`]) carries the charge over to the receiving family,
+//! which must have room for it (else out of memory, nothing changed). A window does
+//! not: its frames stay charged to the family that created it, and mapping it costs
+//! the other spaces only their tables. Whoever frees a frame last takes it off the
+//! count of the family it is charged to. Each space's report still counts every
+//! frame it maps among its RAM frames (shared ones included).
 
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
@@ -123,7 +127,7 @@ impl Piece {
     }
 }
 
-/// Frames taken out of an address space (see the [module docs](self)): an owned
+/// Frames taken out of an address space (see `share.rs`): an owned
 /// handle that maps them again, shares them as a window, or frees them when dropped.
 pub struct FrameBundle<A: FrameAlloc> {
     size: usize,
@@ -229,7 +233,7 @@ where
     I: Invalidate,
 {
     /// Unmaps the RAM range `[gpa, gpa + size)` and returns its frames, contents
-    /// intact (see the [module docs](self)).
+    /// intact (see `share.rs`).
     ///
     /// Errors change nothing: unaligned or outside the window; [`SpaceError::NotMapped`]
     /// for a hole in the areas; [`SpaceError::NotRam`] for a linear or shared window;
@@ -243,7 +247,7 @@ where
     }
 
     /// Maps `bundle` at `gpa` as a new on-demand RAM area with `access`, moving its
-    /// frames into this space (see the [module docs](self)).
+    /// frames into this space (see `share.rs`).
     ///
     /// Errors give the bundle back and change nothing: [`BundleProblem::IsWindow`]
     /// (writers of a window would change the pages under copy-on-write), bad range or rights,
@@ -276,8 +280,8 @@ where
         Ok(())
     }
 
-    /// Maps the whole of `bundle` at `gpa` as a shared window with `access` (see the
-    /// [module docs](self)); the bundle keeps its own reference.
+    /// Maps the whole of `bundle` at `gpa` as a shared window with `access` (see
+    /// `share.rs`); the bundle keeps its own reference.
     ///
     /// Errors change nothing: [`SpaceError::Bundle`] (a hole; frames still shared
     /// copy-on-write), bad range or rights, [`SpaceError::AlreadyMapped`], out of

@@ -63,8 +63,8 @@ where
     A: FrameAlloc + Clone,
     I: Invalidate,
 {
-    /// Turns zero-page sharing on or off for later read faults (see the
-    /// [module docs](self)). Pages already mapped to the zero page stay so.
+    /// Turns zero-page sharing on or off for later read faults (see
+    /// `zero.rs`). Pages already mapped to the zero page stay so.
     pub fn set_zero_page(&mut self, enabled: bool) {
         self.inner.lock().st.zero.enabled = enabled;
     }
