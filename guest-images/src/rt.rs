@@ -13,8 +13,8 @@ use core::fmt;
 
 pub use guest_rt::cpu;
 pub use guest_rt::{
-    NoHeap, call_at, hypercall, invalid_opcode, port_write, read_u64, write_u64,
-    yield_keeps_registers,
+    NoHeap, call_at, hypercall, invalid_opcode, port_write, read_u64, reset_scribbled,
+    snapshot_point, write_u64, yield_keeps_registers,
 };
 pub use hv_abi::STACK_TOP;
 

@@ -28,6 +28,8 @@ use baremetal as _;
 use hv_abi::hypercall as hypercall_nr;
 
 pub mod cpu;
+mod snapshot;
+pub use snapshot::{reset_scribbled, snapshot_point};
 
 /// Writes `value` to I/O port `port` (`OUT DX, AL`; AMD APM vol. 3, "OUT"). The
 /// hypervisor intercepts every port (AMD APM vol. 2, §15.10 "I/O Interception").

@@ -364,11 +364,21 @@ pub mod hypercall {
     /// which follows the stage-2 mapping: `NotMapped` once the page is unmapped,
     /// `Denied` once it is not readable.
     pub const HOST_READ: u64 = 6;
+    /// Snapshot this guest: its memory contents (copy-on-write) and its vCPU state
+    /// (registers, control and segment registers, MSRs, x87/SSE), as of the instruction
+    /// after the hypercall. Returns 0 now; after each [`RESET`] the guest resumes here
+    /// again with RAX = the number of resets so far (1, 2, ...). A new snapshot
+    /// replaces the old one.
+    pub const SNAPSHOT: u64 = 7;
+    /// Bring this guest back to its snapshot (memory and vCPU): does not return; the
+    /// guest resumes after its [`SNAPSHOT`] call. Fails (negative RAX) without a
+    /// snapshot, or when the guest's areas changed since (PROTECT, UNMAP).
+    pub const RESET: u64 = 8;
     /// Balloon: give the RAM frames of `[RDI, RDI+RSI)` back to the host at once. The
     /// range stays this guest's on-demand RAM (touching it again gives zeros).
     /// Returns the number of 4 KiB frames the guest stopped holding (a 2 MiB block
     /// goes back with its last page).
-    pub const BALLOON: u64 = 7;
+    pub const BALLOON: u64 = 9;
 }
 
 /// Access bits for [`hypercall::PROTECT`].

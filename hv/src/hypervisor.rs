@@ -220,17 +220,13 @@ fn create_vm<H: VcpuHost, M: GuestMemory>(
     }
     memory.write(p.header.load_gpa, &p.image)?;
     let vcpu = host
-        .create(&start, memory.root_pointer(), flush)
+        .create(&start, memory.root_pointer(), flush.clone())
         .ok_or_else(|| {
             MemoryError::new(FaultKind::Instruction, None, "no free ASID/VPID".into())
         })?;
-    Ok(Vm::new(
-        id,
-        p.settings.name.clone(),
-        p.settings.expect,
-        vcpu,
-        memory,
-    ))
+    let mut vm = Vm::new(id, p.settings.name.clone(), p.settings.expect, vcpu, memory);
+    vm.flush = flush;
+    Ok(vm)
 }
 
 /// The end of a guest whose set-up failed: it never ran, whatever its expectation.
@@ -285,8 +281,19 @@ fn finish<H: VcpuHost, M: GuestMemory>(
     for line in vm.memory.report().lines() {
         console.write_fmt_line(format_args!("[hv] {line}"));
     }
-    let Vm { vcpu, memory, .. } = vm;
+    if let Some(line) = vm.snapshots.report() {
+        console.write_fmt_line(format_args!("[hv] {}: {line}", vm.name));
+    }
+    let Vm {
+        vcpu,
+        memory,
+        snapshots,
+        ..
+    } = vm;
     host.destroy(vcpu);
+    if let Some(saved) = snapshots.into_saved() {
+        host.destroy(saved);
+    }
     drop(memory);
 }
 
@@ -385,6 +392,17 @@ fn run_all<H: VcpuHost, M: GuestMemory>(
                         break;
                     }
                 },
+                Step::Snapshot | Step::Reset => {
+                    let end = if step == Step::Snapshot {
+                        crate::reset::snapshot(host, &mut vm)
+                    } else {
+                        crate::reset::reset(host, &mut vm)
+                    };
+                    if let Some(end) = end {
+                        finish(host, vm, end, console, &mut tally);
+                        break;
+                    }
+                }
                 Step::Ended(end) => {
                     finish(host, vm, end, console, &mut tally);
                     break;
@@ -428,12 +446,13 @@ fn clone_vm<H: VcpuHost, M: GuestMemory>(
         }
     })?;
     let mut vcpu = host
-        .fork(&parent.vcpu, memory.root_pointer(), flush)
+        .fork(&parent.vcpu, memory.root_pointer(), flush.clone())
         .ok_or(Ok(HypercallStatus::Unsupported))?;
     vcpu.set_reg(Reg::Rax, 0);
     let name = format!("{}.child{id}", parent.name);
     let mut child = Vm::new(id, name, parent.expect, vcpu, memory);
     child.msrs = parent.msrs.clone();
+    child.flush = flush;
     Ok(child)
 }
 

@@ -4,7 +4,7 @@
 //! Modules: [`settings`], [`outcome`], [`frames`], [`platform`], [`layout`], [`vcpu`]
 //! (with the per-vCPU state), [`cpu`] (the virtual CPU: CPUID, MSRs, instruction
 //! decoding), [`svm`], [`vmx`] (with their shared `switch` module), [`memory`],
-//! [`space_memory`], [`vm`], [`hypervisor`]. The contract with the guests and the build
+//! [`space_memory`], [`vm`], [`reset`] (whole-guest snapshot and reset), [`hypervisor`]. The contract with the guests and the build
 //! tool is the `hv-abi` crate, re-exported as [`abi`]; the C runtime symbols of every
 //! bare-metal binary come from the `baremetal` crate, shared with the guests' runtime
 //! (`guest-rt`).
@@ -21,6 +21,7 @@ pub mod layout;
 pub mod memory;
 pub mod outcome;
 pub mod platform;
+pub mod reset;
 pub mod settings;
 pub mod sharing;
 pub mod space_memory;

@@ -86,6 +86,10 @@ pub trait GuestMemory: Sized {
     fn unmap(&mut self, gpa: u64, size: u64) -> Result<(), MemoryError>;
     /// A copy-on-write clone for a new guest whose vCPU uses `flush`.
     fn try_clone(&mut self, flush: FlushRequest) -> Result<Self, MemoryError>;
+    /// Freezes the memory contents (copy-on-write), replacing an earlier snapshot.
+    fn snapshot(&mut self) -> Result<(), MemoryError>;
+    /// Brings the memory back to the snapshot's contents; returns the pages restored.
+    fn reset(&mut self) -> Result<u64, MemoryError>;
     /// Stage-2 faults served so far.
     fn faults_handled(&self) -> u64;
     /// The stage-2 report: areas, leaves per size, table frames, faults (lines).

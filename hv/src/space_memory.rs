@@ -108,11 +108,14 @@ impl<H: HostMemory> Drop for HostWindow<H> {
 
 type Space<F, H> =
     AddressSpace<F, <H as HostMemory>::Mapper, <H as HostMemory>::Alloc, FlushRequest>;
+type Snapshot<F, H> =
+    ept::space::Snapshot<F, <H as HostMemory>::Mapper, <H as HostMemory>::Alloc, FlushRequest>;
 
 /// A guest's memory as an address space.
 pub struct SpaceMemory<F: Stage2Format, H: HostMemory = KernelMemory> {
-    // Field order matters: the space (and its mappings) goes before the windows'
-    // host blocks.
+    // Field order matters: the snapshot and the space (and its mappings) go before the
+    // windows' host blocks.
+    snapshot: Option<Snapshot<F, H>>,
     space: Space<F, H>,
     windows: Vec<Arc<HostWindow<H>>>,
 }
@@ -358,7 +361,11 @@ impl<F: Stage2Format, H: HostMemory> GuestMemory for SpaceMemory<F, H> {
             }
         }
         space.set_zero_page(settings.zero_page);
-        Ok(Self { space, windows })
+        Ok(Self {
+            snapshot: None,
+            space,
+            windows,
+        })
     }
 
     fn root_pointer(&self) -> u64 {
@@ -431,9 +438,30 @@ impl<F: Stage2Format, H: HostMemory> GuestMemory for SpaceMemory<F, H> {
             .try_clone_with(flush)
             .map_err(|e| memory_error(e, None))?;
         Ok(Self {
+            snapshot: None,
             space,
             windows: self.windows.clone(),
         })
+    }
+
+    fn snapshot(&mut self) -> Result<(), MemoryError> {
+        // One snapshot at a time: the old one goes first (its frames count against the
+        // quota).
+        self.snapshot = None;
+        let snap = self.space.snapshot().map_err(|e| memory_error(e, None))?;
+        self.snapshot = Some(snap);
+        Ok(())
+    }
+
+    fn reset(&mut self) -> Result<u64, MemoryError> {
+        let snap = self.snapshot.as_ref().ok_or_else(|| {
+            MemoryError::new(FaultKind::Hypercall, None, "no snapshot to reset to".into())
+        })?;
+        let stats = self
+            .space
+            .restore(snap)
+            .map_err(|e| memory_error(e, None))?;
+        Ok(stats.pages_restored() as u64)
     }
 
     fn faults_handled(&self) -> u64 {

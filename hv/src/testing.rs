@@ -131,6 +131,8 @@ pub struct FakeMemory {
     pub faults: u64,
     /// Operations seen (`protect ...`, `unmap ...`).
     pub log: Vec<String>,
+    /// The bytes at the last snapshot.
+    pub frozen: Option<BTreeMap<u64, u8>>,
 }
 
 impl FakeMemory {
@@ -264,6 +266,29 @@ impl GuestMemory for FakeMemory {
 
     fn try_clone(&mut self, _flush: FlushRequest) -> Result<Self, MemoryError> {
         Ok(self.clone())
+    }
+
+    fn snapshot(&mut self) -> Result<(), MemoryError> {
+        self.frozen = Some(self.bytes.clone());
+        Ok(())
+    }
+
+    fn reset(&mut self) -> Result<u64, MemoryError> {
+        let frozen = self
+            .frozen
+            .clone()
+            .ok_or_else(|| MemoryError::new(FaultKind::Hypercall, None, "no snapshot".into()))?;
+        let changed = self
+            .bytes
+            .iter()
+            .filter(|(a, b)| frozen.get(a) != Some(b))
+            .count()
+            + frozen
+                .keys()
+                .filter(|a| !self.bytes.contains_key(a))
+                .count();
+        self.bytes = frozen;
+        Ok(changed as u64)
     }
 
     fn faults_handled(&self) -> u64 {

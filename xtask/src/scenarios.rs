@@ -39,6 +39,7 @@ pub const GUEST_DEFAULTS: &[(&str, &str)] = &[
         "cloneflood",
         "area=0x4000000+16M:rw area=0x40000000+1G:rw expect=fault:metadata",
     ),
+    ("snapshot", "area=0x1000000+1M:rw"),
     // Issue 13: memory that moves between owners.
     (
         "msgprod",
@@ -173,6 +174,8 @@ pub const BOOT_TESTS: &[BootTest] = &[
     single!("populated"),
     // A 16-bit real-mode guest (VMX: unrestricted guest; SVM: natively).
     single!("realmode"),
+    // 1,000 resets to a snapshot of memory and vCPU (issue 14).
+    single!("snapshot"),
     // Guests that grow the hypervisor's bookkeeping (areas; entries for frames shared
     // by clones) end alone at their budget; the guest beside them passes.
     BootTest {
