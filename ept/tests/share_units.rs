@@ -25,6 +25,23 @@ fn space(arena: &HeapArena, quota: usize) -> Space {
     sp(arena, Stage2Caps::all(), quota)
 }
 
+/// A linear window at 16 MiB and an owned region at 32 MiB (one page each): ranges
+/// that take and discard refuse.
+fn add_linear_and_owned(
+    a: &mut Space,
+) -> ept::space::OwnedRegion<Npt, HeapArena, HeapArena, fn(ept::flush::FlushScope)> {
+    a.map_linear(
+        g(0x100_0000),
+        HostPhysAddr::new(0x40_0000_0000),
+        0x1000,
+        Access::RW,
+        MemType::Uncacheable,
+    )
+    .unwrap();
+    a.alloc_region(Some(g(0x200_0000)), 0x1000, Access::RW)
+        .unwrap()
+}
+
 /// What must not change when an operation fails.
 fn state(s: &Space) -> String {
     let st = s.stats();
@@ -152,17 +169,7 @@ fn take_errors_change_nothing() {
     let arena = HeapArena::new(4096);
     let mut a = space(&arena, 2048);
     a.map_alloc(g(0), MIB, Access::RW, false).unwrap();
-    a.map_linear(
-        g(0x100_0000),
-        HostPhysAddr::new(0x40_0000_0000),
-        0x1000,
-        Access::RW,
-        MemType::Uncacheable,
-    )
-    .unwrap();
-    let region = a
-        .alloc_region(Some(g(0x200_0000)), 0x1000, Access::RW)
-        .unwrap();
+    let region = add_linear_and_owned(&mut a);
     a.write_obj(g(0x1000), &5u64).unwrap();
     let before = (state(&a), arena.in_use());
     let cases = [
@@ -494,17 +501,7 @@ fn discard_errors_change_nothing() {
     let mut a = space(&arena, 2048);
     a.map_alloc(g(0x20_0000), 2 * MIB, Access::RW, true)
         .unwrap();
-    a.map_linear(
-        g(0x100_0000),
-        HostPhysAddr::new(0x40_0000_0000),
-        0x1000,
-        Access::RW,
-        MemType::Uncacheable,
-    )
-    .unwrap();
-    let region = a
-        .alloc_region(Some(g(0x200_0000)), 0x1000, Access::RW)
-        .unwrap();
+    let region = add_linear_and_owned(&mut a);
     let before = (state(&a), arena.in_use());
     for (at, size) in [
         (0x20_0800usize, 0x1000usize),

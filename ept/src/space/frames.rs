@@ -217,39 +217,8 @@ impl FrameBook {
         size: LeafSize,
         child: &mut FrameBook,
     ) {
-        let pieces = size.size() / PAGE_SIZE_4K;
-        let (base, big) = match self.chunk_of(hpa) {
-            Some((base, c)) => (base, c.big),
-            None => {
-                self.chunks.insert(
-                    hpa,
-                    Chunk {
-                        big: false,
-                        live: 1,
-                        share: None,
-                    },
-                );
-                (hpa, false)
-            }
-        };
-        let Some(chunk) = self.chunks.get_mut(&base) else {
-            return;
-        };
-        let mark = chunk.share.get_or_insert_with(Arc::default).clone();
-        match child.chunks.get_mut(&base) {
-            Some(c) => c.live += pieces,
-            None => {
-                child.ram_frames += chunk.frames();
-                child.chunks.insert(
-                    base,
-                    Chunk {
-                        big,
-                        live: pieces,
-                        share: Some(mark),
-                    },
-                );
-            }
-        }
+        let (base, big, mark) = self.mark_of(hpa);
+        child.adopt(base, big, size.size() / PAGE_SIZE_4K, mark);
     }
 
     /// The reference on the chunk holding the frame at `hpa` (a 4 KiB frame gets a
@@ -262,6 +231,14 @@ impl FrameBook {
         hpa: HostPhysAddr,
         home: &Budget,
     ) -> (HostPhysAddr, bool, Arc<ShareMark>) {
+        let (base, big, mark) = self.mark_of(hpa);
+        mark.home.lock().get_or_insert_with(|| home.clone());
+        (base, big, mark)
+    }
+
+    /// A new reference on the chunk of the frame at `hpa` (made tracked and shared
+    /// first if need be): the chunk's base, whether it is a 2 MiB block, the mark.
+    fn mark_of(&mut self, hpa: HostPhysAddr) -> (HostPhysAddr, bool, Arc<ShareMark>) {
         let (base, big) = match self.chunk_of(hpa) {
             Some((base, c)) => (base, c.big),
             None => {
@@ -280,7 +257,6 @@ impl FrameBook {
             Some(c) => c.share.get_or_insert_with(Arc::default).clone(),
             None => Arc::default(),
         };
-        mark.home.lock().get_or_insert_with(|| home.clone());
         (base, big, mark)
     }
 
