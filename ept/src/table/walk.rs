@@ -131,6 +131,18 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
         f: &mut impl FnMut(Tbl, usize, u8, usize, u64),
     ) {
         let sz = lsize(level);
+        if level == 1 {
+            // Every present entry of a 4 KiB table is a leaf: no decoding (the loop a
+            // dirty-log pass over split RAM spends its time in).
+            let span = start & !(lsize(2) - 1);
+            for i in (start - span) / sz..(end - span).div_ceil(sz).min(ENTRIES) {
+                let e = t.load(i);
+                if F::is_present(e) {
+                    f(t, i, 1, span + i * sz, e);
+                }
+            }
+            return;
+        }
         let mut base = start & !(sz - 1);
         while base < end {
             let i = index(base, level);
