@@ -176,8 +176,8 @@ impl Guest {
 /// The 1 GiB and 64 MiB guests.
 pub fn guests() -> Vec<(Guest, &'static [usize])> {
     vec![
-        (Guest::new("1g", 1 << 30, 300), &KS),
-        (Guest::new("64m", 64 << 20, 40), &KS[1..]),
+        (Guest::new("1g", 1 << 30, 360), &KS),
+        (Guest::new("64m", 64 << 20, 72), &KS[1..]),
     ]
 }
 
