@@ -5,6 +5,8 @@
 //! The clock's own cost (calibrated at start) is subtracted.
 //! Contenders of a workload run interleaved inside each round, so machine noise (the host
 //! is shared) hits them alike; the report keeps the median of the rounds and their spread.
+//! A phase shorter than a few milliseconds repeats inside its sample ([`Recorder::repeat`]):
+//! one sample is then the total time of the repetitions over their total units.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -160,6 +162,13 @@ impl Stat {
     }
 }
 
+/// Time and units of one phase accumulated over the passes of a [`Recorder::repeat`].
+type Pending = BTreeMap<(String, Who), (u64, usize)>;
+
+/// At most this many passes make one sample (a phase of a microsecond reaches
+/// [`Recorder::min_sample_ns`] of 20 ms well before).
+const MAX_PASSES: usize = 100_000;
+
 /// Collects samples of every measurement id (`workload/phase`) and contender.
 #[derive(Default)]
 pub struct Recorder {
@@ -167,9 +176,14 @@ pub struct Recorder {
     order: Vec<String>,
     /// While false (warm-up rounds) samples are dropped.
     pub recording: bool,
-    /// Run only this contender (for profiling): `ours`, `floor` or an anchor's name.
+    /// Run only these contenders (comma-separated, for profiling): `ours`, `floor` or an
+    /// anchor's name.
     pub only: Option<String>,
+    /// [`Recorder::repeat`] runs its passes until every phase in them has taken at
+    /// least this long (ns, on the sampling clock).
+    pub min_sample_ns: u64,
     clock: Option<(Clock, u64)>,
+    pending: Option<Pending>,
 }
 
 impl Recorder {
@@ -179,6 +193,39 @@ impl Recorder {
             recording: true,
             ..Self::default()
         }
+    }
+
+    /// Runs `pass` (which times one or more phases with [`Recorder::time`]) again and
+    /// again until every phase timed in it has taken at least [`Recorder::min_sample_ns`]
+    /// in total, then records one sample per phase: the total time over the total units.
+    /// Returns the last pass's result. Passes cannot nest.
+    pub fn repeat<T>(&mut self, pass: impl FnMut(&mut Recorder) -> T) -> T {
+        self.repeat_upto(MAX_PASSES, pass)
+    }
+
+    /// Runs `pass` once and records one sample per phase timed in it (the total time
+    /// over the total units): for a pass that already repeats its phases and must not
+    /// run more often (it changes state that later passes would see).
+    pub fn one_sample<T>(&mut self, pass: impl FnMut(&mut Recorder) -> T) -> T {
+        self.repeat_upto(1, pass)
+    }
+
+    fn repeat_upto<T>(&mut self, max_passes: usize, mut pass: impl FnMut(&mut Recorder) -> T) -> T {
+        assert!(self.pending.is_none(), "Recorder::repeat cannot nest");
+        self.pending = Some(Pending::new());
+        let mut passes = 0;
+        let out = loop {
+            let out = pass(self);
+            passes += 1;
+            let pending = self.pending.as_ref().expect("inside repeat");
+            if passes >= max_passes || pending.values().all(|&(ns, _)| ns >= self.min_sample_ns) {
+                break out;
+            }
+        };
+        for ((id, who), (ns, units)) in self.pending.take().expect("inside repeat") {
+            self.record(&id, who, ns as f64, units);
+        }
+        out
     }
 
     /// Takes samples with `clock` (resolved, with its overhead calibrated).
@@ -194,18 +241,26 @@ impl Recorder {
 
     /// Whether `who` should run at all.
     pub fn runs(&self, who: Who) -> bool {
-        self.only.as_deref().is_none_or(|only| match who {
-            Who::Ours => only == "ours",
-            Who::Floor => only == "floor",
-            Who::Anchor(name) => only == name,
-        })
+        let name = match who {
+            Who::Ours => "ours",
+            Who::Floor => "floor",
+            Who::Anchor(name) => name,
+        };
+        self.only
+            .as_deref()
+            .is_none_or(|only| only.split(',').any(|o| o == name))
+    }
+
+    /// Remembers `id` in first-seen order.
+    fn note(&mut self, id: &str) {
+        if !self.order.iter().any(|o| o == id) {
+            self.order.push(id.to_string());
+        }
     }
 
     /// Records that `who` took `ns` nanoseconds for `units` units of measurement `id`.
     pub fn record(&mut self, id: &str, who: Who, ns: f64, units: usize) {
-        if !self.order.iter().any(|o| o == id) {
-            self.order.push(id.to_string());
-        }
+        self.note(id);
         if self.recording {
             self.samples
                 .entry((id.to_string(), who))
@@ -214,11 +269,21 @@ impl Recorder {
         }
     }
 
-    /// Runs `f` once, timed, and records it as `units` units of `id` by `who`.
+    /// Runs `f` once, timed, and records it as `units` units of `id` by `who` (inside
+    /// [`Recorder::repeat`]: adds it to that sample).
     pub fn time<T>(&mut self, id: &str, who: Who, units: usize, f: impl FnOnce() -> T) -> T {
         let (clock, overhead) = self.clock();
         let (out, ns) = clock.measure(f);
-        self.record(id, who, ns.saturating_sub(overhead) as f64, units);
+        let ns = ns.saturating_sub(overhead);
+        self.note(id);
+        match &mut self.pending {
+            Some(pending) => {
+                let slot = pending.entry((id.to_string(), who)).or_default();
+                slot.0 += ns;
+                slot.1 += units;
+            }
+            None => self.record(id, who, ns as f64, units),
+        }
         out
     }
 
@@ -311,5 +376,41 @@ mod tests {
         assert_eq!(r.stat("w/p", Who::Ours).unwrap().median, 100.0);
         assert_eq!(r.anchors("w/p").len(), 1);
         assert_eq!(r.ids(), ["w/p".to_string()]);
+    }
+
+    #[test]
+    fn repeat_runs_until_every_phase_is_long_enough_and_records_one_sample() {
+        let mut r = Recorder::new();
+        r.use_clock(Clock::Wall);
+        r.min_sample_ns = 50_000_000;
+        let mut passes = 0;
+        let out = r.repeat(|r| {
+            passes += 1;
+            if passes == 1 {
+                r.time("w/slow", Who::Ours, 2, || {
+                    std::thread::sleep(std::time::Duration::from_millis(60))
+                });
+            }
+            r.time("w/fast", Who::Ours, 10, || {
+                std::thread::sleep(std::time::Duration::from_micros(100))
+            });
+            passes
+        });
+        assert_eq!(out, passes, "the last pass's result");
+        assert!(
+            passes > 1,
+            "the fast phase needs more passes than the slow one"
+        );
+        assert_eq!(r.ids(), ["w/slow".to_string(), "w/fast".to_string()]);
+        let slow = r.stat("w/slow", Who::Ours).unwrap();
+        assert_eq!(slow.rounds, 1, "one sample for all passes");
+        assert!(slow.median >= 30_000_000.0, "per unit: {}", slow.median);
+        let fast = r.stat("w/fast", Who::Ours).unwrap();
+        assert_eq!(fast.rounds, 1);
+        assert!(
+            fast.median >= 10_000.0,
+            "100 us over 10 units: {}",
+            fast.median
+        );
     }
 }

@@ -1,14 +1,16 @@
 #![doc = include_str!("../README.md")]
 //!
-//! Benchmarks of the stage-2 manager side by side with the anchor crates (issue 7), run by
-//! `cargo xtask bench [--quick]` (= `cargo run --release -p bench -- [--quick]`).
+//! Benchmarks of the stage-2 manager side by side with the anchor crates (issues 7, 11),
+//! run by `cargo xtask bench [--quick] [--check]` (= `cargo run --profile bench-fair -p
+//! bench -- ...`).
 //!
 //! Every workload runs all contenders (ours, the anchors, the floor) interleaved inside
 //! each round; one warm-up round is dropped; the table gives the median over the rounds,
 //! the spread (interquartile range over median) and the ratios; then one `BENCH` line per
-//! measurement. Arguments: `--quick` (fewer rounds, well under a minute), `--wall`
+//! measurement. Arguments: `--quick` (fewer rounds and shorter samples), `--check` (exit
+//! with a failure when a target is missed), `--wall`
 //! (wall-clock instead of thread CPU time), `--rounds N`,
-//! `--only ours|floor|<anchor name>` (run one contender, for profiling) and workload names (`W1` .. `W7`) to run only those.
+//! `--only ours|floor|<anchor name>[,...]` (run only those contenders, for profiling) and workload names (`W1` .. `W7`) to run only those.
 
 mod anchors;
 mod arena;
@@ -31,6 +33,10 @@ use harness::Recorder;
 
 struct Options {
     rounds: usize,
+    /// Exit with a failure status when a target is missed.
+    check: bool,
+    /// A phase repeats inside its sample until it has taken this long.
+    min_sample_ns: u64,
     large_searches: usize,
     only: Vec<String>,
     only_contender: Option<String>,
@@ -40,6 +46,7 @@ struct Options {
 impl Options {
     fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
         let mut quick = false;
+        let mut check = false;
         let mut rounds = None;
         let mut only = Vec::new();
         let mut only_contender = None;
@@ -48,6 +55,7 @@ impl Options {
         while let Some(a) = args.next() {
             match a.as_str() {
                 "--quick" => quick = true,
+                "--check" => check = true,
                 "--wall" => clock = harness::Clock::Wall,
                 "--only" => only_contender = Some(args.next().ok_or("--only needs a name")?),
                 "--rounds" => {
@@ -60,6 +68,8 @@ impl Options {
         }
         Ok(Options {
             rounds: rounds.unwrap_or(if quick { 5 } else { 9 }).max(1),
+            check,
+            min_sample_ns: if quick { 5_000_000 } else { 20_000_000 },
             large_searches: if quick { 200 } else { 1000 },
             only,
             only_contender,
@@ -87,7 +97,7 @@ fn main() -> ExitCode {
         Ok(o) => o,
         Err(e) => {
             eprintln!(
-                "bench: {e}\nusage: bench [--quick] [--wall] [--rounds N] [--only ours|floor|<anchor>] [W1 .. W7]"
+                "bench: {e}\nusage: bench [--quick] [--check] [--wall] [--rounds N] [--only ours|floor|<anchor>[,...]] [W1 .. W7]"
             );
             return ExitCode::from(2);
         }
@@ -99,6 +109,10 @@ fn main() -> ExitCode {
     let table_arena = Arena::new(4);
     let fault_arena = opts.runs("W4").then(|| Arena::new(w4::ARENA_BLOCKS));
     let fault_order = rng::permutation(w1::PAGES, 0xfa17);
+    let lookup_order: Vec<u32> = rng::permutation(w1::PAGES, 0x100c)
+        .into_iter()
+        .map(|i| i as u32)
+        .collect();
     let mut w6_guests = if opts.runs("W6") {
         w6::guests()
     } else {
@@ -107,14 +121,21 @@ fn main() -> ExitCode {
     let mut w7_setup = opts.runs("W7").then(w7::Setup::new);
     let mut rec = Recorder::new();
     rec.only = opts.only_contender.clone();
+    rec.min_sample_ns = opts.min_sample_ns;
     rec.use_clock(opts.clock);
     for round in 0..=opts.rounds {
         rec.recording = round > 0;
         if opts.runs("W1") {
-            w1::round(&mut rec, &table_arena, w1::Leaf::Small, round);
+            w1::round(
+                &mut rec,
+                &table_arena,
+                w1::Leaf::Small,
+                &lookup_order,
+                round,
+            );
         }
         if opts.runs("W2") {
-            w1::round(&mut rec, &table_arena, w1::Leaf::Huge, round);
+            w1::round(&mut rec, &table_arena, w1::Leaf::Huge, &lookup_order, round);
         }
         if opts.runs("W3") {
             let inputs = w3::Inputs::new(round, opts.large_searches);
@@ -144,9 +165,44 @@ fn main() -> ExitCode {
         overhead,
         started.elapsed().as_secs_f64()
     );
-    let missed = report::print(&rec, &unit) + w6::summary(&rec, &w6_guests);
-    println!("bench: {missed} target(s) missed");
+    println!("{}", build_line());
+    let mut missed = report::print(&rec, &unit);
+    let w6_missed = w6::summary(&rec, &w6_guests);
+    if w6_missed > 0 {
+        missed.push(format!("{w6_missed} W6 target(s) (see the W6 lines)"));
+    }
+    if missed.is_empty() {
+        println!("bench: 0 targets missed");
+    } else {
+        println!("bench: targets missed: {}", missed.join("; "));
+    }
+    if opts.check && !missed.is_empty() {
+        eprintln!("bench: --check: {} target(s) missed", missed.len());
+        return ExitCode::FAILURE;
+    }
     ExitCode::SUCCESS
+}
+
+/// The build every contender was compiled with, for the table's header.
+fn build_line() -> String {
+    let profile = env!("BENCH_PROFILE");
+    let panic = if cfg!(panic = "abort") {
+        "abort"
+    } else {
+        "unwind"
+    };
+    if profile == "bench-fair" {
+        format!(
+            "bench: every contender built with profile bench-fair: fat LTO, codegen-units=1, \
+             panic={panic}"
+        )
+    } else {
+        format!(
+            "bench: WARNING: built with profile {profile}, not bench-fair (fat LTO, \
+             codegen-units=1, panic=abort for every contender): ratios are not the fair ones; \
+             use `cargo xtask bench`"
+        )
+    }
 }
 
 #[cfg(test)]
@@ -165,6 +221,7 @@ mod tests {
         assert!(full.runs("W1") && full.runs("W5"));
         assert!(quick.runs("W3") && !quick.runs("W1"));
         assert_eq!(parse(&["--rounds", "2"]).unwrap().rounds, 2);
+        assert!(parse(&["--check"]).unwrap().check && !full.check);
         assert_eq!(
             parse(&["--only", "floor"])
                 .unwrap()

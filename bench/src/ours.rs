@@ -9,9 +9,9 @@ use memory_set::{AddrRange, GuestPhysAddr, HostPhysAddr, MappingBackend, MemoryA
 
 use crate::arena::{Arena, SIZE_2M, SIZE_4K};
 use crate::harness::{Recorder, Who};
-use crate::w1::{GPA, HPA, LEAVES_2M, Leaf, PAGES, SIZE};
+use crate::w1::{GPA, HPA, LEAVES_2M, Leaf, PAGES, SIZE, gpa_of};
 use crate::w3::{
-    AREA, AREAS, Answers, BASE, CUT, FREE_LARGE, FREE_SMALL, Inputs, LIMIT, PROT, SLOT,
+    AREA, AREAS, Answers, BASE, CUT, FREE_LARGE, FREE_SMALL, Inputs, LIMIT, PROT, Pass, SLOT,
 };
 use crate::w4::Mode;
 
@@ -56,18 +56,23 @@ impl MappingBackend for NopBackend {
     }
 }
 
-/// W3 over our `memory_set`.
-pub fn w3(rec: &mut Recorder, inp: &Inputs) -> Option<Answers> {
+/// One W3 pass over our `memory_set` (see [`Pass`]); the lookups pass returns its
+/// answers.
+pub fn w3(rec: &mut Recorder, inp: &Inputs, pass: Pass) -> Option<Answers> {
     let gpa = GuestPhysAddr::new;
     let mut set = MemorySet::<NopBackend>::new();
     const RW: u8 = 3;
-    const RO: u8 = 1;
-    rec.time("W3/insert", Who::Ours, AREAS, || {
+    let mut insert = || {
         for &i in &inp.insert {
             let area = MemoryArea::new(gpa(BASE + i * SLOT), AREA, RW, NopBackend).expect("area");
             set.map(area, &mut (), false).expect("insert");
         }
-    });
+    };
+    if pass == Pass::Cuts {
+        insert();
+        return cuts(rec, &mut set, inp);
+    }
+    rec.time("W3/insert", Who::Ours, AREAS, insert);
     let hits = rec.time("W3/find", Who::Ours, inp.finds.len(), || {
         inp.finds
             .iter()
@@ -91,6 +96,15 @@ pub fn w3(rec: &mut Recorder, inp: &Inputs) -> Option<Answers> {
                 .as_usize()
         })
     });
+    assert_eq!(set.len(), AREAS);
+    Some(Answers { hits, small, large })
+}
+
+/// The second W3 pass over our set (its areas inserted, not timed): middle cuts, then
+/// protects that split.
+fn cuts(rec: &mut Recorder, set: &mut MemorySet<NopBackend>, inp: &Inputs) -> Option<Answers> {
+    let gpa = GuestPhysAddr::new;
+    const RO: u8 = 1;
     rec.time("W3/unmap_middle", Who::Ours, AREAS, || {
         for &i in &inp.unmap {
             set.unmap(gpa(BASE + i * SLOT + CUT.0), CUT.1, &mut ())
@@ -105,7 +119,7 @@ pub fn w3(rec: &mut Recorder, inp: &Inputs) -> Option<Answers> {
         }
     });
     assert_eq!(set.len(), 3 * AREAS);
-    Some(Answers { hits, small, large })
+    None
 }
 
 /// W4 over our address space: one 1 GiB on-demand RAM area; every touch of a page not
@@ -142,11 +156,8 @@ pub fn w4(rec: &mut Recorder, arena: &Arena, mode: Mode, order: &[usize]) {
         )
         .expect("area");
     let mut covered = vec![false; PAGES];
-    rec.time(mode.id(), Who::Ours, PAGES, || {
-        for &i in order {
-            if covered[i] {
-                continue; // mapped already: the guest would not fault
-            }
+    let mapped = rec.time(mode.id(), Who::Ours, PAGES, || {
+        crate::w4::touch_all(order, mode, &mut covered, |i| {
             let fault = Stage2Fault {
                 gpa: GuestPhysAddr::new(GPA + i * SIZE_4K),
                 access: Access::WRITE,
@@ -154,19 +165,12 @@ pub fn w4(rec: &mut Recorder, arena: &Arena, mode: Mode, order: &[usize]) {
                 in_guest_walk: false,
             };
             match space.handle_fault(fault).expect("fault") {
-                FaultOutcome::Populated {
-                    size: LeafSize::Size4K,
-                } => covered[i] = true,
-                FaultOutcome::Populated {
-                    size: LeafSize::Size2M,
-                } => {
-                    let first = i & !511;
-                    covered[first..first + 512].fill(true);
-                }
+                FaultOutcome::Populated { size } => size.size() / SIZE_4K,
                 other => panic!("W4: unexpected fault outcome {other:?}"),
             }
-        }
+        })
     });
+    assert_eq!(mapped, PAGES, "every page faulted in once");
     let stats = space.stats();
     assert_eq!(stats.ram_frames, PAGES);
     let expected = match mode {
@@ -200,46 +204,91 @@ fn complete(flush: ept::Flush, heap: &mut HeapArena) -> usize {
     flush.complete(|_| {}, heap).len()
 }
 
-/// W1 (4 KiB leaves) or W2 (2 MiB leaves) over our table: `map_range`, `translate` of
-/// every 4 KiB page, `unmap_range` (which frees emptied tables), each flush completed.
-pub fn w1(rec: &mut Recorder, arena: &Arena, leaf: Leaf, ids: &[String; 3]) {
-    let [map, translate, unmap] = ids;
-    let (mut table, mut heap) = new_table(arena);
-    let max = match leaf {
-        Leaf::Small => LeafSize::Size4K,
-        Leaf::Huge => LeafSize::Size2M,
-    };
-    let gpa = |off: usize| GuestPhysAddr::new(GPA + off);
-    rec.time(map, Who::Ours, leaf.leaves(), || {
-        let flush = table
-            .map_range(&mut heap, gpa(0), HostPhysAddr::new(HPA), SIZE, RWX, max)
-            .expect("map");
-        complete(flush, &mut heap)
-    });
-    assert_eq!(
-        table.leaf_count(max),
-        leaf.leaves(),
-        "ours chose another leaf size"
-    );
-    let got = rec.time(translate, Who::Ours, PAGES, || {
-        let mut acc = 0;
-        for i in 0..PAGES {
-            acc ^= table
-                .translate(gpa(i * SIZE_4K))
-                .expect("mapped")
-                .hpa
-                .as_usize();
+/// W1 (4 KiB leaves) and W2 (2 MiB leaves) over our table: `map_range`, a
+/// `TranslateCursor` over every page in order, `translate` of each page in random
+/// order, `unmap_range` (which frees emptied tables), each flush completed.
+pub struct OursW1 {
+    table: Option<Table>,
+    heap: HeapArena,
+}
+
+impl OursW1 {
+    /// An empty table over `arena`.
+    pub fn new(arena: &Arena) -> Self {
+        let (table, heap) = new_table(arena);
+        OursW1 {
+            table: Some(table),
+            heap,
         }
-        acc
-    });
-    assert_eq!(got, crate::w1::expected_translation_xor());
-    let unmapped = rec.time(unmap, Who::Ours, leaf.leaves(), || {
-        let flush = table.unmap_range(&mut heap, gpa(0), SIZE).expect("unmap");
-        complete(flush, &mut heap)
-    });
-    assert_eq!(unmapped, leaf.leaves());
-    assert_eq!(table.table_frames(), 1, "unmap left tables behind");
-    let _ = complete(table.destroy(), &mut heap);
+    }
+
+    fn table(&self) -> &Table {
+        self.table.as_ref().expect("a table until drop")
+    }
+}
+
+impl Drop for OursW1 {
+    fn drop(&mut self) {
+        if let Some(table) = self.table.take() {
+            let _ = complete(table.destroy(), &mut self.heap);
+        }
+    }
+}
+
+impl crate::w1::Contender for OursW1 {
+    const WHO: Who = Who::Ours;
+
+    fn map(&mut self, leaf: Leaf) {
+        let max = match leaf {
+            Leaf::Small => LeafSize::Size4K,
+            Leaf::Huge => LeafSize::Size2M,
+        };
+        let table = self.table.as_mut().expect("a table");
+        let flush = table
+            .map_range(
+                &mut self.heap,
+                GuestPhysAddr::new(GPA),
+                HostPhysAddr::new(HPA),
+                SIZE,
+                RWX,
+                max,
+            )
+            .expect("map");
+        complete(flush, &mut self.heap);
+    }
+
+    fn translate_all(&mut self) -> usize {
+        let mut cursor = self.table().translate_cursor();
+        (0..PAGES).fold(0, |acc, i| {
+            let t = cursor.translate(GuestPhysAddr::new(gpa_of(i)));
+            acc ^ t.expect("mapped").hpa.as_usize()
+        })
+    }
+
+    fn translate_each(&mut self, order: &[u32]) -> usize {
+        let table = self.table();
+        order.iter().fold(0, |acc, &i| {
+            let t = table.translate(GuestPhysAddr::new(gpa_of(i as usize)));
+            acc ^ t.expect("mapped").hpa.as_usize()
+        })
+    }
+
+    fn unmap(&mut self, leaf: Leaf) {
+        let table = self.table.as_mut().expect("a table");
+        let flush = table
+            .unmap_range(&mut self.heap, GuestPhysAddr::new(GPA), SIZE)
+            .expect("unmap");
+        assert_eq!(complete(flush, &mut self.heap), leaf.leaves());
+    }
+
+    fn leaf_bytes(&mut self) -> usize {
+        let t = self.table().translate(GuestPhysAddr::new(GPA));
+        t.expect("mapped").size.size()
+    }
+
+    fn reset(&mut self) {
+        assert_eq!(self.table().table_frames(), 1, "unmap left tables behind");
+    }
 }
 
 /// W5 over our table: 1 GiB in 2 MiB leaves, then one 4 KiB page of each leaf made

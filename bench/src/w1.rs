@@ -1,6 +1,16 @@
 //! W1 and W2: 1 GiB of guest-physical space mapped in 4 KiB leaves (W1) or 2 MiB leaves
-//! (W2): map, translate every 4 KiB page, unmap with empty-table reclamation.
+//! (W2): map, translate every 4 KiB page in GPA order, (W1) translate every page in a
+//! random order, unmap with empty-table reclamation.
 //!
+//! Every contender implements [`Contender`] (one method per phase) and the driver times
+//! the phases alike for all: W1 repeats map, translate, translate_random, unmap as one
+//! pass; W2 repeats map + unmap and, separately, translate (its map and unmap are a
+//! microsecond, its translate a millisecond).
+//!
+//! * `translate` is each contender's fastest way to look up consecutive pages: ours a
+//!   [`ept::table::TranslateCursor`] (it resumes at the last leaf table), the anchors
+//!   their only lookup (`query`, `translate`); `translate_random` is one independent
+//!   lookup per page for everyone (ours: `Stage2Table::translate`).
 //! * `page_table_multiarch` has no reclamation besides dropping the table: its unmap phase is
 //!   `unmap_region` + drop (which frees every table frame).
 //! * the `x86_64` crate: per-page `unmap` + `clean_up_addr_range` (frees empty tables).
@@ -11,13 +21,15 @@ use arceos_memory_addr::{PhysAddr as APhys, VirtAddr as AVirt};
 use page_table_multiarch::MappingFlags;
 use x86_64::structures::paging::mapper::{CleanUp, TranslateResult};
 use x86_64::structures::paging::{
-    Mapper, OffsetPageTable, Page, PageTableFlags, PhysFrame, Size2MiB, Size4KiB, Translate,
+    Mapper, OffsetPageTable, Page, PageSize, PageTableFlags, PhysFrame, Size2MiB, Size4KiB,
+    Translate,
 };
 
 use crate::anchors::ptm::{self, PtmTable};
 use crate::anchors::x86::{X86Frames, X86Table};
 use crate::arena::{Arena, SIZE_2M, SIZE_4K};
 use crate::harness::{Recorder, Who};
+use crate::ours::OursW1;
 
 /// Guest-physical start of the mapped gigabyte.
 pub const GPA: usize = 0x4000_0000;
@@ -74,185 +86,305 @@ pub fn expected_translation_xor() -> usize {
     (0..PAGES).fold(0, |acc, i| acc ^ (HPA + i * SIZE_4K))
 }
 
-/// Ids of the three phases.
-pub fn ids(leaf: Leaf) -> [String; 3] {
-    let w = leaf.name();
-    [
-        format!("{w}/map"),
-        format!("{w}/translate"),
-        format!("{w}/unmap"),
-    ]
+/// The host address page `i` (a 4 KiB page index) translates to.
+#[inline(always)]
+pub fn gpa_of(i: usize) -> usize {
+    GPA + i * SIZE_4K
 }
 
-/// One round of W1 or W2: every contender, in an order rotated by `round`.
-pub fn round(rec: &mut Recorder, arena: &Arena, leaf: Leaf, round: usize) {
-    type Contender = fn(&mut Recorder, &Arena, Leaf);
-    let contenders: [(Who, Contender); 4] = [
-        (Who::Ours, ours_round),
-        (PTM, ptm_round),
-        (X86, x86_round),
-        (Who::Floor, floor_round),
+/// One contender's table for W1 and W2, driven phase by phase (each method is timed).
+pub trait Contender {
+    /// Who this is.
+    const WHO: Who;
+    /// Maps `[GPA, GPA + SIZE)` to `[HPA, ..)` with `leaf` leaves (the table is empty).
+    fn map(&mut self, leaf: Leaf);
+    /// XOR of the host address of every 4 KiB page, looked up in GPA order (the
+    /// contender's fastest way to look up consecutive pages).
+    fn translate_all(&mut self) -> usize;
+    /// XOR of the host address of the pages `order` (indices), one lookup each.
+    fn translate_each(&mut self, order: &[u32]) -> usize;
+    /// Unmaps the gigabyte, freeing the tables it empties.
+    fn unmap(&mut self, leaf: Leaf);
+    /// Untimed, after `map`: the size of the leaf mapping `GPA`, in bytes.
+    fn leaf_bytes(&mut self) -> usize;
+    /// Untimed, after `unmap`: checks the table is empty and makes it ready to map again.
+    fn reset(&mut self);
+}
+
+/// Ids of the phases of W1 or W2.
+pub struct Ids {
+    map: String,
+    translate: String,
+    translate_random: String,
+    unmap: String,
+}
+
+impl Ids {
+    fn of(leaf: Leaf) -> Self {
+        let w = leaf.name();
+        Ids {
+            map: format!("{w}/map"),
+            translate: format!("{w}/translate"),
+            translate_random: format!("{w}/translate_random"),
+            unmap: format!("{w}/unmap"),
+        }
+    }
+}
+
+/// One round of W1 or W2: every contender, in an order rotated by `round`; `order` is
+/// the page order of `translate_random`.
+pub fn round(rec: &mut Recorder, arena: &Arena, leaf: Leaf, order: &[u32], round: usize) {
+    type Run = fn(&mut Recorder, &Arena, Leaf, &[u32]);
+    let contenders: [(Who, Run); 4] = [
+        (Who::Ours, |r, a, l, o| drive(r, &mut OursW1::new(a), l, o)),
+        (PTM, |r, a, l, o| drive(r, &mut PtmW1::new(a), l, o)),
+        (X86, |r, a, l, o| drive(r, &mut X86W1::new(a), l, o)),
+        (Who::Floor, |r, a, l, _| floor_round(r, a, l)),
     ];
     for k in 0..contenders.len() {
         let (who, run) = contenders[(k + round) % contenders.len()];
         if rec.runs(who) {
-            run(rec, arena, leaf);
+            run(rec, arena, leaf, order);
         }
         assert_eq!(arena.in_use(), 0, "{leaf:?}: a contender leaked frames");
     }
 }
 
-fn ours_round(rec: &mut Recorder, arena: &Arena, leaf: Leaf) {
-    crate::ours::w1(rec, arena, leaf, &ids(leaf));
+/// Times the phases of `c`, each checked.
+fn drive<C: Contender>(rec: &mut Recorder, c: &mut C, leaf: Leaf, order: &[u32]) {
+    let ids = Ids::of(leaf);
+    let n = leaf.leaves();
+    let xor = expected_translation_xor();
+    let map = |rec: &mut Recorder, c: &mut C, timed: bool| {
+        if timed {
+            rec.time(&ids.map, C::WHO, n, || c.map(leaf));
+        } else {
+            c.map(leaf);
+        }
+        assert_eq!(
+            c.leaf_bytes(),
+            leaf.bytes(),
+            "{:?} chose another leaf size",
+            C::WHO
+        );
+    };
+    let unmap = |rec: &mut Recorder, c: &mut C, timed: bool| {
+        if timed {
+            rec.time(&ids.unmap, C::WHO, n, || c.unmap(leaf));
+        } else {
+            c.unmap(leaf);
+        }
+        c.reset();
+    };
+    // Map and unmap back to back (as the floor runs), then the lookups over a mapped
+    // table: W2's map and unmap take a microsecond, its lookups a millisecond.
+    rec.repeat(|rec| {
+        map(rec, c, true);
+        unmap(rec, c, true);
+    });
+    rec.repeat(|rec| {
+        map(rec, c, false);
+        let got = rec.time(&ids.translate, C::WHO, PAGES, || c.translate_all());
+        assert_eq!(got, xor, "{:?}: translate", C::WHO);
+        if leaf == Leaf::Small {
+            let got = rec.time(&ids.translate_random, C::WHO, PAGES, || {
+                c.translate_each(order)
+            });
+            assert_eq!(got, xor, "{:?}: translate_random", C::WHO);
+        }
+        unmap(rec, c, false);
+    });
 }
 
-fn ptm_round(rec: &mut Recorder, arena: &Arena, leaf: Leaf) {
-    let [map, translate, unmap] = ids(leaf);
-    ptm::install(arena);
-    let mut pt = PtmTable::try_new().expect("root");
-    let flags = MappingFlags::READ | MappingFlags::WRITE;
-    rec.time(&map, PTM, leaf.leaves(), || {
-        let mut c = pt.cursor();
-        match leaf {
-            Leaf::Small => c
-                .map_region(
-                    AVirt::from(GPA),
-                    |va| APhys::from(HPA + (va.as_usize() - GPA)),
-                    SIZE,
-                    flags,
-                    false,
-                )
-                .expect("map"),
-            Leaf::Huge => c
-                .map_region(
-                    AVirt::from(GPA),
-                    |va| APhys::from(HPA + (va.as_usize() - GPA)),
-                    SIZE,
-                    flags,
-                    true,
-                )
-                .expect("map"),
+/// `page_table_multiarch`: `map_region`, `query`, `unmap_region` + drop (its only
+/// reclamation: dropping the table frees every table frame).
+struct PtmW1 {
+    pt: Option<PtmTable>,
+}
+
+impl PtmW1 {
+    fn new(arena: &Arena) -> Self {
+        ptm::install(arena);
+        PtmW1 {
+            pt: Some(PtmTable::try_new().expect("root")),
         }
-    });
-    let got = rec.time(&translate, PTM, PAGES, || {
-        let mut acc = 0;
-        for i in 0..PAGES {
-            let (pa, _, _) = pt.query(AVirt::from(GPA + i * SIZE_4K)).expect("mapped");
-            acc ^= pa.as_usize();
-        }
-        acc
-    });
-    assert_eq!(got, expected_translation_xor());
-    let (_, _, size) = pt.query(AVirt::from(GPA)).expect("mapped");
-    assert_eq!(
-        size as usize,
-        leaf.bytes(),
-        "page_table_multiarch chose another leaf size"
-    );
-    rec.time(&unmap, PTM, leaf.leaves(), move || {
+    }
+
+    fn pt(&self) -> &PtmTable {
+        self.pt.as_ref().expect("a table between reset and unmap")
+    }
+
+    #[inline(always)]
+    fn query(&self, i: usize) -> usize {
+        let (pa, _, _) = self.pt().query(AVirt::from(gpa_of(i))).expect("mapped");
+        pa.as_usize()
+    }
+}
+
+impl Contender for PtmW1 {
+    const WHO: Who = PTM;
+
+    fn map(&mut self, leaf: Leaf) {
+        let flags = MappingFlags::READ | MappingFlags::WRITE;
+        let pt = self.pt.as_mut().expect("a table");
+        pt.cursor()
+            .map_region(
+                AVirt::from(GPA),
+                |va| APhys::from(HPA + (va.as_usize() - GPA)),
+                SIZE,
+                flags,
+                leaf == Leaf::Huge,
+            )
+            .expect("map");
+    }
+
+    fn translate_all(&mut self) -> usize {
+        (0..PAGES).fold(0, |acc, i| acc ^ self.query(i))
+    }
+
+    fn translate_each(&mut self, order: &[u32]) -> usize {
+        order.iter().fold(0, |acc, &i| acc ^ self.query(i as usize))
+    }
+
+    fn unmap(&mut self, _: Leaf) {
+        let mut pt = self.pt.take().expect("a table");
         pt.cursor()
             .unmap_region(AVirt::from(GPA), SIZE)
             .expect("unmap");
         drop(pt);
-    });
+    }
+
+    fn leaf_bytes(&mut self) -> usize {
+        self.pt().query(AVirt::from(GPA)).expect("mapped").2 as usize
+    }
+
+    fn reset(&mut self) {
+        self.pt = Some(PtmTable::try_new().expect("root"));
+    }
 }
 
-fn x86_round(rec: &mut Recorder, arena: &Arena, leaf: Leaf) {
-    let [map, translate, unmap] = ids(leaf);
-    let mut table = X86Table::new(arena);
-    let mut frames = X86Frames(arena.clone());
-    let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE;
-    let va = |i: usize| x86_64::VirtAddr::new((GPA + i) as u64);
-    let pa = |i: usize| x86_64::PhysAddr::new((HPA + i) as u64);
-    rec.time(&map, X86, leaf.leaves(), || {
-        table.with_mapper(|m| {
-            for i in 0..leaf.leaves() {
-                let off = i * leaf.bytes();
-                match leaf {
-                    Leaf::Small => x86_map::<Size4KiB>(m, va(off), pa(off), flags, &mut frames),
-                    Leaf::Huge => x86_map::<Size2MiB>(m, va(off), pa(off), flags, &mut frames),
-                }
-            }
-        })
-    });
-    let got = rec.time(&translate, X86, PAGES, || {
-        table.with_mapper(|m| {
-            let mut acc = 0;
-            for i in 0..PAGES {
-                match m.translate(va(i * SIZE_4K)) {
-                    TranslateResult::Mapped { frame, offset, .. } => {
-                        acc ^= (frame.start_address().as_u64() + offset) as usize
-                    }
-                    other => panic!("x86_64: page {i} not mapped: {other:?}"),
-                }
-            }
-            acc
-        })
-    });
-    assert_eq!(got, expected_translation_xor());
-    rec.time(&unmap, X86, leaf.leaves(), || {
-        table.with_mapper(|m| {
-            for i in 0..leaf.leaves() {
-                let off = i * leaf.bytes();
-                match leaf {
-                    Leaf::Small => m
-                        .unmap(Page::<Size4KiB>::containing_address(va(off)))
-                        .expect("unmap")
-                        .1
-                        .ignore(),
-                    Leaf::Huge => m
-                        .unmap(Page::<Size2MiB>::containing_address(va(off)))
-                        .expect("unmap")
-                        .1
-                        .ignore(),
-                }
-            }
-            let range = Page::range_inclusive(
-                Page::containing_address(va(0)),
-                Page::containing_address(va(SIZE - 1)),
-            );
-            // SAFETY: every table frame of this mapper is used once, by this table only.
-            unsafe { m.clean_up_addr_range(range, &mut frames) };
-        })
-    });
-    drop(table);
+/// The `x86_64` crate: `map_to`, `translate`, `unmap` + `clean_up_addr_range`.
+struct X86W1 {
+    table: X86Table,
+    frames: X86Frames,
 }
 
-/// One `map_to` of the `x86_64` crate (target frames are never accessed).
-fn x86_map<S: x86_64::structures::paging::PageSize + std::fmt::Debug>(
-    m: &mut OffsetPageTable<'_>,
-    va: x86_64::VirtAddr,
-    pa: x86_64::PhysAddr,
-    flags: PageTableFlags,
-    frames: &mut X86Frames,
-) where
+impl X86W1 {
+    fn new(arena: &Arena) -> Self {
+        X86W1 {
+            table: X86Table::new(arena),
+            frames: X86Frames(arena.clone()),
+        }
+    }
+}
+
+/// `x86_64::VirtAddr` of `GPA + off`.
+#[inline(always)]
+fn x86_va(off: usize) -> x86_64::VirtAddr {
+    x86_64::VirtAddr::new((GPA + off) as u64)
+}
+
+/// The host address `va` translates to in `m`.
+#[inline(always)]
+fn x86_translate(m: &OffsetPageTable<'_>, va: x86_64::VirtAddr) -> usize {
+    match m.translate(va) {
+        TranslateResult::Mapped { frame, offset, .. } => {
+            (frame.start_address().as_u64() + offset) as usize
+        }
+        other => panic!("x86_64: {va:?} not mapped: {other:?}"),
+    }
+}
+
+/// `map_to` of every `S` page of the gigabyte (the target frames are never accessed).
+fn x86_map_all<S: PageSize + std::fmt::Debug>(m: &mut OffsetPageTable<'_>, frames: &mut X86Frames)
+where
     for<'a> OffsetPageTable<'a>: Mapper<S>,
 {
-    // SAFETY: the table is never loaded into a CPU, so mapping any frame cannot break
-    // memory safety; the target frames are never accessed through it.
-    unsafe {
-        m.map_to(
-            Page::<S>::containing_address(va),
-            PhysFrame::<S>::containing_address(pa),
-            flags,
-            frames,
-        )
+    let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE;
+    for off in (0..SIZE).step_by(S::SIZE as usize) {
+        let pa = x86_64::PhysAddr::new((HPA + off) as u64);
+        // SAFETY: the table is never loaded into a CPU, so mapping any frame cannot break
+        // memory safety; the target frames are never accessed through it.
+        unsafe {
+            m.map_to(
+                Page::<S>::containing_address(x86_va(off)),
+                PhysFrame::<S>::containing_address(pa),
+                flags,
+                frames,
+            )
+        }
+        .expect("map")
+        .ignore();
     }
-    .expect("map")
-    .ignore();
+}
+
+/// `unmap` of every `S` page of the gigabyte, then `clean_up_addr_range`.
+fn x86_unmap_all<S: PageSize + std::fmt::Debug>(m: &mut OffsetPageTable<'_>, frames: &mut X86Frames)
+where
+    for<'a> OffsetPageTable<'a>: Mapper<S>,
+{
+    for off in (0..SIZE).step_by(S::SIZE as usize) {
+        m.unmap(Page::<S>::containing_address(x86_va(off)))
+            .expect("unmap")
+            .1
+            .ignore();
+    }
+    let range = Page::range_inclusive(
+        Page::<Size4KiB>::containing_address(x86_va(0)),
+        Page::containing_address(x86_va(SIZE - 1)),
+    );
+    // SAFETY: every table frame of this mapper is used once, by this table only.
+    unsafe { m.clean_up_addr_range(range, frames) };
+}
+
+impl Contender for X86W1 {
+    const WHO: Who = X86;
+
+    fn map(&mut self, leaf: Leaf) {
+        let frames = &mut self.frames;
+        self.table.with_mapper(|m| match leaf {
+            Leaf::Small => x86_map_all::<Size4KiB>(m, frames),
+            Leaf::Huge => x86_map_all::<Size2MiB>(m, frames),
+        })
+    }
+
+    fn translate_all(&mut self) -> usize {
+        self.table.with_mapper(|m| {
+            (0..PAGES).fold(0, |acc, i| acc ^ x86_translate(m, x86_va(i * SIZE_4K)))
+        })
+    }
+
+    fn translate_each(&mut self, order: &[u32]) -> usize {
+        self.table.with_mapper(|m| {
+            order.iter().fold(0, |acc, &i| {
+                acc ^ x86_translate(m, x86_va(i as usize * SIZE_4K))
+            })
+        })
+    }
+
+    fn unmap(&mut self, leaf: Leaf) {
+        let frames = &mut self.frames;
+        self.table.with_mapper(|m| match leaf {
+            Leaf::Small => x86_unmap_all::<Size4KiB>(m, frames),
+            Leaf::Huge => x86_unmap_all::<Size2MiB>(m, frames),
+        })
+    }
+
+    fn leaf_bytes(&mut self) -> usize {
+        self.table.with_mapper(|m| match m.translate(x86_va(0)) {
+            TranslateResult::Mapped { frame, .. } => frame.size() as usize,
+            other => panic!("x86_64: GPA not mapped: {other:?}"),
+        })
+    }
+
+    fn reset(&mut self) {}
 }
 
 fn floor_round(rec: &mut Recorder, arena: &Arena, leaf: Leaf) {
-    // The floor is short: several samples per round (W1), or many repetitions in one
-    // sample (W2, whose floor is a single table), steady its median.
-    match leaf {
-        Leaf::Small => {
-            for _ in 0..5 {
-                floor_small(rec, arena);
-            }
-        }
-        Leaf::Huge => floor_huge(rec, arena, 64),
-    }
+    rec.repeat(|rec| match leaf {
+        Leaf::Small => floor_small(rec, arena),
+        Leaf::Huge => floor_huge(rec, arena),
+    });
 }
 
 const RWX: u64 = 0b111;
@@ -277,28 +409,23 @@ fn floor_small(rec: &mut Recorder, arena: &Arena) {
     }
 }
 
-fn floor_huge(rec: &mut Recorder, arena: &Arena, reps: usize) {
-    let mut taken = Vec::with_capacity(reps);
-    rec.time("W2/map", Who::Floor, reps * LEAVES_2M, || {
-        for _ in 0..reps {
-            let pd = arena.alloc_4k().expect("frame");
-            arena.zero(pd, SIZE_4K);
-            arena.write_entries(
-                pd,
-                (0..512).map(|k| (HPA + k * SIZE_2M) as u64 | RWX | 1 << 7),
-            );
-            taken.push(pd);
-        }
+fn floor_huge(rec: &mut Recorder, arena: &Arena) {
+    let pd = rec.time("W2/map", Who::Floor, LEAVES_2M, || {
+        let pd = arena.alloc_4k().expect("frame");
+        arena.zero(pd, SIZE_4K);
+        arena.write_entries(
+            pd,
+            (0..512).map(|k| (HPA + k * SIZE_2M) as u64 | RWX | 1 << 7),
+        );
+        pd
     });
-    for t in taken {
-        arena.free_4k(t);
-    }
+    arena.free_4k(pd);
 }
 
 /// Units per phase, for the table.
 pub fn unit(id: &str) -> Option<&'static str> {
     Some(match id {
-        "W1/map" | "W1/translate" | "W1/unmap" => "4K page",
+        "W1/map" | "W1/translate" | "W1/translate_random" | "W1/unmap" => "4K page",
         "W2/map" | "W2/unmap" => "2M leaf",
         "W2/translate" => "4K lookup",
         _ => return None,

@@ -3,9 +3,9 @@
 //!
 //! * `W4/fault_4k`: every touch faults and maps one 4 KiB page.
 //! * `W4/fault_2m`: the area allows 2 MiB leaves; a touch faults only if its page is not
-//!   mapped yet (the driver keeps one "covered" flag per page for every contender, as the
-//!   hardware would only fault on unmapped pages), so 512 faults each allocate, zero and
-//!   map 2 MiB. The unit is still the 4 KiB page touched.
+//!   mapped yet (the driver, [`touch_all`], keeps one "covered" flag per page for every
+//!   contender, as the hardware would only fault on unmapped pages), so 512 faults each
+//!   allocate, zero and map 2 MiB. The unit is still the 4 KiB page touched.
 //!
 //! Anchor: ArceOS `memory_set` (area lookup) + `page_table_multiarch` (map) doing the same
 //! steps by hand. Floor: allocating and zeroing the same memory, nothing else.
@@ -26,6 +26,40 @@ pub const ARCEOS_PTM: Who = Who::Anchor("arceos_memory_set+ptm");
 
 /// 2 MiB blocks the arenas need: 1 GiB of RAM plus room for tables.
 pub const ARENA_BLOCKS: usize = LEAVES_2M + 4;
+
+/// Drives one run's touches in `order`: `fault(i)` serves the fault on page `i` and
+/// returns how many pages its leaf maps (1 or 512). With 4 KiB leaves every touch of
+/// the permutation faults, so nothing is tracked; with 2 MiB leaves a touch faults only
+/// while its page is not `covered` yet (as the hardware would), and `covered` records
+/// each leaf's pages. Returns the pages mapped. Ours and the anchor run this same code.
+#[inline(always)]
+pub fn touch_all(
+    order: &[usize],
+    mode: Mode,
+    covered: &mut [bool],
+    mut fault: impl FnMut(usize) -> usize,
+) -> usize {
+    let mut mapped = 0;
+    match mode {
+        Mode::Small => {
+            for &i in order {
+                mapped += fault(i);
+            }
+        }
+        Mode::Huge => {
+            for &i in order {
+                if covered[i] {
+                    continue; // mapped already: the guest would not fault
+                }
+                let n = fault(i);
+                let first = i & !(n - 1);
+                covered[first..first + n].fill(true);
+                mapped += n;
+            }
+        }
+    }
+    mapped
+}
 
 /// The two variants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,12 +106,9 @@ fn anchor(rec: &mut Recorder, arena: &Arena, mode: Mode, order: &[usize]) {
     .expect("area");
     let access = MappingFlags::WRITE;
     let mut covered = vec![false; PAGES];
-    rec.time(mode.id(), ARCEOS_PTM, PAGES, || {
+    let mapped = rec.time(mode.id(), ARCEOS_PTM, PAGES, || {
         let mut c = pt.cursor();
-        for &i in order {
-            if covered[i] {
-                continue; // mapped already: the guest would not fault
-            }
+        touch_all(order, mode, &mut covered, |i| {
             let va = AVirt::from(GPA + i * SIZE_4K);
             let area = set.find(va).expect("inside the area");
             assert!(area.flags().contains(access), "permission");
@@ -90,17 +121,17 @@ fn anchor(rec: &mut Recorder, arena: &Arena, mode: Mode, order: &[usize]) {
                 arena.zero(frame, SIZE_2M);
                 c.map(leaf, APhys::from(frame), PageSize::Size2M, area.flags())
                     .expect("map");
-                let first = (leaf.as_usize() - GPA) / SIZE_4K;
-                covered[first..first + 512].fill(true);
+                512
             } else {
                 let frame = arena.alloc_4k().expect("frame");
                 arena.zero(frame, SIZE_4K);
                 c.map(va, APhys::from(frame), PageSize::Size4K, area.flags())
                     .expect("map");
-                covered[i] = true;
+                1
             }
-        }
+        })
     });
+    assert_eq!(mapped, PAGES, "every page faulted in once");
     // Teardown (not timed): unmap every leaf and give its frame back.
     let mut c = pt.cursor();
     let mut va = GPA;

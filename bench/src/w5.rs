@@ -21,13 +21,8 @@ pub fn page_in_leaf(k: usize) -> usize {
 pub fn round(rec: &mut Recorder, arena: &Arena, round: usize) {
     for k in 0..2 {
         match (k + round) % 2 {
-            0 if rec.runs(Who::Ours) => ours::w5(rec, arena),
-            _ if rec.runs(Who::Floor) => {
-                // A short measurement: several samples per round.
-                for _ in 0..5 {
-                    floor(rec, arena);
-                }
-            }
+            0 if rec.runs(Who::Ours) => rec.repeat(|rec| ours::w5(rec, arena)),
+            _ if rec.runs(Who::Floor) => rec.repeat(|rec| floor(rec, arena)),
             _ => {}
         }
         assert_eq!(arena.in_use(), 0, "W5: the floor leaked");

@@ -111,8 +111,8 @@ impl Setup {
             let mode = self.guests[g].0;
             for c in 0..2 {
                 match (c + round) % 2 {
-                    0 if rec.runs(Who::Ours) => self.ours(rec, g),
-                    1 if rec.runs(Who::Floor) => self.floor(rec, mode),
+                    0 if rec.runs(Who::Ours) => rec.repeat(|rec| self.ours(rec, g)),
+                    1 if rec.runs(Who::Floor) => rec.repeat(|rec| self.floor(rec, mode)),
                     _ => {}
                 }
             }

@@ -36,7 +36,10 @@
 //!   (the CPU sets accessed/dirty bits), every intermediate state is a valid table.
 //! * **Speed.** `map_range` writes one leaf table's run per walk from the root (new
 //!   leaf tables are filled in one pass and linked after); `unmap_range` clears runs
-//!   and records contiguous unmapped leaves as runs; `translate` is an unrolled walk.
+//!   and records contiguous unmapped leaves as runs (a page table freed whole is only
+//!   read, not cleared); `translate` is an unrolled, always inlined walk, and
+//!   [`table::TranslateCursor`] resumes at the last page table or directory for many
+//!   nearby lookups.
 //!   `examples/w1_quick.rs` measures the 1 GiB workload against its memory floor.
 //! * **Untrusted input.** Nothing here panics on guest-controlled values: fault
 //!   decoding is total, out-of-range or unaligned addresses are typed errors.

@@ -10,7 +10,8 @@
 //! [`enter_guest`] before and [`leave_guest`] after each world switch: DR0-DR3 (both
 //! vendors), PKRU and TSC_AUX (both, where the CPU has them), and on VMX also DR6,
 //! CR2, KERNEL_GS_BASE and the SYSCALL MSRs (SVM keeps those in the VMCB: DR6 and CR2
-//! by VMRUN/#VMEXIT, the others by VMLOAD/VMSAVE, APM vol. 2 15.5.2).
+//! by VMRUN/#VMEXIT, the others by VMLOAD/VMSAVE, APM vol. 2 15.5.2). XCR0 is never
+//! the guest's (XSETBV is intercepted); [`xcr0_changed`] checks that after each exit.
 
 use core::arch::asm;
 use core::mem::offset_of;
@@ -143,8 +144,9 @@ const HOST_XCR0: u64 = 1;
 /// Finds out whether the CPU has PKU (CPUID.7.0:ECX bit 3) and IA32_TSC_AUX (RDTSCP,
 /// CPUID.8000_0001:EDX bit 27, or RDPID, CPUID.7.0:ECX bit 22), and enables CR4.PKE in
 /// the host so that the world switch can read and write PKRU (RDPKRU/WRPKRU need it;
-/// the host maps no user pages, so keys never restrict it). Call once, before any
-/// vCPU is created (VMX copies the host's CR4 into each VMCS).
+/// the host maps no user pages, so keys never restrict it), and CR4.OSXSAVE where the
+/// CPU has XSAVE (CPUID.1:ECX bit 26) so that [`xcr0_changed`] can read XCR0. Call
+/// once, before any vCPU is created (VMX copies the host's CR4 into each VMCS).
 pub(crate) fn detect_host_features() {
     use core::arch::x86_64::{__cpuid, __cpuid_count};
     let max = __cpuid(0).eax;
@@ -160,35 +162,15 @@ pub(crate) fn detect_host_features() {
         ext & (1 << 27) != 0 || leaf7 & (1 << 22) != 0,
         Ordering::Relaxed,
     );
+    // PKE only makes RDPKRU/WRPKRU usable and applies keys to user pages, which the
+    // host does not map; OSXSAVE only makes XGETBV/XSETBV usable (to check XCR0 after
+    // each exit), the host using no state beyond x87/SSE.
     if pku {
-        // SAFETY: setting CR4.PKE, which the CPU offers, only makes RDPKRU/WRPKRU usable
-        // and applies keys to user pages, which the host does not map.
-        unsafe {
-            asm!(
-                "mov {0}, cr4",
-                "or {0}, {pke}",
-                "mov cr4, {0}",
-                out(reg) _,
-                pke = in(reg) CR4_PKE,
-                options(nostack)
-            );
-        }
+        set_host_cr4_bits(CR4_PKE);
     }
     HAS_PKU.store(pku, Ordering::Relaxed);
     if xsave {
-        // SAFETY: setting CR4.OSXSAVE, which the CPU offers, only makes XGETBV/XSETBV
-        // usable in the host (to check XCR0 after each exit); the host uses no state
-        // beyond x87/SSE.
-        unsafe {
-            asm!(
-                "mov {0}, cr4",
-                "or {0}, {bit}",
-                "mov cr4, {0}",
-                out(reg) _,
-                bit = in(reg) CR4_OSXSAVE,
-                options(nostack)
-            );
-        }
+        set_host_cr4_bits(CR4_OSXSAVE);
     }
     HAS_XSAVE.store(xsave, Ordering::Relaxed);
 }
@@ -217,6 +199,22 @@ pub(crate) fn xcr0_changed() -> Option<u64> {
             options(nomem, nostack, preserves_flags))
     };
     Some(xcr0)
+}
+
+/// Sets `bits` in the host's CR4.
+fn set_host_cr4_bits(bits: u64) {
+    // SAFETY: callers pass only PKE and OSXSAVE, after CPUID reported the feature;
+    // neither changes how the host's own (supervisor, x87/SSE-only) code runs.
+    unsafe {
+        asm!(
+            "mov {0}, cr4",
+            "or {0}, {bits}",
+            "mov cr4, {0}",
+            out(reg) _,
+            bits = in(reg) bits,
+            options(nostack)
+        );
+    }
 }
 
 /// Whether the world switch saves and restores PKRU (so PKU may be shown to guests).

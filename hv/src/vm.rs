@@ -61,7 +61,8 @@ pub struct Vm<V: Vcpu, M: GuestMemory> {
     pub flush: FlushRequest,
     /// Its snapshot (a saved vCPU) and reset statistics.
     pub snapshots: Snapshots<V>,
-    /// The last exception injected (for the report of a triple fault that follows).
+    /// The exception injected at the last exit (for the report of a triple fault that
+    /// follows at once).
     injected: Option<String>,
     line: String,
     lines: u32,
@@ -137,6 +138,8 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
         }
         let exit = self.vcpu.run();
         self.exits += 1;
+        // An injected exception explains only a triple fault that follows at once.
+        let injected = self.injected.take();
         log::trace!(
             "guest {}: exit {exit:?} at rip {:#x}",
             self.name,
@@ -191,7 +194,7 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
                 format!(
                     "triple fault (shutdown) at rip {:#x}{}",
                     self.vcpu.reg(Reg::Rip),
-                    self.injected
+                    injected
                         .as_deref()
                         .map(|what| format!(" after {what}"))
                         .unwrap_or_default()
@@ -274,6 +277,8 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
             VmExit::Msr { write: false } => &[Op::Rdmsr],
             VmExit::Msr { write: true } => &[Op::Wrmsr],
             VmExit::Wbinvd => &[Op::Wbinvd],
+            // A HLT that resumes (once interrupts wake it) needs its length too.
+            VmExit::Hlt => &[Op::Hlt],
             _ => return Ok(()),
         };
         if self.vcpu.instruction_length_known() {
@@ -701,6 +706,7 @@ mod tests {
             // An unknown MSR: #GP(0), nothing skipped; the triple fault that follows
             // names it.
             (vec![(Reg::Rcx, 0xDEAD_BEEF)], VmExit::Msr { write: false }),
+            (vec![], VmExit::Shutdown),
             (vec![(Reg::Rax, 0), (Reg::Rcx, 0)], VmExit::Cpuid),
             (vec![], VmExit::Shutdown),
         ]);
@@ -716,24 +722,31 @@ mod tests {
         assert_eq!(v.step(10, 1000, &mut |_| {}), Step::Continue);
         assert_eq!(v.vcpu.injected, [(vector::GP, Some(0))]);
         assert_eq!(v.vcpu.skipped, 2, "a faulting RDMSR is not skipped");
+        let shutdown = |v: &mut Vm<ScriptedVcpu, FakeMemory>| {
+            let Step::Ended(GuestEnd::Fault {
+                kind: FaultKind::Shutdown,
+                detail,
+                ..
+            }) = v.step(10, 1000, &mut |_| {})
+            else {
+                panic!("no shutdown");
+            };
+            detail
+        };
+        let detail = shutdown(&mut v);
+        assert!(
+            detail.contains("after #GP injected for RDMSR of MSR 0xdeadbeef"),
+            "{detail}"
+        );
         assert_eq!(v.step(10, 1000, &mut |_| {}), Step::Continue);
         assert_eq!(
             v.vcpu.reg(Reg::Rax),
             7,
             "CPUID leaf 0 reports leaf 7 as the highest"
         );
-        let Step::Ended(GuestEnd::Fault {
-            kind: FaultKind::Shutdown,
-            detail,
-            ..
-        }) = v.step(10, 1000, &mut |_| {})
-        else {
-            panic!("no shutdown");
-        };
-        assert!(
-            detail.contains("after #GP injected for RDMSR of MSR 0xdeadbeef"),
-            "{detail}"
-        );
+        // A triple fault after other exits does not blame an old #GP.
+        let detail = shutdown(&mut v);
+        assert!(!detail.contains("after"), "{detail}");
         for exit in [
             VmExit::Forbidden { what: "VMRUN" },
             VmExit::InvalidState { code: u64::MAX },

@@ -5,7 +5,7 @@
 //! cargo xtask run [GUEST [ARGS]]...      boot guests (default: QEMU, the demo set)
 //! cargo xtask boot-test [TEST]...        every boot test (or the named ones)
 //! cargo xtask test                       host tests, then boot tests
-//! cargo xtask bench [--quick] [W1..W5]    benchmarks against the anchor crates
+//! cargo xtask bench [--quick] [--check] [W1..W5]  benchmarks against the anchor crates
 //! options: --emulator qemu|kvm|bochs|bochs-skylake|bochs-sandybridge|all|auto
 //!          --log LEVEL   --timeout SECS   --jobs N (boot tests in parallel, default 2)
 //!          --gdb (run, QEMU: wait for gdb on :1234)
@@ -138,12 +138,13 @@ fn usage() -> &'static str {
      [--log LEVEL] [--timeout SECS] [--jobs N] [--gdb] [GUESTS or TESTS...]"
 }
 
-/// Runs the benchmarks (release build) side by side with the anchor crates; `args`
-/// (`--quick`, workload names such as `W1`) go to the benchmark binary.
+/// Runs the benchmarks side by side with the anchor crates, every contender built with
+/// the `bench-fair` profile (fat LTO, one codegen unit, `panic = "abort"`); `args`
+/// (`--quick`, `--check`, workload names such as `W1`) go to the benchmark binary.
 fn bench(paths: &Paths, args: &[String]) -> Result<(), String> {
     build::run(
         build::cargo(paths)
-            .args(["run", "--release", "--package", "bench", "--"])
+            .args(["run", "--profile", "bench-fair", "--package", "bench", "--"])
             .args(args),
     )
 }

@@ -2,7 +2,7 @@
 //!
 //! [`FrameAlloc`] hands out 4 KiB frames (and optionally 2 MiB blocks);
 //! [`PhysMapper`] turns a host-physical address into a pointer the hypervisor can
-//! use. The safe helpers [`zero_frame`], [`copy_frame`], [`read_phys`] and
+//! use. The safe helpers [`zero_frame`], [`zero_frames`], [`copy_frame`], [`read_phys`] and
 //! [`write_phys`] let crates without `unsafe` move bytes through a mapper.
 //! [`HeapArena`] implements both over heap memory for host tests and benchmarks.
 
@@ -64,7 +64,8 @@ impl<A: FrameAlloc + ?Sized> FrameAlloc for &mut A {
 /// rest of the 4 KiB frame containing `hpa`, for as long as the mapper (or a clone)
 /// exists, and that memory must not be accessed through Rust references elsewhere
 /// while the safe helpers and tables use it. The pointer for a frame-aligned `hpa`
-/// must be 4 KiB aligned. Clones map identically.
+/// must be 4 KiB aligned. Clones map identically. Where the pointers of two such
+/// frames are 4 KiB apart, one access may span both (as with a direct map).
 pub unsafe trait PhysMapper: Clone {
     /// The host-virtual address of `hpa`.
     fn phys_to_virt(&self, hpa: HostPhysAddr) -> *mut u8;
@@ -142,6 +143,38 @@ pub fn zero_frame(mapper: &impl PhysMapper, frame: HostPhysAddr) -> Result<(), P
     Ok(())
 }
 
+/// Fills `frames` consecutive 4 KiB frames from `first` with zeros, with one write
+/// per stretch of frames the mapper places next to each other (a direct map or the
+/// host-test arena: one write for a 2 MiB block, which is faster than 512 small ones).
+/// Checks every frame first; on error nothing was written.
+pub fn zero_frames(
+    mapper: &impl PhysMapper,
+    first: HostPhysAddr,
+    frames: usize,
+) -> Result<(), PhysAccessError> {
+    let frame = |k: usize| HostPhysAddr::new(first.as_usize().wrapping_add(k * PAGE_SIZE_4K));
+    for k in 0..frames {
+        check_frame(mapper, frame(k))?;
+    }
+    let mut k = 0;
+    while k < frames {
+        let start = mapper.phys_to_virt(frame(k));
+        let mut n = 1;
+        while k + n < frames
+            && mapper.phys_to_virt(frame(k + n)) == start.wrapping_add(n * PAGE_SIZE_4K)
+        {
+            n += 1;
+        }
+        // SAFETY: each of the `n` frames is 4 KiB aligned and mapped (checked above),
+        // so by the `PhysMapper` contract its pointer is valid for writes of 4 KiB; the
+        // pointers follow each other, so `[start, start + n * 4 KiB)` is exactly the
+        // union of those valid ranges (the contract's rule for adjacent frames).
+        unsafe { core::ptr::write_bytes(start, 0, n * PAGE_SIZE_4K) };
+        k += n;
+    }
+    Ok(())
+}
+
 /// Copies the 4 KiB frame at `src` to `dst` (distinct frames; copying a frame onto
 /// itself is a no-op).
 pub fn copy_frame(
@@ -188,4 +221,41 @@ pub fn write_phys(
     // writes of `data.len()` bytes; `data` is a distinct Rust allocation.
     unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) };
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_frames_zeroes_exactly_the_frames_and_checks_all_first() {
+        let a = HeapArena::new(8);
+        let base = HeapArena::BASE;
+        let at = |k: usize| HostPhysAddr::new(base + k * PAGE_SIZE_4K);
+        for k in 0..8 {
+            write_phys(&a, at(k), &[0xab; 16]).unwrap();
+            write_phys(&a, HostPhysAddr::new(at(k).as_usize() + 4080), &[0xcd; 16]).unwrap();
+        }
+        zero_frames(&a, at(2), 5).unwrap();
+        for k in 0..8 {
+            let (mut head, mut tail) = ([0u8; 16], [0u8; 16]);
+            read_phys(&a, at(k), &mut head).unwrap();
+            read_phys(&a, HostPhysAddr::new(at(k).as_usize() + 4080), &mut tail).unwrap();
+            let zeroed = (2..7).contains(&k);
+            assert_eq!(head, if zeroed { [0; 16] } else { [0xab; 16] }, "frame {k}");
+            assert_eq!(tail, if zeroed { [0; 16] } else { [0xcd; 16] }, "frame {k}");
+        }
+        // The last frame is past the arena: refused before anything is written.
+        assert_eq!(
+            zero_frames(&a, at(0), 9),
+            Err(PhysAccessError::NotMapped { hpa: at(8) })
+        );
+        let mut head = [0u8; 16];
+        read_phys(&a, at(0), &mut head).unwrap();
+        assert_eq!(head, [0xab; 16]);
+        assert!(matches!(
+            zero_frames(&a, HostPhysAddr::new(base + 8), 1),
+            Err(PhysAccessError::Unaligned { .. })
+        ));
+    }
 }

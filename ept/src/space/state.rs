@@ -19,7 +19,7 @@ use super::{Invalidate, page_range, range_scope};
 use crate::caps::Stage2Caps;
 use crate::flush::{Flush, FlushScope};
 use crate::format::{Access, LeafAttr, Stage2Format};
-use crate::frame::{FrameAlloc, PhysMapper, zero_frame};
+use crate::frame::{FrameAlloc, PhysMapper, zero_frame, zero_frames};
 use crate::size::{LeafSize, MapSize, Size1G, Size2M, Size4K};
 use crate::table::{Stage2Table, TableError, Translation};
 
@@ -126,10 +126,6 @@ pub(crate) fn set_err(
 
 fn add(gpa: GuestPhysAddr, off: usize) -> GuestPhysAddr {
     GuestPhysAddr::new(gpa.as_usize().wrapping_add(off))
-}
-
-fn hadd(hpa: HostPhysAddr, off: usize) -> HostPhysAddr {
-    HostPhysAddr::new(hpa.as_usize().wrapping_add(off))
 }
 
 impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A, I> {
@@ -388,8 +384,7 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
         if block_free {
             let (table, mut meter) = self.parts();
             if let Some(hpa) = meter.alloc_2m() {
-                let zeroed = (0..PAGE_SIZE_2M / PAGE_SIZE_4K)
-                    .all(|i| zero_frame(table.mapper(), hadd(hpa, i * PAGE_SIZE_4K)).is_ok());
+                let zeroed = zero_frames(table.mapper(), hpa, PAGE_SIZE_2M / PAGE_SIZE_4K).is_ok();
                 let r = if zeroed {
                     table.map_page::<Size2M>(&mut meter, block, hpa, attr)
                 } else {

@@ -51,6 +51,24 @@ impl Run {
         self.end_hpa = hpa.wrapping_add(sz as u64);
     }
 
+    /// Adds `count` removed leaves of `sz` bytes, contiguous from `gpa -> hpa`.
+    #[inline]
+    fn add_many(
+        &mut self,
+        gpa: usize,
+        hpa: u64,
+        count: usize,
+        sz: usize,
+        flush: &mut Flush,
+        size: LeafSize,
+    ) {
+        self.add(gpa, hpa, sz, flush, size);
+        self.count += count - 1;
+        self.removed += count - 1;
+        self.end_gpa = gpa.wrapping_add(count * sz);
+        self.end_hpa = hpa.wrapping_add((count * sz) as u64);
+    }
+
     /// Records the pending run (if any) in `flush`.
     #[inline]
     fn record(&mut self, flush: &mut Flush, size: LeafSize) {
@@ -270,6 +288,15 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
                         self.free_child(t, i, c, flush);
                     }
                 }
+                EntryKind::Table(c) if full && level == 2 && matches!(op, Op::Unmap) => {
+                    // A whole page table goes: record its leaves, unlink it, free it
+                    // after the flush; its entries need not be cleared one by one.
+                    let ct = self.tbl(c);
+                    if self.drain_leaf_table(ct, base, flush) > 0 {
+                        *changed = true;
+                    }
+                    self.free_child(t, i, c, flush);
+                }
                 EntryKind::Table(c) => {
                     let ct = self.tbl(c);
                     self.walk_range(reserve, ct, level - 1, s, en, op, flush, changed)?;
@@ -334,6 +361,39 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
         if count > 0 {
             *changed = true;
         }
+    }
+
+    /// Records every leaf of the page table `t` (mapping from `base`), which the caller
+    /// unlinks and frees after the flush, as unmapped, and takes them off the counters;
+    /// the entries themselves stay as they are (nothing reads the frame once it is
+    /// unlinked and invalidated). Returns the number of leaves.
+    fn drain_leaf_table(&mut self, t: Tbl, base: usize, flush: &mut Flush) -> usize {
+        const SZ: usize = Size4K::SIZE;
+        let mut run = Run::default();
+        let mut k = 0;
+        while k < ENTRIES {
+            let e = t.load(k);
+            if !F::is_present(e) {
+                k += 1;
+                continue;
+            }
+            // The longest run of present, physically contiguous leaves from `k`.
+            let h = e & ADDR_MASK;
+            let mut n = 1;
+            while k + n < ENTRIES {
+                let next = t.load(k + n);
+                if !F::is_present(next) || next & ADDR_MASK != h + (n * SZ) as u64 {
+                    break;
+                }
+                n += 1;
+            }
+            run.add_many(base + k * SZ, h, n, SZ, flush, LeafSize::Size4K);
+            k += n;
+        }
+        let removed = run.removed;
+        self.leaves[0] -= removed;
+        run.emit(flush, LeafSize::Size4K);
+        removed
     }
 
     /// Takes `n` removed leaves at `level` off the counters (level 4 holds none).

@@ -12,8 +12,8 @@
 //!
 //! The set is what an x86_64 Linux kernel touches on boot with `nolapic` (EFER, PAT,
 //! MTRRs, APIC base, MISC_ENABLE, TSC, SYSCALL/SYSENTER, FS/GS/KERNEL_GS bases, TSC_AUX,
-//! microcode signature, FEATURE_CONTROL); add an entry to [`read()`] and [`write()`] to
-//! offer another.
+//! microcode signature, FEATURE_CONTROL, AMD SYSCFG/HWCR); add an entry to [`read()`]
+//! and [`write()`] to offer another.
 
 use core::fmt;
 
@@ -73,6 +73,10 @@ pub mod number {
     pub const KERNEL_GS_BASE: u32 = 0xC000_0102;
     /// IA32_TSC_AUX.
     pub const TSC_AUX: u32 = 0xC000_0103;
+    /// AMD SYSCFG (APM vol. 2 7.9.1: MtrrFixDramEn, MtrrVarDramEn, MtrrTom2En...).
+    pub const AMD_SYSCFG: u32 = 0xC001_0010;
+    /// AMD HWCR (hardware configuration).
+    pub const AMD_HWCR: u32 = 0xC001_0015;
 }
 
 /// Variable-range MTRRs offered (IA32_MTRRCAP.VCNT).
@@ -246,6 +250,9 @@ pub fn read<V: Vcpu + ?Sized>(vcpu: &V, file: &MsrFile, msr: u32) -> Result<u64,
         number::MISC_ENABLE => file.misc_enable,
         number::DEBUGCTL => 0,
         number::MTRR_DEF_TYPE => file.mtrr_def_type,
+        // No DRAM attributes in the fixed MTRRs, no TOM2, no special configuration:
+        // Linux's MTRR code reads SYSCFG on AMD.
+        number::AMD_SYSCFG | number::AMD_HWCR => 0,
         _ => return Err(MsrError::Unknown),
     })
 }
@@ -291,7 +298,7 @@ pub fn write<V: Vcpu + ?Sized>(
         }
         number::BIOS_SIGN_ID => file.bios_sign_id = value,
         number::MISC_ENABLE => file.misc_enable = value,
-        number::DEBUGCTL => check(value == 0)?,
+        number::DEBUGCTL | number::AMD_SYSCFG | number::AMD_HWCR => check(value == 0)?,
         number::MTRR_DEF_TYPE => {
             check(value & !MTRR_DEF_TYPE_BITS == 0 && valid_mtrr_type(value as u8))?;
             file.mtrr_def_type = value;
@@ -358,6 +365,7 @@ mod tests {
         assert_eq!(read(&v, &f, 0x201), Ok(0));
         assert_eq!(read(&v, &f, 0x26F), Ok(0));
         assert_eq!(read(&v, &f, 0xC001_0114), Err(MsrError::Unknown));
+        assert_eq!(read(&v, &f, number::AMD_SYSCFG), Ok(0));
         assert_eq!(read(&v, &f, 0x210), Err(MsrError::Unknown));
         let t0 = read(&v, &f, number::TSC).unwrap();
         assert!(read(&v, &f, number::TSC).unwrap() >= t0);

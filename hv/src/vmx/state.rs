@@ -12,6 +12,8 @@ use crate::vcpu::{ArchReg, CodeSegment, Reg, Vcpu};
 
 /// EFER.LME (bit 8) and EFER.LMA (bit 10) (SDM vol. 3A 2.2.1).
 const EFER_LME_LMA: u64 = (1 << 8) | (1 << 10);
+/// EFER.LMA.
+const EFER_LMA: u64 = 1 << 10;
 /// Control-register access qualification (SDM vol. 3C 28.2.1, table 28-3): CR number
 /// (bits 3:0), access type (bits 5:4: 0 = MOV to CR, 1 = MOV from CR), GPR (11:8).
 const CR_QUAL_NUMBER: u64 = 0xF;
@@ -22,6 +24,30 @@ const AR_L: u64 = 1 << 13;
 const AR_DB: u64 = 1 << 14;
 
 impl VmxVcpu {
+    /// Keeps the "IA-32e mode guest" entry control equal to the guest's EFER.LMA, as
+    /// VM entry requires when it loads EFER (SDM vol. 3C 27.3.1.1): a guest that turns
+    /// paging on with EFER.LME set (or off) switches long mode itself, without an exit,
+    /// and the next entry must agree. Called with this vCPU's VMCS current, after an
+    /// exit.
+    pub(super) fn follow_long_mode(&mut self) {
+        if !self.caps.switches_efer() {
+            return;
+        }
+        let efer = read_current(field64::GUEST_EFER);
+        self.efer = efer;
+        let entry = read_current(field32::ENTRY_CONTROLS);
+        let ia32e = u64::from(entry_ctl::IA32E_MODE_GUEST);
+        let lma = efer & EFER_LMA != 0;
+        if lma != (entry & ia32e != 0) {
+            let mut w = Writer { failed: None };
+            w.w(
+                field32::ENTRY_CONTROLS,
+                if lma { entry | ia32e } else { entry & !ia32e },
+            );
+            let _ = w.finish();
+        }
+    }
+
     /// Makes this vCPU's VMCS current, for reading and writing its fields.
     fn make_current(&self) -> bool {
         // SAFETY: VMX is on and the region is this vCPU's VMCS, set up by `build`.
@@ -74,7 +100,7 @@ impl VmxVcpu {
         let ar = self.field(field32::GUEST_CS_AR);
         CodeSegment {
             base: self.field(natural::GUEST_CS_BASE),
-            long: self.arch(ArchReg::Efer) & (1 << 10) != 0 && ar & AR_L != 0,
+            long: self.arch(ArchReg::Efer) & EFER_LMA != 0 && ar & AR_L != 0,
             default32: ar & AR_DB != 0,
         }
     }

@@ -886,6 +886,7 @@ impl VmxVcpu {
         self.rsp = read_current(natural::GUEST_RSP);
         self.rflags = read_current(natural::GUEST_RFLAGS);
         self.last_exit = (exit_reason, qualification, gpa);
+        self.follow_long_mode();
         if exit_reason & exit::ENTRY_FAILURE == 0 && exit::has_instruction_length(basic) {
             self.next_len = Some(len);
         }
