@@ -147,6 +147,18 @@ pub fn set_cr4_bits(bits: u64) {
     };
 }
 
+/// RDTSCP: the TSC and IA32_TSC_AUX (ECX) (SDM vol. 2B "RDTSCP"). AMD SVM runs it
+/// natively (not offered by CPUID, but executable); VMX raises #UD.
+pub fn rdtscp_aux() -> u32 {
+    let aux: u32;
+    // SAFETY: RDTSCP only reads the TSC and TSC_AUX into EDX:EAX and ECX.
+    unsafe {
+        asm!("rdtscp", out("eax") _, out("edx") _, out("ecx") aux,
+            options(nomem, nostack, preserves_flags))
+    };
+    aux
+}
+
 /// SWAPGS: exchanges GS.base and IA32_KERNEL_GS_BASE (SDM vol. 2B "SWAPGS").
 pub fn swapgs() {
     // SAFETY: the guest does not use GS; the exchange touches only this vCPU's state.

@@ -3,7 +3,8 @@
 //! 1. A new guest sees the reset state: DR0-DR3 = 0, DR6 = 0xFFFF0FF0, DR7 = 0x400,
 //!    CR2 = CR8 = 0, PKRU = 0, and the reset values of every MSR in the hypervisor's
 //!    table (SYSCALL/SYSENTER MSRs, FS/GS/KERNEL_GS bases, TSC_AUX, PAT, EFER, APIC
-//!    base, MISC_ENABLE, MTRRs), and the virtual CPUID (hypervisor leaf, no VMX/SVM).
+//!    base, MISC_ENABLE, MTRRs; under SVM also TSC_AUX as RDTSCP reads it natively), and
+//!    the virtual CPUID (hypervisor leaf, no VMX/SVM).
 //!    The boot test runs this scenario twice: the second guest starts after the first
 //!    has written its own values into all of it, so a leak shows here.
 //! 2. It writes values of its own, clones itself (the child must see them), then parent
@@ -171,6 +172,15 @@ fn check_state(who: &str, s: &State) -> u32 {
     expect("CR8", cpu::read_cr8(), s.cr8);
     if has_pku() && cpu::read_cr4() & CR4_PKE != 0 {
         expect("PKRU", u64::from(cpu::rdpkru()), u64::from(s.pkru));
+    }
+    if !on_intel() {
+        // SVM runs RDTSCP natively: the CPU's TSC_AUX must be this guest's.
+        let aux = s
+            .msrs
+            .iter()
+            .find(|(m, _)| *m == TSC_AUX)
+            .map_or(0, |(_, v)| *v);
+        expect("TSC_AUX seen by RDTSCP", u64::from(cpu::rdtscp_aux()), aux);
     }
     for (msr, v) in s.msrs {
         let want = match msr {
