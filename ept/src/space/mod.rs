@@ -156,6 +156,7 @@ mod region;
 mod report;
 mod share;
 pub mod snapshot;
+mod split;
 mod state;
 mod zero;
 
