@@ -90,6 +90,8 @@ where
         // The leaves now lie inside the range: unmapping them needs no frame.
         self.st.unmap_leaves(range.start(), range.size(), true)?;
         let freed = before.saturating_sub(self.st.book.ram_frames());
+        // Entries of frames that went (2 MiB blocks, shared frames) are given back.
+        self.sync_metadata();
         self.st.counters.balloon_frames += freed as u64;
         // The contents changed under a snapshot (restoring would need the pages).
         if let Some(snap) = &mut self.st.track.snap {

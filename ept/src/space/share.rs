@@ -361,6 +361,7 @@ where
             return Err(e);
         }
         self.protect_cut_blocks(&bundle);
+        self.sync_metadata();
         Ok(bundle)
     }
 
@@ -439,6 +440,14 @@ where
                 },
             });
         }
+        // Bookkeeping: the area and one tracked chunk per frame new to this space.
+        let mut new_chunks: Vec<HostPhysAddr> = Vec::new();
+        for p in &bundle.pieces {
+            if self.st.book.chunk_of(p.base).is_none() && !new_chunks.contains(&p.base) {
+                new_chunks.push(p.base);
+            }
+        }
+        self.metadata_room(1 + new_chunks.len())?;
         self.map_area(range, AreaFlags::new(attr), kind)?;
         // Every piece is counted before the tables are metered.
         for p in &bundle.pieces {
@@ -498,6 +507,7 @@ where
             let _ = self.unmap_range(range);
             return Err(e);
         }
+        self.sync_metadata();
         Ok(())
     }
 
@@ -558,5 +568,6 @@ where
             }
         }
         self.st.finish(flush, false);
+        self.sync_metadata();
     }
 }

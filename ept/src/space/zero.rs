@@ -120,6 +120,8 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
         if let Some((hpa, _)) = &self.zero.page {
             return Some(*hpa);
         }
+        // The zero frame is one bookkeeping entry (a tracked chunk).
+        self.alloc.budget.metadata_room(1).ok()?;
         let (table, mut meter) = self.parts();
         let hpa = meter.alloc_frame()?;
         if zero_frame(table.mapper(), hpa).is_err() {
@@ -130,6 +132,9 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
         // The space's own piece: the frame counts once from now on.
         self.book.adopt(hpa, false, 1, mark.clone());
         self.zero.page = Some((hpa, mark));
+        let c = self.metadata_charged;
+        self.alloc.budget.metadata_moved(c, c + 1);
+        self.metadata_charged = c + 1;
         Some(hpa)
     }
 
