@@ -12,9 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 mod common;
 
-use common::{MIB, caps_4k_only, fault, g};
+use common::{MIB, NoFlush, caps_4k_only, fault, g, limited_space};
 use ept::caps::Stage2Caps;
-use ept::flush::FlushScope;
 use ept::format::{Access, Npt};
 use ept::frame::HeapArena;
 use ept::space::{AddressSpace, ENTRY_BYTES, Limits, MetadataPool, SpaceError};
@@ -53,21 +52,10 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-type Space = AddressSpace<Npt, HeapArena, HeapArena, fn(FlushScope)>;
-
-fn no_flush(_: FlushScope) {}
+type Space = AddressSpace<Npt, HeapArena, HeapArena, NoFlush>;
 
 fn space(arena: &HeapArena, caps: Stage2Caps, limits: Limits) -> Space {
-    AddressSpace::with_limits(
-        g(0),
-        1 << 30,
-        caps,
-        arena.clone(),
-        arena.clone(),
-        no_flush as fn(FlushScope),
-        limits,
-    )
-    .unwrap()
+    limited_space(arena, caps, limits).unwrap()
 }
 
 /// Protects every other page of `[0, size)` until `stop` pages are done or the space

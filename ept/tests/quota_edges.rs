@@ -6,41 +6,18 @@
 
 mod common;
 
-use common::{MIB, caps_4k_only, fault, g, new_space};
+use common::{MIB, NoFlush, caps_4k_only, fault, g, limited_space, new_space, no_flush, snapshot};
 use ept::caps::Stage2Caps;
-use ept::flush::FlushScope;
 use ept::format::{Access, MemType, Npt};
 use ept::frame::HeapArena;
 use ept::size::LeafSize;
-use ept::space::{AddressSpace, FaultOutcome, OomReason, SpaceError};
+use ept::space::{AddressSpace, FaultOutcome, Limits, OomReason, SpaceError};
 use memory_set::{AddrRange, HostPhysAddr, PAGE_SIZE_2M, PAGE_SIZE_4K};
 
-type Space = AddressSpace<Npt, HeapArena, HeapArena, fn(FlushScope)>;
-
-fn no_flush(_: FlushScope) {}
+type Space = AddressSpace<Npt, HeapArena, HeapArena, NoFlush>;
 
 fn space(arena: &HeapArena, caps: Stage2Caps, quota: usize) -> Option<Space> {
-    AddressSpace::new(
-        g(0),
-        1 << 30,
-        caps,
-        arena.clone(),
-        arena.clone(),
-        no_flush as fn(FlushScope),
-        quota,
-    )
-    .ok()
-}
-
-/// What an operation refused for lack of quota must leave as it was.
-fn snapshot(s: &Space, arena: &HeapArena) -> (usize, usize, usize, String) {
-    let st = s.stats();
-    (
-        arena.in_use(),
-        st.ram_frames,
-        st.table_frames,
-        format!("{:?}", s.areas()),
-    )
+    limited_space(arena, caps, Limits::quota(quota)).ok()
 }
 
 /// Finds the smallest quota from `from` on at which `op` succeeds on a space that

@@ -6,7 +6,7 @@ use std::rc::Rc;
 
 mod common;
 
-use common::{MIB, fault, g, new_space};
+use common::{MIB, fault, g, new_space, snapshot};
 use ept::caps::Stage2Caps;
 use ept::fault::{FaultKind, Stage2Fault};
 use ept::flush::FlushScope;
@@ -48,17 +48,6 @@ fn perm_fault(gpa: usize, access: Access) -> Stage2Fault {
         kind: FaultKind::Permission,
         ..fault(gpa, access)
     }
-}
-
-/// Everything observable that an error must not change.
-fn snapshot(s: &Space, arena: &HeapArena) -> (usize, usize, usize, String) {
-    let st = s.stats();
-    (
-        arena.in_use(),
-        st.ram_frames,
-        st.table_frames,
-        format!("{:?}", s.areas()),
-    )
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! host-read view following the stage-2 mapping, the PROTECT/UNMAP error codes, the
 //! default quota, family quotas of clones and host exhaustion.
 
-use super::tests::{ArenaMemory, in_use, memory, read_u64};
+use super::tests::{ArenaMemory, Mem, in_use, memory, read_u64};
 use super::*;
 use crate::settings::{default_quota_frames, parse_guest_cmdline};
 use crate::vm::status_or_end;
@@ -164,5 +164,96 @@ fn the_guest_that_asks_when_the_host_is_out_ends_with_the_hosts_reason() {
         alloc.dealloc_frame(f);
     }
     drop(m);
+    assert_eq!(in_use(), 0);
+}
+
+/// A fake vCPU over a [`SpaceMemory`]: caches the translation of every page it uses
+/// and drops its cache only when the memory's [`FlushRequest`] is pending at the next
+/// guest entry (what the SVM and VMX back-ends turn into TLB_CONTROL / INVEPT). An
+/// access through a cached entry the table no longer backs fails the test.
+struct FakeVcpu {
+    flush: FlushRequest,
+    tlb: alloc::collections::BTreeMap<u64, (HostPhysAddr, Access)>,
+}
+
+impl FakeVcpu {
+    /// One guest access after an entry; `false` when the memory refused it.
+    fn access(&mut self, m: &mut Mem, at: u64, access: Access) -> bool {
+        for _ in 0..3 {
+            if self.flush.take() {
+                self.tlb.clear();
+            }
+            let page = at & !0xfff;
+            let now = m.space.translate(gpa(at));
+            if let Some(&(hpa, rights)) = self.tlb.get(&page) {
+                if rights.contains(access) {
+                    assert!(
+                        now.is_some_and(|t| usize::from(t.hpa) & !0xfff == usize::from(hpa)
+                            && t.attr.access.contains(access)),
+                        "stale TLB entry used at {at:#x}: {hpa:#x} {rights:?}, table {now:?}"
+                    );
+                    return true;
+                }
+                self.tlb.remove(&page);
+            }
+            match now {
+                Some(t) if t.attr.access.contains(access) => {
+                    let hpa = HostPhysAddr::from(usize::from(t.hpa) & !0xfff);
+                    self.tlb.insert(page, (hpa, t.attr.access));
+                    return true;
+                }
+                present => {
+                    let fault = Stage2Fault {
+                        gpa: gpa(at),
+                        access,
+                        kind: if present.is_some() {
+                            ept::fault::FaultKind::Permission
+                        } else {
+                            ept::fault::FaultKind::NotPresent
+                        },
+                        in_guest_walk: false,
+                    };
+                    if m.handle_fault(fault).is_err() {
+                        return false;
+                    }
+                }
+            }
+        }
+        panic!("the access at {at:#x} kept faulting");
+    }
+}
+
+#[test]
+fn the_flush_request_reaches_a_vcpu_before_its_next_entry() {
+    let flush = FlushRequest::new();
+    let settings = parse_guest_cmdline("t.bin mem=8M").unwrap();
+    let mut m = Mem::create(&settings, Stage2Caps::npt(false), flush.clone()).unwrap();
+    let mut cpu = FakeVcpu {
+        flush,
+        tlb: Default::default(),
+    };
+    // Protect: a cached writable entry must not outlive it.
+    assert!(cpu.access(&mut m, 0x5000, Access::WRITE));
+    m.protect(0x5000, 0x1000, Access::READ).unwrap();
+    assert!(!cpu.access(&mut m, 0x5000, Access::WRITE));
+    // Unmap, in a 2 MiB leaf and a 4 KiB one.
+    for at in [0x30_0000, 0x7000] {
+        assert!(cpu.access(&mut m, at, Access::READ));
+        m.unmap(at, 0x1000).unwrap();
+        assert!(!cpu.access(&mut m, at, Access::READ));
+    }
+    // A clone write-protects the parent: its next write copies.
+    assert!(cpu.access(&mut m, 0x9000, Access::WRITE));
+    let child_flush = FlushRequest::new();
+    let mut child = m.try_clone(child_flush.clone()).unwrap();
+    let before = m.space.translate(gpa(0x9000)).unwrap().hpa;
+    assert!(cpu.access(&mut m, 0x9000, Access::WRITE));
+    assert_ne!(m.space.translate(gpa(0x9000)).unwrap().hpa, before);
+    let mut child_cpu = FakeVcpu {
+        flush: child_flush,
+        tlb: Default::default(),
+    };
+    assert!(child_cpu.access(&mut child, 0x9000, Access::WRITE));
+    drop((m, child));
     assert_eq!(in_use(), 0);
 }

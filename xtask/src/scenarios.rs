@@ -34,6 +34,12 @@ pub const GUEST_DEFAULTS: &[(&str, &str)] = &[
     ("realmode", ""),
     ("intercepts", "expect=fault:instruction"),
     ("badmsr", "expect=fault:shutdown"),
+    (
+        "ceiling",
+        "ro=0x1000000+64K nx=0x1100000+64K mmio=0x2000000+64K expect=fault:write@0x1000000",
+    ),
+    ("hog", "mem=1G expect=fault:quota"),
+    ("nibble", "mem=72M"),
     ("areaflood", "area=0x40000000+1G:rw expect=fault:metadata"),
     (
         "cloneflood",
@@ -165,6 +171,43 @@ pub const BOOT_TESTS: &[BootTest] = &[
     single!("realmode"),
     // 1,000 resets to a snapshot of memory and vCPU (issue 14).
     single!("snapshot"),
+    // Host-configured rights are a ceiling; the host's view follows the mapping.
+    single!(
+        "ceiling",
+        lines: &["[guest ceiling] every right above the host's was refused"],
+        reports: &[]
+    ),
+    // A guest without `quota=` gets its RAM, at most half the host's frames: it cannot
+    // starve the guest beside it. When the host itself runs out, the guest that asks
+    // ends with that reason (not a quota fault), and the others go on.
+    BootTest {
+        name: "default-quota",
+        cmdline: "log=info",
+        guests: &["hog", "nibble"],
+        status: RunStatus::AllPassed,
+        marker: "HV: ALL 2 GUESTS PASSED",
+        lines: &[
+            "guest hog: PASS (ended: fault:quota@",
+            "[guest nibble] touched 64 MiB",
+        ],
+        vendor_lines: (&[], &[]),
+        reports: &[],
+    },
+    BootTest {
+        name: "host-memory",
+        cmdline: "log=info",
+        guests: &["hog quota=1G expect=ok", "nibble expect=fault:host-memory"],
+        status: RunStatus::AllPassed,
+        marker: "HV: ALL 2 GUESTS PASSED",
+        lines: &[
+            "[guest hog] holding 180 MiB",
+            "guest nibble: PASS (ended: fault:host-memory@",
+            "host frame allocator exhausted",
+            "guest hog: PASS (ended: exit code 0)",
+        ],
+        vendor_lines: (&[], &[]),
+        reports: &[],
+    },
     // Guests that grow the hypervisor's bookkeeping (areas; entries for frames shared
     // by clones) end alone at their budget; the guest beside them passes.
     BootTest {

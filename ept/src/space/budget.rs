@@ -22,8 +22,11 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 use memory_set::{HostPhysAddr, PAGE_SIZE_2M, PAGE_SIZE_4K};
 
+use super::Invalidate;
 use super::error::SpaceError;
-use crate::frame::FrameAlloc;
+use super::state::{Inner, State};
+use crate::format::Stage2Format;
+use crate::frame::{FrameAlloc, PhysMapper};
 
 /// An upper bound on the host heap one bookkeeping entry takes (an area with its
 /// gap-index entry and B-tree share, or a tracked frame with its share mark), in
@@ -233,5 +236,30 @@ impl<A: FrameAlloc> FrameAlloc for Charged<A> {
             .0
             .held_frames
             .fetch_sub(FRAMES_2M, Ordering::Relaxed);
+    }
+}
+
+impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A, I> {
+    /// Brings the family's count of this space's bookkeeping entries up to date
+    /// (`areas` areas plus the tracked frames of the book).
+    pub(crate) fn sync_metadata(&mut self, areas: usize) {
+        let now = areas + self.book.tracked();
+        self.alloc.budget.metadata_moved(self.metadata_charged, now);
+        self.metadata_charged = now;
+    }
+}
+
+impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner<F, M, A, I> {
+    /// Brings the family's count of this space's bookkeeping entries up to date;
+    /// every operation that may add or drop areas or tracked frames ends with it.
+    pub(crate) fn sync_metadata(&mut self) {
+        let areas = self.set.len();
+        self.st.sync_metadata(areas);
+    }
+
+    /// Checks that `more` bookkeeping entries fit (before an operation adds them).
+    pub(crate) fn metadata_room(&mut self, more: usize) -> Result<(), SpaceError> {
+        self.sync_metadata();
+        self.st.alloc.budget.metadata_room(more)
     }
 }

@@ -141,6 +141,7 @@ mod pod;
 mod region;
 mod report;
 pub mod snapshot;
+mod split;
 mod state;
 
 use alloc::sync::Arc;

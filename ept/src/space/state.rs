@@ -188,14 +188,6 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
         )
     }
 
-    /// Brings the family's count of this space's bookkeeping entries up to date
-    /// (`areas` areas plus the tracked frames of the book).
-    pub(crate) fn sync_metadata(&mut self, areas: usize) {
-        let now = areas + self.book.tracked();
-        self.alloc.budget.metadata_moved(self.metadata_charged, now);
-        self.metadata_charged = now;
-    }
-
     /// Runs one table operation with a fresh meter; a table error becomes the
     /// matching [`SpaceError`] at `gpa` (out of memory with the meter's reason).
     pub(crate) fn metered<T>(
@@ -509,50 +501,6 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
         Ok(())
     }
 
-    /// Frames needed to split the huge leaves straddling the cut points `cuts` so that
-    /// no leaf crosses any of them: one table per distinct straddling leaf, plus, inside
-    /// a 1 GiB leaf, one 4 KiB-level table per distinct 2 MiB block cut off-boundary.
-    pub(crate) fn split_need(&self, cuts: &[GuestPhysAddr]) -> usize {
-        let mut leaves: Vec<GuestPhysAddr> = Vec::new();
-        let mut blocks: Vec<GuestPhysAddr> = Vec::new();
-        for &at in cuts {
-            let Some(t) = self.table.translate(at) else {
-                continue;
-            };
-            if t.leaf_gpa == at || t.size == LeafSize::Size4K {
-                continue;
-            }
-            if !leaves.contains(&t.leaf_gpa) {
-                leaves.push(t.leaf_gpa);
-            }
-            let block = at.align_down(PAGE_SIZE_2M);
-            if t.size == LeafSize::Size1G && block != at && !blocks.contains(&block) {
-                blocks.push(block);
-            }
-        }
-        leaves.len() + blocks.len()
-    }
-
-    /// Splits the huge leaf straddling `at`, if any, keeping every translation.
-    pub(crate) fn split_at(&mut self, at: GuestPhysAddr) -> Result<(), SpaceError> {
-        let Some(t) = self.table.translate(at) else {
-            return Ok(());
-        };
-        if t.leaf_gpa == at || t.size == LeafSize::Size4K {
-            return Ok(());
-        }
-        self.metered(at, |table, meter| {
-            if at.is_aligned(PAGE_SIZE_2M) {
-                Size2M::ensure_chain_for(table, meter, at).map(|_| ())
-            } else {
-                Size4K::ensure_chain_for(table, meter, at).map(|_| ())
-            }
-        })?;
-        // The page size behind these addresses changed: drop cached translations.
-        self.invalidate_now(range_scope(t.leaf_gpa, t.size.size()));
-        Ok(())
-    }
-
     /// Maps one leaf of a given size (used by clones to copy a layout exactly).
     pub(crate) fn map_leaf(
         &mut self,
@@ -721,19 +669,6 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
         Ok(range)
     }
 
-    /// Brings the family's count of this space's bookkeeping entries up to date;
-    /// every operation that may add or drop areas or tracked frames ends with it.
-    pub(crate) fn sync_metadata(&mut self) {
-        let areas = self.set.len();
-        self.st.sync_metadata(areas);
-    }
-
-    /// Checks that `more` bookkeeping entries fit (before an operation adds them).
-    pub(crate) fn metadata_room(&mut self, more: usize) -> Result<(), SpaceError> {
-        self.sync_metadata();
-        self.st.alloc.budget.metadata_room(more)
-    }
-
     /// Adds an area and maps it through its backend.
     pub(crate) fn map_area(
         &mut self,
@@ -850,36 +785,6 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
         }
         self.sync_metadata();
         Ok(())
-    }
-
-    /// The ends of `range` that cut an area in two, where `cut_here` says that
-    /// area changes (at most two addresses).
-    fn cuts(
-        &self,
-        range: AddrRange<GuestPhysAddr>,
-        cut_here: impl Fn(&AreaFlags) -> bool,
-    ) -> Vec<GuestPhysAddr> {
-        let mut cuts = Vec::new();
-        let ends = [Some(range.start()), range.end()];
-        let inside = [Some(range.start()), range.last()];
-        for (end, inside) in ends.into_iter().zip(inside) {
-            if let (Some(end), Some(inside)) = (end, inside)
-                && self.set.find(inside).is_some_and(|a| {
-                    let r = a.va_range();
-                    cut_here(&a.flags()) && r.start() < end && r.last().is_some_and(|l| l >= end)
-                })
-            {
-                cuts.push(end);
-            }
-        }
-        cuts
-    }
-
-    /// Takes the frames that splitting huge leaves at the cut points `cuts` needs.
-    fn reserve_splits(&mut self, cuts: &[GuestPhysAddr]) -> Result<(), SpaceError> {
-        let need = self.st.split_need(cuts);
-        self.st
-            .fill_reserve(need, cuts.first().copied().unwrap_or_default())
     }
 
     /// Unmaps `range` (ownership already checked).

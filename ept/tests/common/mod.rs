@@ -5,9 +5,10 @@
 
 use ept::caps::Stage2Caps;
 use ept::fault::{FaultKind, Stage2Fault};
+use ept::flush::FlushScope;
 use ept::format::{Access, Stage2Format};
 use ept::frame::HeapArena;
-use ept::space::{AddressSpace, Invalidate};
+use ept::space::{AddressSpace, Invalidate, Limits, SpaceError};
 use memory_set::GuestPhysAddr;
 
 /// One mebibyte.
@@ -55,4 +56,43 @@ pub fn fault(gpa: usize, access: Access) -> Stage2Fault {
         kind: FaultKind::NotPresent,
         in_guest_walk: false,
     }
+}
+
+/// An invalidation that does nothing (for tests that do not look at flushes).
+pub type NoFlush = fn(FlushScope);
+
+/// The [`NoFlush`] function.
+pub fn no_flush(_: FlushScope) {}
+
+/// A 1 GiB space at 0 whose frames come from `arena`, with `limits`, flushing
+/// nothing.
+pub fn limited_space<F: Stage2Format>(
+    arena: &HeapArena,
+    caps: Stage2Caps,
+    limits: Limits,
+) -> Result<AddressSpace<F, HeapArena, HeapArena, NoFlush>, SpaceError> {
+    AddressSpace::with_limits(
+        g(0),
+        1 << 30,
+        caps,
+        arena.clone(),
+        arena.clone(),
+        no_flush as NoFlush,
+        limits,
+    )
+}
+
+/// Everything observable that a refused operation must not change: arena frames,
+/// RAM and table frames, areas.
+pub fn snapshot<F: Stage2Format, I: Invalidate>(
+    s: &AddressSpace<F, HeapArena, HeapArena, I>,
+    arena: &HeapArena,
+) -> (usize, usize, usize, String) {
+    let st = s.stats();
+    (
+        arena.in_use(),
+        st.ram_frames,
+        st.table_frames,
+        format!("{:?}", s.areas()),
+    )
 }
