@@ -35,6 +35,11 @@ pub const METADATA_POOL_BYTES: usize = 16 << 20;
 /// The kernel's pool of bookkeeping entries, shared by every guest family.
 static KERNEL_METADATA_POOL: MetadataPool = MetadataPool::new(METADATA_POOL_BYTES / ENTRY_BYTES);
 
+/// Bookkeeping entries charged for the heap a guest's VM and vCPU take outside its
+/// address space (VMCB or VMCS page, world-switch state, name and line buffer: about
+/// 8 KiB, charged as 16 KiB), so that clones cannot grow the heap unaccounted.
+pub const VM_HEAP_ENTRIES: usize = (16 << 10) / ENTRY_BYTES;
+
 /// The bookkeeping budget of a family with `quota_frames`: the default for its quota
 /// ([`Limits::default_metadata`]), but never more than a quarter of the pool, so
 /// that one family running out leaves room for the others.
@@ -271,6 +276,9 @@ impl<F: Stage2Format, H: HostMemory> GuestMemory for SpaceMemory<F, H> {
             limits,
         )
         .map_err(|e| memory_error(e, None))?;
+        space
+            .charge_metadata(VM_HEAP_ENTRIES)
+            .map_err(|e| memory_error(e, None))?;
         // RAM in two areas: the low one starts at 4 KiB (page 0 stays unmapped, so a
         // null access faults) and therefore never gets a 2 MiB leaf; see `layout`.
         let low = (LOW_RAM_START, LOW_RAM_END.min(settings.mem));
@@ -416,9 +424,12 @@ impl<F: Stage2Format, H: HostMemory> GuestMemory for SpaceMemory<F, H> {
     }
 
     fn try_clone(&mut self, flush: FlushRequest) -> Result<Self, MemoryError> {
-        let space = self
+        let mut space = self
             .space
             .try_clone_with(flush)
+            .map_err(|e| memory_error(e, None))?;
+        space
+            .charge_metadata(VM_HEAP_ENTRIES)
             .map_err(|e| memory_error(e, None))?;
         Ok(Self {
             snapshot: None,
@@ -505,7 +516,7 @@ mod tests {
         }
     }
 
-    static TEST_POOL: MetadataPool = MetadataPool::new(1 << 20);
+    pub(super) static TEST_POOL: MetadataPool = MetadataPool::new(1 << 20);
 
     pub(super) type Mem = SpaceMemory<Npt, ArenaMemory>;
 

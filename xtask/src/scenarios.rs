@@ -218,9 +218,10 @@ pub const BOOT_TESTS: &[BootTest] = &[
         marker: "HV: ALL 2 GUESTS PASSED",
         lines: &[
             "guest areaflood: PASS (ended: fault:metadata@",
-            "area bookkeeping budget exhausted (16384 of 16384 entries)",
+            "area bookkeeping budget exhausted (",
+            "of 16384 entries)",
             "guest hello: PASS (ended: exit code 0)",
-            "... and 16376 more area(s) totalling",
+            "more area(s) totalling",
         ],
         vendor_lines: (&[], &[]),
         reports: &[],

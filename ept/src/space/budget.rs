@@ -22,9 +22,9 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 use memory_set::{HostPhysAddr, PAGE_SIZE_2M, PAGE_SIZE_4K};
 
-use super::Invalidate;
 use super::error::SpaceError;
 use super::state::{Inner, State};
+use super::{AddressSpace, Invalidate};
 use crate::format::Stage2Format;
 use crate::frame::{FrameAlloc, PhysMapper};
 
@@ -243,7 +243,7 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
     /// Brings the family's count of this space's bookkeeping entries up to date
     /// (`areas` areas plus the tracked frames of the book).
     pub(crate) fn sync_metadata(&mut self, areas: usize) {
-        let now = areas + self.book.tracked();
+        let now = areas + self.book.tracked() + self.metadata_extra;
         self.alloc.budget.metadata_moved(self.metadata_charged, now);
         self.metadata_charged = now;
     }
@@ -261,5 +261,25 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
     pub(crate) fn metadata_room(&mut self, more: usize) -> Result<(), SpaceError> {
         self.sync_metadata();
         self.st.alloc.budget.metadata_room(more)
+    }
+}
+
+impl<F, M, A, I> AddressSpace<F, M, A, I>
+where
+    F: Stage2Format,
+    M: PhysMapper,
+    A: FrameAlloc + Clone,
+    I: Invalidate,
+{
+    /// Charges `entries` more bookkeeping entries to this space, for heap the host
+    /// keeps for the guest outside the space (its vCPU and VM state): they count in
+    /// the family's budget and the pool until the space goes. Refused, changing
+    /// nothing, when they do not fit ([`SpaceError::OutOfMetadata`]).
+    pub fn charge_metadata(&mut self, entries: usize) -> Result<(), SpaceError> {
+        let mut inner = self.inner.lock();
+        inner.metadata_room(entries)?;
+        inner.st.metadata_extra += entries;
+        inner.sync_metadata();
+        Ok(())
     }
 }

@@ -50,6 +50,9 @@ pub(crate) struct State<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invali
     pub(crate) last_owner: u64,
     /// Bookkeeping entries of this space counted in the family's budget.
     pub(crate) metadata_charged: usize,
+    /// Entries charged for heap the host keeps for this space outside it (see
+    /// [`AddressSpace::charge_metadata`](super::AddressSpace::charge_metadata)).
+    pub(crate) metadata_extra: usize,
     /// Dirty logging and snapshot tracking (`dirty.rs`, `snapshot.rs`).
     pub(crate) track: super::dirty::Tracking,
 }
@@ -157,6 +160,7 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
             replay: false,
             last_owner: 0,
             metadata_charged: 0,
+            metadata_extra: 0,
             track: Default::default(),
         })
     }

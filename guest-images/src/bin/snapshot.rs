@@ -70,7 +70,7 @@ fn scenario() {
     }
     let n = n as u64;
     // A varying set of pages and offsets each iteration.
-    for j in 0..1 + n % 7 {
+    for j in 0..1 + n % 4 {
         let page = (n * 5 + j * 3) % DATA_PAGES;
         let offset = (n * 8 + j * 520) % 4096;
         write_u64(DATA + page * 4096 + offset, n ^ 0xD1E7);
