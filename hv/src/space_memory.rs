@@ -35,6 +35,11 @@ pub const METADATA_POOL_BYTES: usize = 16 << 20;
 /// The kernel's pool of bookkeeping entries, shared by every guest family.
 static KERNEL_METADATA_POOL: MetadataPool = MetadataPool::new(METADATA_POOL_BYTES / ENTRY_BYTES);
 
+/// Bookkeeping entries charged for the heap a guest's VM and vCPU take outside its
+/// address space (VMCB or VMCS page, world-switch state, name and line buffer: about
+/// 8 KiB, charged as 16 KiB), so that clones cannot grow the heap unaccounted.
+pub const VM_HEAP_ENTRIES: usize = (16 << 10) / ENTRY_BYTES;
+
 /// The bookkeeping budget of a family with `quota_frames`: the default for its quota
 /// ([`Limits::default_metadata`]), but never more than a quarter of the pool, so
 /// that one family running out leaves room for the others.
@@ -273,6 +278,20 @@ impl<F: Stage2Format, H: HostMemory> SpaceMemory<F, H> {
 }
 
 impl<F: Stage2Format, H: HostMemory> GuestMemory for SpaceMemory<F, H> {
+    type Shared = crate::sharing::SharedWindows<H::Alloc>;
+
+    fn attach_shared(
+        &mut self,
+        settings: &GuestSettings,
+        shared: &mut Self::Shared,
+    ) -> Result<(), MemoryError> {
+        crate::sharing::attach(&mut self.space, settings, shared)
+    }
+
+    fn balloon(&mut self, gpa: u64, size: u64) -> Result<(u64, u64), MemoryError> {
+        crate::sharing::balloon(&mut self.space, gpa, size)
+    }
+
     fn create(
         settings: &GuestSettings,
         caps: Stage2Caps,
@@ -298,6 +317,9 @@ impl<F: Stage2Format, H: HostMemory> GuestMemory for SpaceMemory<F, H> {
             limits,
         )
         .map_err(|e| memory_error(e, None))?;
+        space
+            .charge_metadata(VM_HEAP_ENTRIES)
+            .map_err(|e| memory_error(e, None))?;
         for (start, end, access) in ram_areas(settings) {
             if start < end {
                 let size = (end - start) as usize;
@@ -323,6 +345,8 @@ impl<F: Stage2Format, H: HostMemory> GuestMemory for SpaceMemory<F, H> {
                         .map_alloc(gpa(area.gpa), area.size as usize, access, populate)
                         .map_err(|e| memory_error(e, Some(area.gpa)))?;
                 }
+                // Mapped by `attach_shared` (see `sharing`).
+                AreaKind::Window { .. } => {}
                 AreaKind::Mmio => {
                     if area.size > MAX_WINDOW {
                         return Err(MemoryError::new(
@@ -368,6 +392,7 @@ impl<F: Stage2Format, H: HostMemory> GuestMemory for SpaceMemory<F, H> {
                 }
             }
         }
+        space.set_zero_page(settings.zero_page);
         Ok(Self {
             snapshot: None,
             space,
@@ -440,9 +465,12 @@ impl<F: Stage2Format, H: HostMemory> GuestMemory for SpaceMemory<F, H> {
     }
 
     fn try_clone(&mut self, flush: FlushRequest) -> Result<Self, MemoryError> {
-        let space = self
+        let mut space = self
             .space
             .try_clone_with(flush)
+            .map_err(|e| memory_error(e, None))?;
+        space
+            .charge_metadata(VM_HEAP_ENTRIES)
             .map_err(|e| memory_error(e, None))?;
         Ok(Self {
             snapshot: None,
@@ -529,7 +557,7 @@ mod tests {
         }
     }
 
-    static TEST_POOL: MetadataPool = MetadataPool::new(1 << 20);
+    pub(super) static TEST_POOL: MetadataPool = MetadataPool::new(1 << 20);
 
     pub(super) type Mem = SpaceMemory<Npt, ArenaMemory>;
 

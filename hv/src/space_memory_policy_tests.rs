@@ -257,3 +257,26 @@ fn the_flush_request_reaches_a_vcpu_before_its_next_entry() {
     drop((m, child));
     assert_eq!(in_use(), 0);
 }
+
+#[test]
+fn clones_of_an_untouched_guest_are_bounded_by_the_family_budget() {
+    // Clones that touch nothing cost no frames worth the name, but each keeps a VM
+    // and a vCPU on the heap: their charge ends the family at its budget.
+    let mut m = memory("t.bin mem=4M");
+    let limit = super::metadata_entries(1044, &super::tests::TEST_POOL);
+    let mut family = Vec::new();
+    let e = loop {
+        match m.try_clone(FlushRequest::new()) {
+            Ok(c) => family.push(c),
+            Err(e) => break e,
+        }
+        assert!(family.len() < 1000, "never refused");
+    };
+    assert_eq!(e.kind, FaultKind::Metadata, "{e:?}");
+    assert!(status_or_end(e).is_err(), "the guest that clones ends");
+    // Each member: its VM's charge plus its areas.
+    assert!((family.len() + 1) * super::VM_HEAP_ENTRIES <= limit);
+    assert!(family.len() + 2 > limit / (super::VM_HEAP_ENTRIES + 2));
+    drop((m, family));
+    assert_eq!(in_use(), 0);
+}

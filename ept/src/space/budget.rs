@@ -22,9 +22,9 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 use memory_set::{HostPhysAddr, PAGE_SIZE_2M, PAGE_SIZE_4K};
 
-use super::Invalidate;
 use super::error::SpaceError;
 use super::state::{Inner, State};
+use super::{AddressSpace, Invalidate};
 use crate::format::Stage2Format;
 use crate::frame::{FrameAlloc, PhysMapper};
 
@@ -151,6 +151,23 @@ impl Budget {
         self.0.held_frames.load(Ordering::Relaxed)
     }
 
+    /// Whether `other` is a handle to the same family.
+    pub(crate) fn same_family(&self, other: &Budget) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// Counts `frames` more host frames as held by the family (frames whose charge
+    /// moved in from another family with a frame bundle, see `share.rs`).
+    pub(crate) fn charge(&self, frames: usize) {
+        self.0.held_frames.fetch_add(frames, Ordering::Relaxed);
+    }
+
+    /// Counts `frames` fewer (frames whose charge moved out, or that another
+    /// family's space freed as their last holder).
+    pub(crate) fn uncharge(&self, frames: usize) {
+        self.0.held_frames.fetch_sub(frames, Ordering::Relaxed);
+    }
+
     /// Bookkeeping entries the family holds, and its limit.
     pub(crate) fn metadata(&self) -> (usize, usize) {
         (
@@ -243,7 +260,7 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
     /// Brings the family's count of this space's bookkeeping entries up to date
     /// (`areas` areas plus the tracked frames of the book).
     pub(crate) fn sync_metadata(&mut self, areas: usize) {
-        let now = areas + self.book.tracked();
+        let now = areas + self.book.tracked() + self.metadata_extra;
         self.alloc.budget.metadata_moved(self.metadata_charged, now);
         self.metadata_charged = now;
     }
@@ -261,5 +278,25 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
     pub(crate) fn metadata_room(&mut self, more: usize) -> Result<(), SpaceError> {
         self.sync_metadata();
         self.st.alloc.budget.metadata_room(more)
+    }
+}
+
+impl<F, M, A, I> AddressSpace<F, M, A, I>
+where
+    F: Stage2Format,
+    M: PhysMapper,
+    A: FrameAlloc + Clone,
+    I: Invalidate,
+{
+    /// Charges `entries` more bookkeeping entries to this space, for heap the host
+    /// keeps for the guest outside the space (its vCPU and VM state): they count in
+    /// the family's budget and the pool until the space goes. Refused, changing
+    /// nothing, when they do not fit ([`SpaceError::OutOfMetadata`]).
+    pub fn charge_metadata(&mut self, entries: usize) -> Result<(), SpaceError> {
+        let mut inner = self.inner.lock();
+        inner.metadata_room(entries)?;
+        inner.st.metadata_extra += entries;
+        inner.sync_metadata();
+        Ok(())
     }
 }

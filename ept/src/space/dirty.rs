@@ -180,7 +180,11 @@ where
             inner.split_huge_ram(range)?;
         }
         let flush = match mode {
-            DirtyMode::AccessedDirty => inner.st.table.harvest_dirty_fast(range, |_, _| {}),
+            DirtyMode::AccessedDirty => inner
+                .st
+                .table
+                .harvest_dirty(range, |_, _| {})
+                .map_err(SpaceError::Table)?,
             DirtyMode::WriteProtect => inner.write_protect_ram(range),
         };
         inner.st.finish(flush, false);
@@ -382,7 +386,8 @@ where
         let mut flush = match mode {
             DirtyMode::AccessedDirty => st
                 .table
-                .harvest_dirty_fast(log.range, |g, size| out.set_span(g, size)),
+                .harvest_dirty(log.range, |g, size| out.set_span(g.as_usize(), size.size()))
+                .map_err(SpaceError::Table)?,
             DirtyMode::WriteProtect => Flush::none(),
         };
         let base = soft.base().as_usize();

@@ -2,12 +2,11 @@
 //! walk that sets the accessed and dirty flags. Dirty-log tests, benchmarks and
 //! instruction emulation use it to touch guest memory the way the CPU would.
 
-use memory_set::{AddrRange, GuestPhysAddr};
+use memory_set::{GuestPhysAddr, HostPhysAddr};
 
 use super::raw::Tbl;
-use super::{ENTRIES, Stage2Table, Translation, index, lsize};
-use crate::flush::Flush;
-use crate::format::{Access, EntryKind, LeafAttr, Stage2Format};
+use super::{Stage2Table, Translation, index, lsize};
+use crate::format::{ADDR_MASK, Access, EntryKind, LeafAttr, Stage2Format};
 use crate::frame::PhysMapper;
 use crate::size::LeafSize;
 
@@ -22,41 +21,26 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
         if g >> self.gpa_bits() != 0 {
             return None;
         }
-        let mut frame = self.root;
-        let mut level = 4u8;
-        loop {
-            let t = self.tbl(frame);
-            let i = index(g, level);
-            let e = t.load(i);
-            match F::decode(e, level) {
-                EntryKind::Absent => return None,
-                EntryKind::Table(next) => {
-                    frame = next;
-                    level -= 1;
-                }
-                EntryKind::Leaf(h) => {
-                    let attr = F::leaf_attr(e, level);
-                    if !attr.access.contains(access) {
-                        return None;
-                    }
-                    if self.caps.accessed_dirty {
-                        let d = if access.contains(Access::WRITE) {
-                            F::DIRTY
-                        } else {
-                            0
-                        };
-                        t.set_bits(i, F::ACCESSED | d);
-                    }
-                    let sz = lsize(level);
-                    return Some(Translation {
-                        hpa: memory_set::HostPhysAddr::new(h.as_usize() + (g & (sz - 1))),
-                        attr,
-                        size: LeafSize::from_level(level)?,
-                        leaf_gpa: GuestPhysAddr::new(g & !(sz - 1)),
-                    });
-                }
-            }
+        let (t, i, level, e) = self.leaf_entry(g)?;
+        let attr = F::leaf_attr(e, level);
+        if !attr.access.contains(access) {
+            return None;
         }
+        if self.caps.accessed_dirty {
+            let d = if access.contains(Access::WRITE) {
+                F::DIRTY
+            } else {
+                0
+            };
+            t.set_bits(i, F::ACCESSED | d);
+        }
+        let sz = lsize(level);
+        Some(Translation {
+            hpa: HostPhysAddr::new((e & ADDR_MASK) as usize & !(sz - 1) | (g & (sz - 1))),
+            attr,
+            size: LeafSize::from_level(level)?,
+            leaf_gpa: GuestPhysAddr::new(g & !(sz - 1)),
+        })
     }
 
     /// Takes write access away from the leaf mapping `gpa` in place (one walk, one
@@ -107,80 +91,6 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
                 }
                 EntryKind::Leaf(_) => return Some((t, i, level, e)),
             }
-        }
-    }
-
-    /// [`Stage2Table::harvest_dirty`] with a tight loop over 4 KiB leaf tables (the
-    /// common case once a log splits huge leaves): calls `f(leaf_gpa, size)` for every
-    /// dirty leaf overlapping `range` and clears its dirty flag atomically. Complete the
-    /// returned flush before the next harvest.
-    pub(crate) fn harvest_dirty_fast(
-        &mut self,
-        range: AddrRange<GuestPhysAddr>,
-        mut f: impl FnMut(usize, usize),
-    ) -> Flush {
-        let mut flush = Flush::none();
-        let limit = 1usize << self.gpa_bits();
-        let start = range.start().as_usize().min(limit);
-        let end = range.end().map_or(limit, |e| e.as_usize().min(limit));
-        if start >= end {
-            return flush;
-        }
-        let (mut lo, mut hi) = (usize::MAX, 0);
-        let mut note = |base: usize, size: usize| {
-            f(base, size);
-            lo = lo.min(base);
-            hi = hi.max(base + size);
-        };
-        self.harvest_below(self.tbl(self.root), 4, start, end, &mut note);
-        if lo < hi {
-            flush.add_range(GuestPhysAddr::new(lo), hi - lo);
-        }
-        flush
-    }
-
-    fn harvest_below(
-        &self,
-        t: Tbl,
-        level: u8,
-        start: usize,
-        end: usize,
-        note: &mut impl FnMut(usize, usize),
-    ) {
-        let sz = lsize(level);
-        if level == 1 {
-            let base = start & !(lsize(2) - 1);
-            let (i0, i1) = ((start - base) / sz, (end - base).div_ceil(sz).min(ENTRIES));
-            for i in i0..i1 {
-                let e = t.load(i);
-                if e & F::DIRTY != 0 && F::is_present(e) {
-                    t.clear_bits(i, F::DIRTY);
-                    note(base + i * sz, sz);
-                }
-            }
-            return;
-        }
-        let mut base = start & !(sz - 1);
-        while base < end {
-            let i = index(base, level);
-            let e = t.load(i);
-            match F::decode(e, level) {
-                EntryKind::Absent => {}
-                EntryKind::Leaf(_) => {
-                    if e & F::DIRTY != 0 {
-                        t.clear_bits(i, F::DIRTY);
-                        note(base, sz);
-                    }
-                }
-                EntryKind::Table(c) => self.harvest_below(
-                    self.tbl(c),
-                    level - 1,
-                    base.max(start),
-                    end.min(base + sz),
-                    note,
-                ),
-            }
-            base += sz;
         }
     }
 }
