@@ -19,4 +19,5 @@
 #![forbid(unsafe_code)]
 
 pub use hv_abi as abi;
+pub mod messages;
 pub mod rt;

@@ -128,6 +128,12 @@ pub fn yield_now() {
     hypercall(nr::YIELD, 0, 0, 0);
 }
 
+/// Gives the frames of `[gpa, gpa+size)` back to the hypervisor (the range stays
+/// on-demand RAM); returns the frames given back or a negative status.
+pub fn balloon(gpa: u64, size: u64) -> i64 {
+    hypercall(nr::BALLOON, gpa, size, 0)
+}
+
 /// The u64 at `gpa` as the hypervisor sees it through this guest's stage-2 mapping.
 pub fn host_read(gpa: u64) -> i64 {
     hypercall(nr::HOST_READ, gpa, 0, 0)

@@ -374,6 +374,11 @@ pub mod hypercall {
     /// guest resumes after its [`SNAPSHOT`] call. Fails (negative RAX) without a
     /// snapshot, or when the guest's areas changed since (PROTECT, UNMAP).
     pub const RESET: u64 = 8;
+    /// Balloon: give the RAM frames of `[RDI, RDI+RSI)` back to the host at once. The
+    /// range stays this guest's on-demand RAM (touching it again gives zeros).
+    /// Returns the number of 4 KiB frames the guest stopped holding (a 2 MiB block
+    /// goes back with its last page).
+    pub const BALLOON: u64 = 9;
 }
 
 /// Access bits for [`hypercall::PROTECT`].

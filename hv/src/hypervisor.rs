@@ -183,6 +183,7 @@ fn create_vm<H: VcpuHost, M: GuestMemory>(
     host: &mut H,
     id: u64,
     p: &Prepared,
+    shared: &mut M::Shared,
 ) -> Result<Vm<H::Vcpu, M>, MemoryError> {
     let start = match p.header.mode {
         GuestMode::Long64 => StartState::Long64 {
@@ -211,6 +212,7 @@ fn create_vm<H: VcpuHost, M: GuestMemory>(
     };
     let flush = FlushRequest::new();
     let mut memory = M::create(&p.settings, host.stage2_caps(), flush.clone())?;
+    memory.attach_shared(&p.settings, shared)?;
     if p.header.mode == GuestMode::Long64 {
         for (gpa, page) in guest_page_tables() {
             memory.write(gpa, &page)?;
@@ -322,6 +324,8 @@ fn run_all<H: VcpuHost, M: GuestMemory>(
         failed: 0,
     };
     let mut pending: VecDeque<Prepared> = guests.into();
+    // Shared windows live until every guest is gone (dropped before the leak check).
+    let mut shared = M::Shared::default();
     let mut queue: VecDeque<Vm<H::Vcpu, M>> = VecDeque::new();
     let mut next_id = 1;
     if settings.selftest == Some(SelfTest::Leak) {
@@ -333,7 +337,7 @@ fn run_all<H: VcpuHost, M: GuestMemory>(
             let Some(p) = pending.pop_front() else { break };
             let id = next_id;
             next_id += 1;
-            match create_vm::<H, M>(host, id, &p) {
+            match create_vm::<H, M>(host, id, &p, &mut shared) {
                 Ok(vm) => {
                     announce(console, id, &p);
                     queue.push_back(vm);
@@ -406,6 +410,7 @@ fn run_all<H: VcpuHost, M: GuestMemory>(
             }
         }
     }
+    drop(shared);
     let (in_use, _) = frame_usage();
     let leaked = in_use.saturating_sub(baseline);
     console.write_fmt_line(format_args!(
@@ -695,7 +700,7 @@ mod tests {
         let p = prepare(real_module(0x1_0000)).unwrap();
         assert_eq!(p.header.mode, GuestMode::Real16);
         let mut host = FakeHost::new(4, vec![vec![exit(0)]]);
-        let vm = create_vm::<FakeHost, FakeMemory>(&mut host, 1, &p)
+        let vm = create_vm::<FakeHost, FakeMemory>(&mut host, 1, &p, &mut ())
             .ok()
             .unwrap();
         assert_eq!(
@@ -712,7 +717,7 @@ mod tests {
         assert!(!vm.memory.bytes.contains_key(&PML4_GPA));
         // A long-mode guest gets them.
         let long = prepare(module("l.bin")).unwrap();
-        let vm = create_vm::<FakeHost, FakeMemory>(&mut host, 2, &long)
+        let vm = create_vm::<FakeHost, FakeMemory>(&mut host, 2, &long, &mut ())
             .ok()
             .unwrap();
         assert!(vm.memory.bytes.contains_key(&PML4_GPA));

@@ -23,6 +23,7 @@ pub mod outcome;
 pub mod platform;
 pub mod reset;
 pub mod settings;
+pub mod sharing;
 pub mod space_memory;
 pub mod svm;
 mod switch;

@@ -51,12 +51,25 @@ pub fn permission_kind(access: Access) -> FaultKind {
 
 /// One guest's stage-2 memory.
 pub trait GuestMemory: Sized {
+    /// What guests share between them (shared windows), one for the whole run; it
+    /// is dropped after the last guest, before the leak check.
+    type Shared: Default;
     /// Builds the memory that `settings` describe (RAM at 0, extra areas, windows).
     fn create(
         settings: &GuestSettings,
         caps: Stage2Caps,
         flush: FlushRequest,
     ) -> Result<Self, MemoryError>;
+    /// Maps the shared windows `settings` name (`window=`), creating each the first
+    /// time a guest names it.
+    fn attach_shared(
+        &mut self,
+        settings: &GuestSettings,
+        shared: &mut Self::Shared,
+    ) -> Result<(), MemoryError>;
+    /// Balloon: gives the frames of `[gpa, gpa + size)` back; returns the frames
+    /// given back and the RAM frames held afterwards.
+    fn balloon(&mut self, gpa: u64, size: u64) -> Result<(u64, u64), MemoryError>;
     /// The hardware root pointer (nCR3 or EPTP).
     fn root_pointer(&self) -> u64;
     /// Serves a stage-2 fault: `Ok` when the guest may retry the access.

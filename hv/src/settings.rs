@@ -19,6 +19,8 @@
 //! | `ro=GPA+SIZE` | same as `area=GPA+SIZE:r` |
 //! | `nx=GPA+SIZE` | same as `area=GPA+SIZE:rw` |
 //! | `mmio=GPA+SIZE` | a read-write uncached linear window onto a host buffer |
+//! | `window=KEY@GPA+SIZE:r` or `:rw` | a window shared with every guest naming the same KEY (a number): the same frames, these rights here (see `sharing`) |
+//! | `zeropage` | read faults on never-written RAM map one shared page of zeros |
 //! | `expect=OUTCOME` | `ok` (default), `exit:N`, `halt`, `fault:KIND[@GPA]` |
 //!
 //! Sizes and addresses: decimal or `0x` hex, optional `K`, `M`, `G` suffix.
@@ -221,6 +223,13 @@ pub enum AreaKind {
     },
     /// A read-write, uncached linear window onto a host buffer.
     Mmio,
+    /// A shared window: the frames of window `key`, readable, writable if `write`.
+    Window {
+        /// Guests naming the same key share the frames.
+        key: u32,
+        /// Writable in this guest.
+        write: bool,
+    },
 }
 
 /// An extra area of guest-physical memory.
@@ -245,6 +254,8 @@ pub struct GuestSettings {
     pub mem: u64,
     /// RAM backed up front.
     pub populate: bool,
+    /// Read faults on never-written RAM map the shared zero page.
+    pub zero_page: bool,
     /// Most bytes the guest may hold (RAM and tables), if limited.
     pub quota: Option<u64>,
     /// Extra areas, sorted by GPA, not overlapping RAM or each other.
@@ -313,6 +324,7 @@ pub fn parse_guest_cmdline(cmdline: &str) -> Result<GuestSettings, SettingsError
         name: stem.to_string(),
         mem: DEFAULT_MEM,
         populate: false,
+        zero_page: false,
         quota: None,
         areas: Vec::new(),
         expect: Expectation::Ok,
@@ -325,6 +337,10 @@ pub fn parse_guest_cmdline(cmdline: &str) -> Result<GuestSettings, SettingsError
             }
             "ondemand" => {
                 settings.populate = false;
+                continue;
+            }
+            "zeropage" => {
+                settings.zero_page = true;
                 continue;
             }
             _ => {}
@@ -370,6 +386,25 @@ pub fn parse_guest_cmdline(cmdline: &str) -> Result<GuestSettings, SettingsError
                 };
                 settings.areas.push(AreaSpec { gpa, size, kind });
             }
+            "window" => {
+                let syntax = || bad(key, value, "expected KEY@GPA+SIZE:r|rw");
+                let (key_text, rest) = value.split_once('@').ok_or_else(syntax)?;
+                let (range, flags) = rest.split_once(':').ok_or_else(syntax)?;
+                let window_key = key_text
+                    .parse()
+                    .map_err(|_| bad(key, value, "the key is a number"))?;
+                let write = match flags {
+                    "r" => false,
+                    "rw" => true,
+                    _ => return Err(bad(key, value, "rights are `r` or `rw`")),
+                };
+                let (gpa, size) = parse_range(key, range)?;
+                let kind = AreaKind::Window {
+                    key: window_key,
+                    write,
+                };
+                settings.areas.push(AreaSpec { gpa, size, kind });
+            }
             "expect" => {
                 settings.expect = value.parse().map_err(|reason| bad(key, value, reason))?;
             }
@@ -395,6 +430,41 @@ pub fn parse_guest_cmdline(cmdline: &str) -> Result<GuestSettings, SettingsError
 mod tests {
     use super::*;
     use crate::outcome::{Expectation, FaultKind};
+
+    #[test]
+    fn windows_and_the_zero_page() {
+        let g =
+            parse_guest_cmdline("a.bin zeropage window=3@0x4000000+4K:rw window=4@0x4001000+8K:r")
+                .unwrap();
+        assert!(g.zero_page);
+        assert_eq!(
+            g.areas[0].kind,
+            AreaKind::Window {
+                key: 3,
+                write: true
+            }
+        );
+        assert_eq!(
+            (g.areas[1].gpa, g.areas[1].size, g.areas[1].kind),
+            (
+                0x400_1000,
+                0x2000,
+                AreaKind::Window {
+                    key: 4,
+                    write: false
+                }
+            )
+        );
+        for bad in [
+            "a.bin window=0x4000000+4K:rw",
+            "a.bin window=x@0x4000000+4K:rw",
+            "a.bin window=1@0x4000000+4K:rx",
+            "a.bin window=1@0x4000000+4K",
+            "a.bin window=1@0x4000001+4K:r",
+        ] {
+            assert!(parse_guest_cmdline(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn sizes() {

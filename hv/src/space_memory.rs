@@ -251,6 +251,20 @@ impl<F: Stage2Format, H: HostMemory> SpaceMemory<F, H> {
 }
 
 impl<F: Stage2Format, H: HostMemory> GuestMemory for SpaceMemory<F, H> {
+    type Shared = crate::sharing::SharedWindows<H::Alloc>;
+
+    fn attach_shared(
+        &mut self,
+        settings: &GuestSettings,
+        shared: &mut Self::Shared,
+    ) -> Result<(), MemoryError> {
+        crate::sharing::attach(&mut self.space, settings, shared)
+    }
+
+    fn balloon(&mut self, gpa: u64, size: u64) -> Result<(u64, u64), MemoryError> {
+        crate::sharing::balloon(&mut self.space, gpa, size)
+    }
+
     fn create(
         settings: &GuestSettings,
         caps: Stage2Caps,
@@ -307,6 +321,8 @@ impl<F: Stage2Format, H: HostMemory> GuestMemory for SpaceMemory<F, H> {
                         .map_alloc(gpa(area.gpa), area.size as usize, access, populate)
                         .map_err(|e| memory_error(e, Some(area.gpa)))?;
                 }
+                // Mapped by `attach_shared` (see `sharing`).
+                AreaKind::Window { .. } => {}
                 AreaKind::Mmio => {
                     if area.size > MAX_WINDOW {
                         return Err(MemoryError::new(
@@ -352,6 +368,7 @@ impl<F: Stage2Format, H: HostMemory> GuestMemory for SpaceMemory<F, H> {
                 }
             }
         }
+        space.set_zero_page(settings.zero_page);
         Ok(Self {
             snapshot: None,
             space,

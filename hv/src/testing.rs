@@ -145,6 +145,27 @@ impl FakeMemory {
 }
 
 impl GuestMemory for FakeMemory {
+    type Shared = ();
+
+    fn attach_shared(
+        &mut self,
+        _settings: &GuestSettings,
+        _shared: &mut (),
+    ) -> Result<(), MemoryError> {
+        Ok(())
+    }
+
+    fn balloon(&mut self, gpa: u64, _size: u64) -> Result<(u64, u64), MemoryError> {
+        match self.area(gpa) {
+            Some(_) => Ok((0, 0)),
+            None => Err(MemoryError::new(
+                FaultKind::Unmapped,
+                Some(gpa),
+                "no area".into(),
+            )),
+        }
+    }
+
     fn create(
         settings: &GuestSettings,
         _caps: Stage2Caps,
@@ -167,6 +188,8 @@ impl GuestMemory for FakeMemory {
                     x
                 }
                 AreaKind::Mmio => Access::RW,
+                AreaKind::Window { write: true, .. } => Access::RW,
+                AreaKind::Window { write: false, .. } => Access::READ,
             };
             m.areas.push((a.gpa, a.gpa + a.size, access));
         }

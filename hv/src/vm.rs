@@ -392,6 +392,17 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
                 None => return self.refuse(HypercallStatus::InvalidArgument),
             },
             hypercall::UNMAP => self.memory.unmap(a0, a1).map(|()| 0),
+            hypercall::BALLOON => match self.memory.balloon(a0, a1) {
+                Ok((freed, now)) => {
+                    log::info!(
+                        "guest {}: balloon gave back {freed} frames of [{a0:#x}, {:#x}): {now} RAM frames now",
+                        self.name,
+                        a0.wrapping_add(a1)
+                    );
+                    Ok(freed)
+                }
+                Err(e) => Err(e),
+            },
             hypercall::HOST_READ => {
                 let mut b = [0u8; 8];
                 self.memory.read(a0, &mut b).map(|()| u64::from_le_bytes(b))

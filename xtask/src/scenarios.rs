@@ -46,6 +46,17 @@ pub const GUEST_DEFAULTS: &[(&str, &str)] = &[
         "area=0x4000000+16M:rw area=0x40000000+1G:rw expect=fault:metadata",
     ),
     ("snapshot", "area=0x1000000+1M:rw"),
+    // Issue 13: memory that moves between owners.
+    (
+        "msgprod",
+        "window=1@0x4000000+4K:rw window=2@0x4001000+4K:r",
+    ),
+    (
+        "msgcons",
+        "window=1@0x4000000+4K:r window=2@0x4001000+4K:rw",
+    ),
+    ("balloon", "mem=128M quota=72M"),
+    ("zeroscan", "mem=64M"),
 ];
 
 /// The default settings of guest `name` ("" for an unknown guest).
@@ -246,6 +257,55 @@ pub const BOOT_TESTS: &[BootTest] = &[
             leaves_2m: 0,
             faults: 4088,
         }],
+    },
+    // Two guests exchange 10,000 messages through shared windows (per-guest rights),
+    // yielding to each other; both reports show the windows.
+    BootTest {
+        name: "sharedmsg",
+        cmdline: "log=info",
+        guests: &["msgprod", "msgcons"],
+        status: RunStatus::AllPassed,
+        marker: "HV: ALL 2 GUESTS PASSED",
+        lines: &[
+            "guest msgprod: shared window 1 at 0x4000000 (4 KiB, rw)",
+            "guest msgprod: shared window 2 at 0x4001000 (4 KiB, r)",
+            "guest msgcons: shared window 1 at 0x4000000 (4 KiB, r)",
+            "guest msgcons: shared window 2 at 0x4001000 (4 KiB, rw)",
+            "[guest msgprod] producer: 10000 messages sent and acknowledged",
+            "[guest msgcons] consumer: 10000 messages received in order and verified",
+            "[0x0004000000, 0x0004001000)         4 KiB rw- WriteBack shared window",
+            "[0x0004000000, 0x0004001000)         4 KiB r-- WriteBack shared window",
+        ],
+        vendor_lines: (&[], &[]),
+        reports: &[],
+    },
+    // 64 MiB touched, 48 MiB given back, 32 MiB more within a 72 MiB quota: the
+    // frames go down at the balloon call and up again in the report.
+    BootTest {
+        name: "balloon",
+        cmdline: "log=info",
+        guests: &["balloon"],
+        status: RunStatus::AllPassed,
+        marker: "HV: ALL 1 GUESTS PASSED",
+        lines: &[
+            "guest balloon: balloon gave back 12288 frames of [0x1000000, 0x4000000)",
+            "balloon: 12288 frames given back",
+            "[guest balloon] balloon: 64 MiB touched, 48 MiB given back (12288 frames), 32 MiB more touched",
+        ],
+        vendor_lines: (&[], &[]),
+        reports: &[],
+    },
+    // The same read-mostly scan with and without the zero page: the reports show
+    // the read faults served without a frame, and the frames saved.
+    BootTest {
+        name: "zeroscan",
+        cmdline: "log=info",
+        guests: &["zeroscan zeropage", "zeroscan name=zeroscan-plain"],
+        status: RunStatus::AllPassed,
+        marker: "HV: ALL 2 GUESTS PASSED",
+        lines: &["zero page: 12288 read faults served without a frame"],
+        vendor_lines: (&[], &[]),
+        reports: &[],
     },
     // A guest that never exits is preempted by the timer (the others finish first) and
     // stopped after its CPU budget (1 s here; the others need a few ms each).

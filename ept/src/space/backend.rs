@@ -53,12 +53,27 @@ pub(crate) enum BackendKind {
         /// Populated when mapped.
         populate: bool,
     },
+    /// A shared window: frames of a [`FrameBundle`](super::FrameBundle) that other
+    /// spaces map too, writable where the area is (writes are seen by every sharer,
+    /// never copied). Mapped whole when the area is made; see `share.rs`.
+    Window,
 }
 
 impl BackendKind {
     /// Whether leaves of this kind own their frames.
     pub(crate) fn is_ram(self) -> bool {
         matches!(self, Self::Alloc { .. })
+    }
+
+    /// Whether leaves of this kind hold a reference on their frames (RAM and shared
+    /// windows), released when they are unmapped.
+    pub(crate) fn owns_frames(self) -> bool {
+        matches!(self, Self::Alloc { .. } | Self::Window)
+    }
+
+    /// Whether this is a shared window.
+    pub(crate) fn is_window(self) -> bool {
+        matches!(self, Self::Window)
     }
 
     /// For a linear window, the host address of `gpa`.
@@ -68,7 +83,7 @@ impl BackendKind {
                 let off = gpa.checked_offset_from(g0)?;
                 h0.checked_add(off)
             }
-            Self::Alloc { .. } => None,
+            Self::Alloc { .. } | Self::Window => None,
         }
     }
 }
@@ -149,7 +164,8 @@ where
                 }
                 r
             }
-            BackendKind::Alloc { populate: false } => Ok(()),
+            // Window leaves are installed by `share.rs` once the area exists.
+            BackendKind::Alloc { populate: false } | BackendKind::Window => Ok(()),
         }
     }
 
@@ -162,7 +178,7 @@ where
         if st.replay {
             return Ok(());
         }
-        st.unmap_leaves(start, size, self.kind.is_ram())
+        st.unmap_leaves(start, size, self.kind.owns_frames())
     }
 
     fn protect(

@@ -151,6 +151,23 @@ impl Budget {
         self.0.held_frames.load(Ordering::Relaxed)
     }
 
+    /// Whether `other` is a handle to the same family.
+    pub(crate) fn same_family(&self, other: &Budget) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// Counts `frames` more host frames as held by the family (frames whose charge
+    /// moved in from another family with a frame bundle, see `share.rs`).
+    pub(crate) fn charge(&self, frames: usize) {
+        self.0.held_frames.fetch_add(frames, Ordering::Relaxed);
+    }
+
+    /// Counts `frames` fewer (frames whose charge moved out, or that another
+    /// family's space freed as their last holder).
+    pub(crate) fn uncharge(&self, frames: usize) {
+        self.0.held_frames.fetch_sub(frames, Ordering::Relaxed);
+    }
+
     /// Bookkeeping entries the family holds, and its limit.
     pub(crate) fn metadata(&self) -> (usize, usize) {
         (

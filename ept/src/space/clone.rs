@@ -145,6 +145,15 @@ where
         self.st.finish(flush, false);
         // Phase 3: share the frames (bookkeeping only; its room was checked).
         for (range, flags, kind) in &areas {
+            if kind.is_window() {
+                // Shared windows stay shared: one more reference, rights unchanged.
+                for leaf in self.st.table.leaves_in(*range).collect::<Vec<Leaf>>() {
+                    self.st
+                        .book
+                        .share_leaf_with(leaf.hpa, leaf.size, &mut child.book);
+                }
+                continue;
+            }
             if !kind.is_ram() || flags.owner != 0 {
                 continue;
             }
@@ -156,6 +165,7 @@ where
             }
         }
         child.replay = false;
+        child.zero.inherit_setting(&self.st.zero);
         Ok((set, child))
     }
 
@@ -165,7 +175,7 @@ where
         let mut bases = Vec::new();
         let mut untracked = 0;
         for a in self.set.iter() {
-            if !a.backend().kind.is_ram() || a.flags().owner != 0 {
+            if !a.backend().kind.owns_frames() || a.flags().owner != 0 {
                 continue;
             }
             for leaf in self.st.table.leaves_in(a.va_range()) {
@@ -206,6 +216,9 @@ where
             for leaf in self.st.table.leaves_in(range) {
                 match kind {
                     BackendKind::Linear { .. } => {
+                        child.map_leaf(leaf.gpa, leaf.hpa, leaf.size, leaf.attr)?;
+                    }
+                    BackendKind::Window => {
                         child.map_leaf(leaf.gpa, leaf.hpa, leaf.size, leaf.attr)?;
                     }
                     BackendKind::Alloc { .. } if flags.owner != 0 => {

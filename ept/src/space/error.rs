@@ -125,6 +125,11 @@ pub enum SpaceError {
         /// What is wrong.
         problem: TrackingProblem,
     },
+    /// A [`FrameBundle`](super::FrameBundle) that cannot be mapped that way.
+    Bundle {
+        /// What is wrong.
+        problem: super::BundleProblem,
+    },
     /// The stage-2 table refused an operation the space believed valid. This reports a
     /// bug rather than a guest or caller mistake; the state is still consistent.
     Table(TableError),
@@ -252,6 +257,7 @@ impl fmt::Display for SpaceError {
             Self::NoFreeArea { size } => write!(f, "no free range of {size:#x} bytes"),
             Self::BadHostAddress { hpa } => write!(f, "host address {hpa:#x} unusable"),
             Self::Tracking { problem } => write!(f, "dirty tracking: {problem}"),
+            Self::Bundle { problem } => write!(f, "frame bundle: {problem}"),
             Self::Table(e) => write!(f, "stage-2 table refused the operation: {e}"),
             Self::OutOfMetadata {
                 used,

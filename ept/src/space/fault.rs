@@ -67,7 +67,10 @@ where
         // after all, no frame, ...) it changed nothing, and the general path below
         // looks at the table and decides.
         let fast = if fault.kind == FaultKind::NotPresent && kind.is_ram() {
-            inner.st.populate_fast(gpa, flags.attr, area)
+            inner
+                .st
+                .serve_zero_read(gpa, access, flags.attr)
+                .or_else(|| inner.st.populate_fast(gpa, flags.attr, area))
         } else {
             None
         };
@@ -109,6 +112,8 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
                     let (_, size) = self.populate_one(gpa, attr, area)?;
                     Ok(FaultOutcome::Populated { size })
                 }
+                // Shared windows are mapped whole and never lose a page.
+                BackendKind::Window => Err(SpaceError::NotMapped { gpa }),
                 BackendKind::Linear { .. } => {
                     // Windows are mapped whole; a hole means a page was lost: map it.
                     let page = gpa.align_down(PAGE_SIZE_4K);

@@ -18,12 +18,57 @@ use alloc::sync::Arc;
 
 use memory_set::{HostPhysAddr, PAGE_SIZE_2M, PAGE_SIZE_4K};
 
+use super::budget::{Budget, Charged};
+use super::lock::SpinLock;
 use crate::frame::FrameAlloc;
 use crate::size::LeafSize;
 
-/// The token whose strong count is the number of spaces sharing a chunk.
-#[derive(Debug)]
-pub(crate) struct ShareMark;
+/// The token whose strong count is the number of holders (spaces, frame bundles)
+/// sharing a chunk.
+pub(crate) struct ShareMark {
+    /// The family the frames are charged to when that is not simply the family of
+    /// whoever frees them: set when a frame bundle takes them (`share.rs`).
+    pub(crate) home: SpinLock<Option<Budget>>,
+}
+
+impl Default for ShareMark {
+    fn default() -> Self {
+        Self {
+            home: SpinLock::new(None),
+        }
+    }
+}
+
+impl core::fmt::Debug for ShareMark {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("ShareMark")
+    }
+}
+
+impl ShareMark {
+    /// Frees `frames` 4 KiB frames at `base` (a 2 MiB block when `big`) for the last
+    /// holder: through `alloc` (its own family's count) unless the frames are
+    /// charged to another family, whose count then drops instead.
+    fn free<A: FrameAlloc>(self, base: HostPhysAddr, big: bool, alloc: &mut Charged<A>) {
+        let home = self.home.lock().take();
+        match home {
+            Some(home) if !home.same_family(&alloc.budget) => {
+                free_block(&mut alloc.host, base, big);
+                home.uncharge(if big { PAGE_SIZE_2M / PAGE_SIZE_4K } else { 1 });
+            }
+            _ => free_block(alloc, base, big),
+        }
+    }
+}
+
+/// Gives a 4 KiB frame or a 2 MiB block back to `alloc`.
+pub(crate) fn free_block(alloc: &mut (impl FrameAlloc + ?Sized), base: HostPhysAddr, big: bool) {
+    if big {
+        alloc.dealloc_2m(base);
+    } else {
+        alloc.dealloc_frame(base);
+    }
+}
 
 /// A tracked block of RAM (see the module docs).
 #[derive(Debug)]
@@ -47,11 +92,14 @@ impl Chunk {
         self.bytes() / PAGE_SIZE_4K
     }
 
-    /// Whether another address space still references the chunk.
+    /// Whether another holder (a space, a bundle) still references the chunk, or
+    /// this space maps its one 4 KiB frame at more than one address (the zero page).
     pub(crate) fn is_shared(&self) -> bool {
-        self.share
-            .as_ref()
-            .is_some_and(|s| Arc::strong_count(s) > 1)
+        (!self.big && self.live > 1)
+            || self
+                .share
+                .as_ref()
+                .is_some_and(|s| Arc::strong_count(s) > 1)
     }
 }
 
@@ -126,11 +174,11 @@ impl FrameBook {
 
     /// Releases one unmapped RAM leaf (`size` bytes at `hpa`): the frame is freed to
     /// `alloc` when this space was its last user.
-    pub(crate) fn release(
+    pub(crate) fn release<A: FrameAlloc>(
         &mut self,
         hpa: HostPhysAddr,
         size: LeafSize,
-        alloc: &mut (impl FrameAlloc + ?Sized),
+        alloc: &mut Charged<A>,
     ) {
         let pieces = size.size() / PAGE_SIZE_4K;
         let Some((base, _)) = self.chunk_of(hpa) else {
@@ -151,16 +199,13 @@ impl FrameBook {
             return;
         };
         self.ram_frames -= chunk.frames();
-        let last_user = match chunk.share {
-            Some(mark) => Arc::into_inner(mark).is_some(),
-            None => true,
-        };
-        if last_user {
-            if chunk.big {
-                alloc.dealloc_2m(base);
-            } else {
-                alloc.dealloc_frame(base);
+        match chunk.share {
+            Some(mark) => {
+                if let Some(mark) = Arc::into_inner(mark) {
+                    mark.free(base, chunk.big, alloc);
+                }
             }
+            None => free_block(alloc, base, chunk.big),
         }
     }
 
@@ -172,7 +217,28 @@ impl FrameBook {
         size: LeafSize,
         child: &mut FrameBook,
     ) {
-        let pieces = size.size() / PAGE_SIZE_4K;
+        let (base, big, mark) = self.mark_of(hpa);
+        child.adopt(base, big, size.size() / PAGE_SIZE_4K, mark);
+    }
+
+    /// The reference on the chunk holding the frame at `hpa` (a 4 KiB frame gets a
+    /// chunk of its own first): its base, whether it is a 2 MiB block, and a new
+    /// holder of its share count. Whoever keeps the returned mark keeps the frame
+    /// alive: a later [`FrameBook::release`] of the last leaf no longer frees it.
+    /// A frame without a home gets `home`: the family it is charged to now.
+    pub(crate) fn pin(
+        &mut self,
+        hpa: HostPhysAddr,
+        home: &Budget,
+    ) -> (HostPhysAddr, bool, Arc<ShareMark>) {
+        let (base, big, mark) = self.mark_of(hpa);
+        mark.home.lock().get_or_insert_with(|| home.clone());
+        (base, big, mark)
+    }
+
+    /// A new reference on the chunk of the frame at `hpa` (made tracked and shared
+    /// first if need be): the chunk's base, whether it is a 2 MiB block, the mark.
+    fn mark_of(&mut self, hpa: HostPhysAddr) -> (HostPhysAddr, bool, Arc<ShareMark>) {
         let (base, big) = match self.chunk_of(hpa) {
             Some((base, c)) => (base, c.big),
             None => {
@@ -187,25 +253,36 @@ impl FrameBook {
                 (hpa, false)
             }
         };
-        let Some(chunk) = self.chunks.get_mut(&base) else {
-            return;
+        let mark = match self.chunks.get_mut(&base) {
+            Some(c) => c.share.get_or_insert_with(Arc::default).clone(),
+            None => Arc::default(),
         };
-        let mark = chunk
-            .share
-            .get_or_insert_with(|| Arc::new(ShareMark))
-            .clone();
-        match child.chunks.get_mut(&base) {
-            Some(c) => c.live += pieces,
+        (base, big, mark)
+    }
+
+    /// Records `pieces` 4 KiB pieces of the chunk at `base` (a 2 MiB block when
+    /// `big`) that this space now maps, holding them through `mark` (the chunk's
+    /// reference count). A chunk the space already holds just gains live pieces.
+    pub(crate) fn adopt(
+        &mut self,
+        base: HostPhysAddr,
+        big: bool,
+        pieces: usize,
+        mark: Arc<ShareMark>,
+    ) {
+        match self.chunks.get_mut(&base) {
+            Some(c) => {
+                c.live += pieces;
+                c.share.get_or_insert(mark);
+            }
             None => {
-                child.ram_frames += chunk.frames();
-                child.chunks.insert(
-                    base,
-                    Chunk {
-                        big,
-                        live: pieces,
-                        share: Some(mark),
-                    },
-                );
+                let chunk = Chunk {
+                    big,
+                    live: pieces,
+                    share: Some(mark),
+                };
+                self.ram_frames += chunk.frames();
+                self.chunks.insert(base, chunk);
             }
         }
     }

@@ -85,6 +85,19 @@
 //! memory contents copy-on-write and [`AddressSpace::restore`] rolls back only the
 //! pages changed since ([`snapshot`]).
 //!
+//! # Memory that moves between owners
+//! [`AddressSpace::take`] unmaps a RAM range and hands its frames back as a
+//! [`FrameBundle`] (no copy); [`AddressSpace::map_bundle`] moves them into a space
+//! (this or another) with new rights; [`AddressSpace::map_window`] maps the same
+//! frames into several spaces as a shared window, each with its own rights (clones
+//! keep windows shared). [`AddressSpace::discard`] gives a range's frames back at
+//! once (a balloon) and keeps the range on demand. [`AddressSpace::set_zero_page`]
+//! makes read faults on never-written RAM map one shared read-only page of zeros.
+//! All of it, like clones and snapshots, goes through the one per-frame reference
+//! count of `frames.rs`: whoever lets go last frees, after the flush. How quotas
+//! count these frames: see `share.rs` (a bundle's frames stay charged to the family
+//! they came from until a move carries the charge over), `balloon.rs`, `zero.rs`.
+//!
 //! # Example
 //! ```
 //! use ept::caps::Stage2Caps;
@@ -127,6 +140,7 @@
 
 mod access;
 mod backend;
+mod balloon;
 mod bitmap;
 mod budget;
 mod ceiling;
@@ -140,9 +154,11 @@ mod meter;
 mod pod;
 mod region;
 mod report;
+mod share;
 pub mod snapshot;
 mod split;
 mod state;
+mod zero;
 
 use alloc::sync::Arc;
 
@@ -166,6 +182,7 @@ pub use fault::FaultOutcome;
 pub use pod::Pod;
 pub use region::{OwnedRegion, ViewError};
 pub use report::{AreaInfo, AreaKind, REPORT_AREAS, SpaceReport, SpaceStats};
+pub use share::{BundleProblem, FrameBundle};
 pub use snapshot::{RestoreStats, Snapshot};
 
 /// How the hypervisor invalidates cached stage-2 translations of one address space

@@ -32,6 +32,10 @@ pub struct SpaceStats {
     pub write_restores: u64,
     /// Faults on translations that already allowed the access.
     pub spurious_faults: u64,
+    /// Read faults served with the shared zero page instead of a new frame.
+    pub zero_page_reads: u64,
+    /// RAM frames given back with [`discard`](super::AddressSpace::discard) (balloon).
+    pub balloon_frames: u64,
     /// 4 KiB leaves in the table.
     pub leaves_4k: usize,
     /// 2 MiB leaves.
@@ -71,6 +75,9 @@ pub enum AreaKind {
         /// Held by an [`OwnedRegion`](super::OwnedRegion).
         owned: bool,
     },
+    /// A shared window: frames of a [`FrameBundle`](super::FrameBundle) that other
+    /// spaces may map too.
+    Window,
 }
 
 /// One area, for reports.
@@ -134,6 +141,8 @@ where
             cow_copies: st.counters.cow_copies,
             write_restores: st.counters.write_restores,
             spurious_faults: st.counters.spurious,
+            zero_page_reads: st.counters.zero_reads,
+            balloon_frames: st.counters.balloon_frames,
             leaves_4k: st.table.leaf_count(LeafSize::Size4K),
             leaves_2m: st.table.leaf_count(LeafSize::Size2M),
             leaves_1g: st.table.leaf_count(LeafSize::Size1G),
@@ -164,6 +173,7 @@ where
                     BackendKind::Linear { .. } => AreaKind::Linear {
                         hpa: a.backend().kind.linear_hpa(a.start()).unwrap_or_default(),
                     },
+                    BackendKind::Window => AreaKind::Window,
                     BackendKind::Alloc { populate } => AreaKind::Ram {
                         populate,
                         owned: a.flags().owner != 0,
@@ -221,6 +231,7 @@ impl fmt::Display for SpaceReport {
             )?;
             match a.kind {
                 AreaKind::Linear { hpa } => writeln!(f, "linear -> {hpa:#x}")?,
+                AreaKind::Window => writeln!(f, "shared window")?,
                 AreaKind::Ram { populate, owned } => writeln!(
                     f,
                     "ram ({}{})",
@@ -263,6 +274,14 @@ impl fmt::Display for SpaceReport {
             f,
             "  faults handled: {} ({} copy-on-write, {} rights restored, {} spurious)",
             s.faults_handled, s.cow_copies, s.write_restores, s.spurious_faults
-        )
+        )?;
+        if s.zero_page_reads > 0 || s.balloon_frames > 0 {
+            write!(
+                f,
+                "\n  zero page: {} read faults served without a frame; balloon: {} frames given back",
+                s.zero_page_reads, s.balloon_frames
+            )?;
+        }
+        Ok(())
     }
 }

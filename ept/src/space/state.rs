@@ -30,6 +30,10 @@ pub(crate) struct Counters {
     pub(crate) cow_copies: u64,
     pub(crate) write_restores: u64,
     pub(crate) spurious: u64,
+    /// Read faults served with the shared zero page (`zero.rs`).
+    pub(crate) zero_reads: u64,
+    /// RAM frames given back by [`discard`](super::AddressSpace::discard) (balloon).
+    pub(crate) balloon_frames: u64,
 }
 
 /// Everything the backends mutate: the table, the allocator, the frame book.
@@ -55,6 +59,8 @@ pub(crate) struct State<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invali
     pub(crate) metadata_extra: usize,
     /// Dirty logging and snapshot tracking (`dirty.rs`, `snapshot.rs`).
     pub(crate) track: super::dirty::Tracking,
+    /// The shared zero page, when enabled (`zero.rs`).
+    pub(crate) zero: super::zero::ZeroState,
 }
 
 /// An area as [`Inner::area_at`] reports it: its range, flags and backend.
@@ -162,6 +168,7 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
             metadata_charged: 0,
             metadata_extra: 0,
             track: Default::default(),
+            zero: Default::default(),
         })
     }
 
@@ -651,6 +658,7 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc, I: Invalidate> State<F, M, A
         // dropped), and nothing touches `self.table` after it.
         let table = unsafe { ManuallyDrop::take(&mut self.table) };
         self.complete(table.destroy(), is_ram);
+        self.drop_zero_page();
         self.drain_reserve();
     }
 }
@@ -959,6 +967,11 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
                         return Err("linear leaf differs from its window");
                     }
                 }
+                BackendKind::Window => {
+                    if leaf.attr != flags.attr || self.st.book.chunk_of(leaf.hpa).is_none() {
+                        return Err("window leaf differs from its area or holds no reference");
+                    }
+                }
                 BackendKind::Alloc { .. } => {
                     if leaf.attr.access.contains(Access::WRITE) && self.st.book.is_shared(leaf.hpa)
                     {
@@ -979,7 +992,10 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Drop
 {
     fn drop(&mut self) {
         let Self { set, st, .. } = self;
-        st.teardown(|gpa| set.find(gpa).is_some_and(|a| a.backend().kind.is_ram()));
+        st.teardown(|gpa| {
+            set.find(gpa)
+                .is_some_and(|a| a.backend().kind.owns_frames())
+        });
         st.alloc.budget.metadata_moved(st.metadata_charged, 0);
         st.metadata_charged = 0;
     }

@@ -109,7 +109,9 @@ impl VmxVcpu {
     pub(super) fn vmx_arch(&self, reg: ArchReg) -> u64 {
         let soft = &self.state.soft;
         match reg {
-            ArchReg::Cr0 => self.field(natural::CR0_READ_SHADOW),
+            // The guest owns every CR0 bit (CR0 guest/host mask 0): GUEST_CR0 is what it
+            // sees.
+            ArchReg::Cr0 => self.field(natural::GUEST_CR0),
             ArchReg::Cr2 => soft.cr2,
             ArchReg::Cr3 => self.field(natural::GUEST_CR3),
             // CR4.VMXE is the host's; the guest sees its read shadow (0).
