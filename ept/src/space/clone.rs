@@ -13,7 +13,7 @@ use super::{AddressSpace, Invalidate};
 use crate::format::{Access, LeafAttr, Stage2Format};
 use crate::frame::{FrameAlloc, PhysMapper, copy_frame};
 use crate::size::LeafSize;
-use crate::table::Leaf;
+use crate::table::{Leaf, TableError};
 
 type Parts<F, M, A, I> = (MemorySet<Backend<F, M, A, I>>, State<F, M, A, I>);
 
@@ -261,7 +261,10 @@ where
             });
         };
         copies.push(new);
-        let _ = copy_frame(table.mapper(), new, src);
+        // A frame the mapper cannot reach (a bug) fails the clone rather than give the
+        // child a zero page; `new` is in `copies`, freed with the half-built child.
+        copy_frame(table.mapper(), new, src)
+            .map_err(|_| SpaceError::Table(TableError::BadFrame { hpa: src }))?;
         child.map_leaf(gpa, new, LeafSize::Size4K, leaf.attr)?;
         child.book.add_4k();
     }

@@ -15,6 +15,7 @@ use super::state::Inner;
 use super::{AddressSpace, Invalidate};
 use crate::format::{Access, LeafAttr, Stage2Format};
 use crate::frame::{FrameAlloc, PhysMapper, copy_frame};
+use crate::table::TableError;
 
 /// Why a typed view of an [`OwnedRegion`] was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -350,21 +351,28 @@ where
         let range = inner.region_range(None, self.size())?;
         let owner = inner.map_owned(range, access, ceiling)?;
         let table = &inner.st.table;
+        let mut copied = Ok(());
         for off in (0..self.size()).step_by(PAGE_SIZE_4K) {
             let src = GuestPhysAddr::new(self.start().as_usize() + off);
             let dst = GuestPhysAddr::new(range.start().as_usize() + off);
             let host = |g: GuestPhysAddr| table.translate(g).map(|t| t.hpa);
-            if let (Some(s), Some(d)) = (host(src), host(dst)) {
-                let _ = copy_frame(table.mapper(), d, s);
+            if let (Some(s), Some(d)) = (host(src), host(dst))
+                && copy_frame(table.mapper(), d, s).is_err()
+            {
+                copied = Err(SpaceError::Table(TableError::BadFrame { hpa: s }));
+                break;
             }
         }
         drop(inner);
-        Ok(Self {
+        let copy = Self {
             inner: self.inner.clone(),
             range,
             owner,
             access,
-        })
+        };
+        // A frame the mapper cannot reach (a bug): no half-copied region; dropping
+        // it unmaps and frees what was mapped.
+        copied.map(|()| copy)
     }
 
     /// Gives the region new rights (flushing the guest's cached translations).
