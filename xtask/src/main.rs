@@ -183,6 +183,21 @@ fn host_tests(paths: &Paths) -> Result<(), String> {
 fn guest_modules(paths: &Paths, spec: &str) -> Result<Vec<(std::path::PathBuf, String)>, String> {
     let mut words = spec.split_whitespace();
     let name = words.next().ok_or("empty guest spec")?;
+    if name == "linux-truncated" {
+        // Debian's kernel cut after 64 KiB: the hypervisor must refuse it.
+        let files = linux::prepare(paths, linux::WORKLOAD_MIB)?;
+        let kernel = std::fs::read(&files.kernel).map_err(|e| e.to_string())?;
+        let cut = files.initrd.with_file_name("vmlinuz-truncated");
+        std::fs::write(&cut, &kernel[..kernel.len().min(64 << 10)]).map_err(|e| e.to_string())?;
+        let initrd_name = files
+            .initrd
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or("bad initrd file name")?
+            .to_string();
+        let args = format!("linux name=linux mem=256M initrd={initrd_name} -- quiet");
+        return Ok(vec![(cut, args), (files.initrd, "data".into())]);
+    }
     if name == "linux" {
         let rest: Vec<&str> = words.collect();
         let (extra, kernel_args) = match rest.iter().position(|w| *w == "--") {

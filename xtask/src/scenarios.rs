@@ -473,6 +473,17 @@ pub const BOOT_TESTS: &[BootTest] = &[
         vendor_lines: (&[], &[]),
         reports: &[],
     },
+    // A truncated bzImage is refused before anything runs.
+    BootTest {
+        name: "refuses-truncated-linux",
+        cmdline: "log=info",
+        guests: &["hello", "linux-truncated"],
+        status: RunStatus::BadConfig,
+        marker: "HV: CONFIGURATION REFUSED",
+        lines: &["bzImage truncated: 65536 bytes"],
+        vendor_lines: (&[], &[]),
+        reports: &[],
+    },
     // Linux and tiny guests share the machine, time-sliced.
     BootTest {
         name: "linux-shared",

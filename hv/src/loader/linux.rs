@@ -17,6 +17,8 @@ use core::fmt;
 /// Offsets in the bzImage / zero page (boot.rst, "THE REAL-MODE KERNEL HEADER").
 mod off {
     pub const SETUP_SECTS: usize = 0x1F1;
+    /// `syssize`: the protected-mode code's size in 16-byte paragraphs (2.04+: u32).
+    pub const SYSSIZE: usize = 0x1F4;
     pub const BOOT_FLAG: usize = 0x1FE;
     pub const JUMP: usize = 0x200;
     pub const HEADER: usize = 0x202;
@@ -252,7 +254,9 @@ impl LinuxImage {
         // `boot_params`' header area (0x1F1..0x280) into the fields that follow.
         let header_end =
             (off::HEADER + usize::from(u8_at(image, off::JUMP + 1))).min(HEADER_AREA_END);
-        let needed = kernel_offset.max(header_end) + 1;
+        // The protected-mode code is `syssize` paragraphs long: a shorter file was cut.
+        let syssize = u32_at(image, off::SYSSIZE) as usize * 16;
+        let needed = kernel_offset.max(header_end) + syssize.max(1);
         if image.len() < needed {
             return Err(LinuxError::Truncated {
                 needed,
@@ -496,6 +500,7 @@ mod tests {
         put_u32(&mut b, off::CMDLINE_SIZE, 2047);
         put_u64(&mut b, off::PREF_ADDRESS, 0x100_0000);
         put_u32(&mut b, off::INIT_SIZE, 0x200_0000);
+        put_u32(&mut b, off::SYSSIZE, (kernel / 16) as u32);
         b
     }
 
@@ -524,10 +529,10 @@ mod tests {
                 },
             ),
             (
-                |b| b.truncate(5 * 512),
+                |b| b.truncate(5 * 512 + 100),
                 LinuxError::Truncated {
-                    needed: 5 * 512 + 1,
-                    len: 5 * 512,
+                    needed: 5 * 512 + 4096,
+                    len: 5 * 512 + 100,
                 },
             ),
             (|b| b[off::BOOT_FLAG] = 0, LinuxError::BadBootFlag(0xAA00)),
