@@ -274,7 +274,10 @@ impl World {
         let mut tables = 0;
         for (s, m) in &self.spaces {
             let st = s.stats();
-            prop_assert!(st.frames() <= st.quota_frames, "over quota");
+            prop_assert!(
+                st.family_frames <= st.quota_frames,
+                "family over quota: {st:?}"
+            );
             tables += st.table_frames;
             let mut own = BTreeSet::new();
             for &page in m.pages.keys() {
