@@ -278,15 +278,8 @@ fn run<F: Stage2Format>(ops: Vec<Op>, huge: bool) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(32)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: common::proptest_cases(32), ..ProptestConfig::default() })]
 
     #[test]
     fn ad_and_write_protect_agree_4k(ops in proptest::collection::vec(op(), 1..80)) {

@@ -191,15 +191,8 @@ fn run<F: Stage2Format>(ops: Vec<Op>, caps: Stage2Caps) -> Result<(), TestCaseEr
     Ok(())
 }
 
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(32)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: common::proptest_cases(32), ..ProptestConfig::default() })]
 
     #[test]
     fn snapshot_restore_4k_ad(ops in proptest::collection::vec(op(), 1..100)) {

@@ -11,6 +11,14 @@ use ept::frame::HeapArena;
 use ept::space::{AddressSpace, Invalidate, Limits, SpaceError};
 use memory_set::GuestPhysAddr;
 
+/// Proptest cases per test: `PROPTEST_CASES` from the environment, else `default`.
+pub fn proptest_cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// One mebibyte.
 pub const MIB: usize = 1 << 20;
 
