@@ -8,7 +8,7 @@
 //! each round; one warm-up round is dropped; the table gives the median over the rounds,
 //! the spread (interquartile range over median) and the ratios; then one `BENCH` line per
 //! measurement. Arguments: `--quick` (fewer rounds and shorter samples), `--check` (exit
-//! with a failure when a target is missed), `--wall`
+//! with a failure when a target is missed), `--raw` (every sample, round by round), `--wall`
 //! (wall-clock instead of thread CPU time), `--rounds N`,
 //! `--only ours|floor|<anchor name>[,...]` (run only those contenders, for profiling) and workload names (`W1` .. `W7`) to run only those.
 
@@ -41,12 +41,15 @@ struct Options {
     only: Vec<String>,
     only_contender: Option<String>,
     clock: harness::Clock,
+    /// Print every sample, round by round.
+    raw: bool,
 }
 
 impl Options {
     fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
         let mut quick = false;
         let mut check = false;
+        let mut raw = false;
         let mut rounds = None;
         let mut only = Vec::new();
         let mut only_contender = None;
@@ -56,6 +59,7 @@ impl Options {
             match a.as_str() {
                 "--quick" => quick = true,
                 "--check" => check = true,
+                "--raw" => raw = true,
                 "--wall" => clock = harness::Clock::Wall,
                 "--only" => only_contender = Some(args.next().ok_or("--only needs a name")?),
                 "--rounds" => {
@@ -74,6 +78,7 @@ impl Options {
             only,
             only_contender,
             clock,
+            raw,
         })
     }
 
@@ -97,7 +102,7 @@ fn main() -> ExitCode {
         Ok(o) => o,
         Err(e) => {
             eprintln!(
-                "bench: {e}\nusage: bench [--quick] [--check] [--wall] [--rounds N] [--only ours|floor|<anchor>[,...]] [W1 .. W7]"
+                "bench: {e}\nusage: bench [--quick] [--check] [--raw] [--wall] [--rounds N] [--only ours|floor|<anchor>[,...]] [W1 .. W7]"
             );
             return ExitCode::from(2);
         }
@@ -106,67 +111,76 @@ fn main() -> ExitCode {
         eprintln!("bench: warning: debug build, numbers are meaningless (use --release)");
     }
     let started = Instant::now();
-    let table_arena = Arena::new(4);
-    let fault_arena = opts.runs("W4").then(|| Arena::new(w4::ARENA_BLOCKS));
-    let fault_order = rng::permutation(w1::PAGES, 0xfa17);
-    let lookup_order: Vec<u32> = rng::permutation(w1::PAGES, 0x100c)
-        .into_iter()
-        .map(|i| i as u32)
-        .collect();
-    let mut w6_guests = if opts.runs("W6") {
-        w6::guests()
-    } else {
-        Vec::new()
-    };
-    let mut w7_setup = opts.runs("W7").then(w7::Setup::new);
     let mut rec = Recorder::new();
     rec.only = opts.only_contender.clone();
     rec.min_sample_ns = opts.min_sample_ns;
     rec.use_clock(opts.clock);
-    for round in 0..=opts.rounds {
-        rec.recording = round > 0;
-        if opts.runs("W1") {
-            w1::round(
-                &mut rec,
-                &table_arena,
-                w1::Leaf::Small,
-                &lookup_order,
-                round,
-            );
-        }
-        if opts.runs("W2") {
-            w1::round(&mut rec, &table_arena, w1::Leaf::Huge, &lookup_order, round);
-        }
-        if opts.runs("W3") {
-            let inputs = w3::Inputs::new(round, opts.large_searches);
-            w3::round(&mut rec, &inputs, round);
-        }
-        if opts.runs("W5") {
-            w5::round(&mut rec, &table_arena, round);
-        }
-        for (guest, ks) in &mut w6_guests {
-            guest.round(&mut rec, ks, round);
-        }
-        if let Some(setup) = &mut w7_setup {
-            setup.round(&mut rec, round);
-        }
-        if let Some(arena) = &fault_arena {
-            for mode in [w4::Mode::Small, w4::Mode::Huge] {
-                w4::round(&mut rec, arena, mode, &fault_order, round);
+    // Each workload runs its rounds back to back (contenders interleaved inside every
+    // round), so the slow drift of this machine's memory bandwidth over a run (10-20 %
+    // over a minute, measured) widens no line's spread; its memory lives only as long.
+    let lookup_order: Vec<u32> = rng::permutation(w1::PAGES, 0x100c)
+        .into_iter()
+        .map(|i| i as u32)
+        .collect();
+    if opts.runs("W1") || opts.runs("W2") || opts.runs("W5") {
+        let table_arena = Arena::new(4);
+        for (w, leaf) in [("W1", w1::Leaf::Small), ("W2", w1::Leaf::Huge)] {
+            if opts.runs(w) {
+                let (arena, order) = (&table_arena, &lookup_order);
+                rounds(&mut rec, opts.rounds, |rec, r| {
+                    w1::round(rec, arena, leaf, order, r)
+                });
             }
         }
+        if opts.runs("W5") {
+            let arena = &table_arena;
+            rounds(&mut rec, opts.rounds, |rec, r| w5::round(rec, arena, r));
+        }
+    }
+    if opts.runs("W3") {
+        let large = opts.large_searches;
+        rounds(&mut rec, opts.rounds, |rec, r| {
+            let inputs = w3::Inputs::new(r, large);
+            w3::round(rec, &inputs, r);
+        });
+    }
+    if opts.runs("W4") {
+        let arena = Arena::new(w4::ARENA_BLOCKS);
+        let order = rng::permutation(w1::PAGES, 0xfa17);
+        for mode in [w4::Mode::Small, w4::Mode::Huge] {
+            let (arena, order) = (&arena, &order);
+            rounds(&mut rec, opts.rounds * w4::ROUNDS_FACTOR, |rec, r| {
+                w4::round(rec, arena, mode, order, r)
+            });
+        }
+    }
+    let mut w6_guests = Vec::new();
+    if opts.runs("W6") {
+        w6_guests = w6::guests();
+        for (guest, ks) in &mut w6_guests {
+            rounds(&mut rec, opts.rounds, |rec, r| guest.round(rec, ks, r));
+        }
+    }
+    if opts.runs("W7") {
+        let mut setup = w7::Setup::new();
+        rounds(&mut rec, opts.rounds, |rec, r| setup.round(rec, r));
     }
     let (clock, overhead) = rec.clock();
     println!(
-        "bench: {} rounds (+1 warm-up dropped), {} (clock cost {} ns subtracted), ns per \
-         unit, median ±IQR/median; {:.1} s",
+        "bench: {} rounds ({} for W4; +1 warm-up dropped), {} (clock cost {} ns subtracted), \
+         ns per unit, median ±IQR/median; ratios: median over the rounds of each round's \
+         ratio; {:.1} s",
         opts.rounds,
+        opts.rounds * w4::ROUNDS_FACTOR,
         clock.name(),
         overhead,
         started.elapsed().as_secs_f64()
     );
     println!("{}", build_line());
     let mut missed = report::print(&rec, &unit);
+    if opts.raw {
+        report::print_raw(&rec);
+    }
     let w6_missed = w6::summary(&rec, &w6_guests);
     if w6_missed > 0 {
         missed.push(format!("{w6_missed} W6 target(s) (see the W6 lines)"));
@@ -181,6 +195,14 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// Runs `one` for a dropped warm-up round and `n` recorded rounds.
+fn rounds(rec: &mut Recorder, n: usize, mut one: impl FnMut(&mut Recorder, usize)) {
+    for round in 0..=n {
+        rec.recording = round > 0;
+        one(rec, round);
+    }
 }
 
 /// The build every contender was compiled with, for the table's header.
@@ -222,6 +244,7 @@ mod tests {
         assert!(quick.runs("W3") && !quick.runs("W1"));
         assert_eq!(parse(&["--rounds", "2"]).unwrap().rounds, 2);
         assert!(parse(&["--check"]).unwrap().check && !full.check);
+        assert!(parse(&["--raw"]).unwrap().raw && !full.raw);
         assert_eq!(
             parse(&["--only", "floor"])
                 .unwrap()

@@ -54,6 +54,21 @@ pub struct Row {
     pub anchors: Vec<(&'static str, Stat)>,
     /// The floor's statistics.
     pub floor: Option<Stat>,
+    /// Best anchor over ours and ours over the floor, each the median over the rounds of
+    /// that round's ratio (see [`paired`]).
+    ratios: (Option<f64>, Option<f64>),
+}
+
+/// The median over the rounds of `num[r] / den[r]`: contenders of one round run within
+/// a second of each other, so a ratio taken inside the round cancels the drift of the
+/// machine between rounds, which a ratio of two medians keeps. `None` when the two did
+/// not run the same rounds (`--only`).
+pub fn paired(num: &[f64], den: &[f64]) -> Option<f64> {
+    if num.is_empty() || num.len() != den.len() {
+        return None;
+    }
+    let r: Vec<f64> = num.iter().zip(den).map(|(a, b)| a / b).collect();
+    Some(Stat::of(&r).median)
 }
 
 impl Row {
@@ -61,11 +76,17 @@ impl Row {
     pub fn from_recorder(rec: &Recorder, id: &str) -> Row {
         let mut anchors = rec.anchors(id);
         anchors.sort_by(|a, b| a.1.median.total_cmp(&b.1.median));
+        let ours = rec.samples(id, Who::Ours);
+        let vs_anchor = anchors
+            .first()
+            .and_then(|(name, _)| paired(rec.samples(id, Who::Anchor(name)), ours));
+        let vs_floor = paired(ours, rec.samples(id, Who::Floor));
         Row {
             id: id.to_string(),
             ours: rec.stat(id, Who::Ours),
             anchors,
             floor: rec.stat(id, Who::Floor),
+            ratios: (vs_anchor, vs_floor),
         }
     }
 
@@ -74,14 +95,19 @@ impl Row {
         self.anchors.first().copied()
     }
 
-    /// Best anchor's time over ours (above 1: we are faster).
+    /// Best anchor's time over ours (above 1: we are faster): the median of the rounds'
+    /// ratios ([`paired`]), or the ratio of the medians when the rounds do not pair up.
     pub fn vs_anchor(&self) -> Option<f64> {
-        Some(self.best_anchor()?.1.median / self.ours?.median)
+        self.ratios
+            .0
+            .or_else(|| Some(self.best_anchor()?.1.median / self.ours?.median))
     }
 
-    /// Our time over the floor's (1 is the best possible).
+    /// Our time over the floor's (1 is the best possible), like [`Row::vs_anchor`].
     pub fn vs_floor(&self) -> Option<f64> {
-        Some(self.ours?.median / self.floor?.median)
+        self.ratios
+            .1
+            .or_else(|| Some(self.ours?.median / self.floor?.median))
     }
 
     /// The `BENCH ...` line.
@@ -179,6 +205,24 @@ pub fn print(rec: &Recorder, units: &dyn Fn(&str) -> &'static str) -> Vec<String
     missed
 }
 
+/// Prints every sample of every measurement, in the order taken (one per round):
+/// `RAW <workload>/<phase> <contender> <ns per unit> ...`.
+pub fn print_raw(rec: &Recorder) {
+    for id in rec.ids() {
+        let row = Row::from_recorder(rec, id);
+        let whos = std::iter::once(("ours", Who::Ours))
+            .chain(row.anchors.iter().map(|(n, _)| (*n, Who::Anchor(n))))
+            .chain(std::iter::once(("floor", Who::Floor)));
+        for (name, who) in whos {
+            let s = rec.samples(id, who);
+            if !s.is_empty() {
+                let v: Vec<String> = s.iter().map(|&x| fmt_ns(x)).collect();
+                println!("RAW {id} {name} {}", v.join(" "));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +242,20 @@ mod tests {
         );
         assert_eq!(Target::VsAnchorAtLeast(3.0).met(&row), Some(true));
         assert_eq!(Target::VsFloorAtMost(1.5).met(&row), Some(false));
+    }
+
+    #[test]
+    fn ratios_pair_the_rounds() {
+        let mut rec = Recorder::new();
+        // The machine slows down over the rounds; ours is 10 % over the floor in each.
+        for (ours, floor) in [(110.0, 100.0), (220.0, 200.0), (330.0, 300.0)] {
+            rec.record("W4/x", Who::Ours, ours, 1);
+            rec.record("W4/x", Who::Floor, floor, 1);
+        }
+        let row = Row::from_recorder(&rec, "W4/x");
+        assert!((row.vs_floor().unwrap() - 1.1).abs() < 1e-9);
+        assert_eq!(paired(&[1.0, 2.0], &[1.0]), None, "rounds that do not pair");
+        assert_eq!(paired(&[3.0, 1.0, 8.0], &[1.0, 1.0, 2.0]), Some(3.0));
     }
 
     #[test]

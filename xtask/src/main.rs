@@ -6,7 +6,7 @@
 //! cargo xtask run [GUEST [ARGS]]...      boot guests (default: QEMU, the demo set)
 //! cargo xtask boot-test [TEST]...        every boot test (or the named ones)
 //! cargo xtask test                       host tests, then boot tests
-//! cargo xtask bench [--quick] [--check] [W1..W5]  benchmarks against the anchor crates
+//! cargo xtask bench [--quick] [--check] [--raw] [W1..W7]  benchmarks against the anchor crates
 //! options: --emulator qemu|kvm|bochs|bochs-skylake|bochs-sandybridge|all|auto
 //!          --log LEVEL   --timeout SECS   --jobs N (boot tests in parallel, default 2)
 //!          --gdb (run, QEMU: wait for gdb on :1234)
