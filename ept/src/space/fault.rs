@@ -4,6 +4,7 @@ use memory_set::{AddrRange, GuestPhysAddr, MemoryAddr, PAGE_SIZE_4K};
 
 use super::backend::BackendKind;
 use super::error::SpaceError;
+use super::lock::lock_exclusive;
 use super::state::State;
 use super::{AddressSpace, Invalidate, range_scope};
 use crate::fault::{FaultKind, Stage2Fault};
@@ -48,7 +49,7 @@ where
         if fault.kind == FaultKind::Misconfig {
             return Err(SpaceError::Misconfigured { gpa });
         }
-        let mut inner = self.inner.lock();
+        let mut inner = lock_exclusive(&mut self.inner);
         let (area, flags, kind) = inner.area_at(gpa).ok_or(SpaceError::NotMapped { gpa })?;
         let access = if fault.access.is_empty() {
             Access::READ
