@@ -167,15 +167,26 @@ fn main() -> ExitCode {
     }
     let (clock, overhead) = rec.clock();
     println!(
-        "bench: {} rounds ({} for W4; +1 warm-up dropped), {} (clock cost {} ns subtracted), \
-         ns per unit, median ±IQR/median; ratios: median over the rounds of each round's \
-         ratio; {:.1} s",
+        "bench: {} rounds ({} for W4; +1 warm-up dropped), {} (clock cost {} ns, {} ns for \
+         the wall clock, subtracted), ns per unit, median ±IQR/median; ratios: median over \
+         the rounds of each round's ratio; {:.1} s",
         opts.rounds,
         opts.rounds * w4::ROUNDS_FACTOR,
         clock.name(),
         overhead,
+        rec.wall_overhead,
         started.elapsed().as_secs_f64()
     );
+    if rec.repeated > 0 {
+        println!(
+            "bench: {} repeated samples; {} retaken because the thread was descheduled, {} \
+             kept after {} disturbed attempts",
+            rec.repeated,
+            rec.retaken,
+            rec.kept_disturbed,
+            harness::ATTEMPTS
+        );
+    }
     println!("{}", build_line());
     let mut missed = report::print(&rec, &unit);
     if opts.raw {
