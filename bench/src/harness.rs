@@ -1,12 +1,14 @@
 //! Timing and aggregation: every measurement is one sample of one phase of one contender
-//! in one round, normalised to nanoseconds per unit (page or operation). Samples are the
-//! thread's CPU time by default (Linux `CLOCK_THREAD_CPUTIME_ID`), so time the thread
-//! spends descheduled on this shared machine does not count; `--wall` uses wall-clock time.
-//! The clock's own cost (calibrated at start) is subtracted.
+//! in one round, normalised to nanoseconds per unit (page or operation).
+//! A phase shorter than a few milliseconds repeats inside its sample ([`Recorder::repeat`]):
+//! one sample is then the total time of the repetitions over their total units, after a
+//! dropped warm-up, timed with the wall clock and checked against the thread's CPU time
+//! (a sample during which the thread was descheduled is taken again). Unrepeated phases
+//! are timed with the thread's CPU time (Linux `CLOCK_THREAD_CPUTIME_ID`), so time spent
+//! descheduled on this shared machine does not count; `--wall` uses wall-clock time
+//! everywhere. Each clock's own cost (calibrated at start) is subtracted.
 //! Contenders of a workload run interleaved inside each round, so machine noise (the host
 //! is shared) hits them alike; the report keeps the median of the rounds and their spread.
-//! A phase shorter than a few milliseconds repeats inside its sample ([`Recorder::repeat`]):
-//! one sample is then the total time of the repetitions over their total units.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
