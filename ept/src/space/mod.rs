@@ -145,6 +145,7 @@ mod bitmap;
 mod budget;
 mod ceiling;
 mod clone;
+mod cow;
 pub mod dirty;
 mod error;
 mod fault;
