@@ -153,6 +153,7 @@ mod frames;
 mod lock;
 mod meter;
 mod pod;
+mod populate;
 mod region;
 mod report;
 mod share;
