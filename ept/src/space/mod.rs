@@ -139,6 +139,7 @@
 //! ```
 
 mod access;
+mod areas;
 mod backend;
 mod balloon;
 mod bitmap;
