@@ -8,7 +8,8 @@
 //! * [`vcpu`]: [`VmxVcpu`], the world switch, and [`VmxHost`] (VMXON region, VPIDs,
 //!   INVEPT type), which implements [`crate::hypervisor::VcpuHost`].
 //! * `state`: the vCPU's architectural state by [`crate::vcpu::ArchReg`] and the
-//!   emulation of MOV CR8; `host`: the host state read from the running CPU.
+//!   emulation of MOV CR8; `host`: the host state read from the running CPU;
+//!   `world`: the world-switch assembly (VMLAUNCH/VMRESUME and the VM-exit entry point).
 
 pub mod caps;
 pub mod exit;
@@ -18,6 +19,7 @@ pub mod instr;
 pub mod irq;
 mod state;
 pub mod vcpu;
+mod world;
 
 pub use caps::{VmxCaps, VmxError};
 pub use vcpu::{VmxHost, VmxVcpu};

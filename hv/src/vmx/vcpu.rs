@@ -3,10 +3,10 @@
 //! VM entry and exit switch RSP, RIP, RFLAGS, the control registers, segments and
 //! (with the EFER controls) EFER through the VMCS (SDM vol. 3C, chapters 27-28); every
 //! other general-purpose register and the x87/SSE state are saved and restored by the
-//! world switch below (host and guests use no AVX; XSETBV always exits, so XCR0 stays
-//! the host's); DR0-DR3, DR6, CR2, KERNEL_GS_BASE, the SYSCALL MSRs, TSC_AUX and PKRU
-//! by `crate::switch::enter_guest`/`leave_guest`. MOV CR8 exits and is emulated here
-//! (the guest's TPR never reaches the CPU's).
+//! world switch (`world.rs`; host and guests use no AVX; XSETBV always exits, so XCR0
+//! stays the host's); DR0-DR3, DR6, CR2, KERNEL_GS_BASE, the SYSCALL MSRs, TSC_AUX and
+//! PKRU by `crate::switch::enter_guest`/`leave_guest`. MOV CR8 exits and is emulated
+//! here (the guest's TPR never reaches the CPU's).
 //!
 //! Guests run one after another on one CPU, so each entry makes its vCPU's VMCS
 //! current with VMPTRLD; RIP, RSP and RFLAGS are cached in the vCPU so that
@@ -28,11 +28,10 @@ use super::fields::{
 };
 use super::host::{host_segments, read_cr0, read_cr3, read_cr4};
 use super::instr::{self, VmFail};
+use super::world::{vmx_vm_exit, vmx_world_switch};
 use crate::hypervisor::VcpuHost;
 use crate::platform::virt_to_phys;
-use crate::switch::{
-    self, GPRS, GUEST_FX, HOST_FX, SwitchState, Vendor, load_guest_gprs, store_guest_gprs,
-};
+use crate::switch::{self, SwitchState, Vendor};
 use crate::vcpu::state::PAT_RESET;
 use crate::vcpu::{ArchReg, CodeSegment, FlushRequest, Reg, StartState, Vcpu, VmExit};
 
@@ -102,70 +101,6 @@ impl Page {
         page.0[..4].copy_from_slice(&(revision & 0x7FFF_FFFF).to_le_bytes());
         page
     }
-}
-
-core::arch::global_asm!(
-    ".section .text.vmx_world_switch, \"ax\"",
-    ".global vmx_world_switch",
-    // rdi = &mut SwitchState, rsi = launched (0: VMLAUNCH, else VMRESUME).
-    // Returns 0 after a VM exit, 1 when the entry instruction failed (VMfail).
-    "vmx_world_switch:",
-    "push rbp", "push rbx", "push r12", "push r13", "push r14", "push r15",
-    "push rdi",
-    "fxsave [rdi + {host_fx}]",
-    "fxrstor [rdi + {guest_fx}]",
-    "mov rax, {host_rsp}",
-    "vmwrite rax, rsp",
-    "test rsi, rsi",
-    // MOV leaves the flags of TEST intact.
-    "mov rax, [rdi + {gprs} + 0*8]",
-    load_guest_gprs!(),
-    "mov rdi, [rdi + {gprs} + 7*8]",
-    "jnz 2f",
-    "vmlaunch",
-    "jmp 3f",
-    "2:",
-    "vmresume",
-    // Only reached when the entry failed: RSP is still the host's.
-    "3:",
-    "pop rdi",
-    "fxrstor [rdi + {host_fx}]",
-    "mov eax, 1",
-    "pop r15", "pop r14", "pop r13", "pop r12", "pop rbx", "pop rbp",
-    "ret",
-    // VM exit (HOST_RIP): RSP is the host RSP written above, pointing at the saved rdi.
-    ".global vmx_vm_exit",
-    "vmx_vm_exit:",
-    "push rdi",
-    "mov rdi, [rsp + 8]",
-    "mov [rdi + {gprs} + 0*8], rax",
-    store_guest_gprs!(),
-    "pop rax",
-    "mov [rdi + {gprs} + 7*8], rax",
-    "fxsave [rdi + {guest_fx}]",
-    "fxrstor [rdi + {host_fx}]",
-    // A VM exit clears RFLAGS.IF. A timer interrupt that ended the guest's slice (an
-    // external-interrupt exit, not acknowledged) is still pending: open a window of
-    // one instruction (STI's shadow covers the NOP) for the host's handler.
-    "sti",
-    "nop",
-    "cli",
-    "add rsp, 8",
-    "xor eax, eax",
-    "pop r15", "pop r14", "pop r13", "pop r12", "pop rbx", "pop rbp",
-    "ret",
-    gprs = const GPRS,
-    guest_fx = const GUEST_FX,
-    host_fx = const HOST_FX,
-    host_rsp = const natural::HOST_RSP,
-);
-
-unsafe extern "C" {
-    /// Enters the guest of the current VMCS and returns at its next VM exit (0) or when
-    /// the entry instruction fails (1).
-    fn vmx_world_switch(state: *mut SwitchState, launched: u64) -> u64;
-    /// The VM-exit entry point (HOST_RIP); never called directly.
-    fn vmx_vm_exit();
 }
 
 /// Reads an MSR.
