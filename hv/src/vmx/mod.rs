@@ -8,8 +8,9 @@
 //! * [`vcpu`]: [`VmxVcpu`], the world switch, and [`VmxHost`] (VMXON region, VPIDs,
 //!   INVEPT type), which implements [`crate::hypervisor::VcpuHost`].
 //! * `state`: the vCPU's architectural state by [`crate::vcpu::ArchReg`] and the
-//!   emulation of MOV CR8; `host`: the host state read from the running CPU;
-//!   `world`: the world-switch assembly (VMLAUNCH/VMRESUME and the VM-exit entry point).
+//!   emulation of MOV CR8; `host`: the host state read from the running CPU; `probe`:
+//!   the capability MSRs read from it; `world`: the world-switch assembly
+//!   (VMLAUNCH/VMRESUME and the VM-exit entry point).
 
 pub mod caps;
 pub mod exit;
@@ -17,6 +18,7 @@ pub mod fields;
 mod host;
 pub mod instr;
 pub mod irq;
+mod probe;
 mod state;
 pub mod vcpu;
 mod world;
