@@ -7,6 +7,8 @@
 //! * [`instr`]: the VMX instructions (VMXON, VMPTRLD, VMREAD, INVEPT, ...).
 //! * [`vcpu`]: [`VmxVcpu`], the world switch, and [`VmxHost`] (VMXON region, VPIDs,
 //!   INVEPT type), which implements [`crate::hypervisor::VcpuHost`].
+//! * `vmcs`: VMREAD/VMWRITE of the current VMCS and the control, host and guest
+//!   state a new VMCS gets.
 //! * `state`: the vCPU's architectural state by [`crate::vcpu::ArchReg`] and the
 //!   emulation of MOV CR8; `host`: the host state read from the running CPU; `probe`:
 //!   the capability MSRs read from it; `world`: the world-switch assembly
@@ -21,6 +23,7 @@ pub mod irq;
 mod probe;
 mod state;
 pub mod vcpu;
+mod vmcs;
 mod world;
 
 pub use caps::{VmxCaps, VmxError};

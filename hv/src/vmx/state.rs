@@ -6,7 +6,8 @@
 use super::caps::{CR4_VMXE, apply_fixed};
 use super::fields::{entry_ctl, field32, field64, natural};
 use super::instr;
-use super::vcpu::{VmxVcpu, Writer, read_current};
+use super::vcpu::VmxVcpu;
+use super::vmcs::{Writer, read_current};
 use crate::platform::virt_to_phys;
 use crate::vcpu::{ArchReg, CodeSegment, Reg, Vcpu};
 
