@@ -146,6 +146,11 @@ fn download(dir: &Path) -> Result<(), String> {
 /// Fetches (once), unpacks and builds the Linux guest's files; `workload_mib` sizes the
 /// init's memory workload.
 pub fn prepare(paths: &Paths, workload_mib: u32) -> Result<LinuxFiles, String> {
+    // Boot tests run in parallel threads, and the Linux ones all come here: one at a
+    // time, so that a fresh checkout downloads, unpacks and packs once (two concurrent
+    // `apt-get download`s into one folder both failed).
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let dir = cache(paths);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let kernel_deb = find(&dir, "linux-image-6", "-amd64.deb")
