@@ -4,6 +4,7 @@
 //! the anchors reach them with the arena's constant physical-to-virtual offset.
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ept::{FrameAlloc, HeapArena, PhysMapper};
 use memory_set::HostPhysAddr;
@@ -12,6 +13,32 @@ use memory_set::HostPhysAddr;
 pub const SIZE_4K: usize = 0x1000;
 /// 2 MiB.
 pub const SIZE_2M: usize = 0x20_0000;
+
+static ARENA_KIB: AtomicUsize = AtomicUsize::new(0);
+static ARENA_HUGE_KIB: AtomicUsize = AtomicUsize::new(0);
+
+/// KiB of the arenas made so far, and how much of it the kernel backed with 2 MiB pages
+/// (transparent huge pages: with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, as
+/// `cargo xtask bench` runs it, glibc asks for them on every block it maps).
+pub fn huge_page_share() -> (usize, usize) {
+    (
+        ARENA_KIB.load(Ordering::Relaxed),
+        ARENA_HUGE_KIB.load(Ordering::Relaxed),
+    )
+}
+
+/// This process's anonymous memory on transparent huge pages, in KiB (0 where Linux
+/// does not say).
+fn anon_huge_kib() -> usize {
+    std::fs::read_to_string("/proc/self/smaps_rollup")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("AnonHugePages:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
 
 /// A cheap `Clone` handle on one pool.
 #[derive(Clone)]
@@ -22,7 +49,9 @@ pub struct Arena {
 impl Arena {
     /// A pool of `blocks_2m` 2 MiB blocks, every page already touched (so page faults of
     /// the host do not land inside measurements).
+    /// Counts toward [`huge_page_share`].
     pub fn new(blocks_2m: usize) -> Self {
+        let before = anon_huge_kib();
         let heap = HeapArena::new(blocks_2m.max(1) * 512);
         let arena = Arena {
             heap: RefCell::new(heap),
@@ -30,6 +59,9 @@ impl Arena {
         for i in 0..arena.capacity() {
             arena.zero(HeapArena::BASE + i * SIZE_4K, SIZE_4K);
         }
+        let huge = anon_huge_kib().saturating_sub(before);
+        ARENA_KIB.fetch_add(arena.capacity() * 4, Ordering::Relaxed);
+        ARENA_HUGE_KIB.fetch_add(huge.min(arena.capacity() * 4), Ordering::Relaxed);
         arena
     }
 

@@ -188,6 +188,21 @@ fn main() -> ExitCode {
         );
     }
     println!("{}", build_line());
+    let (arena_kib, huge_kib) = arena::huge_page_share();
+    if arena_kib > 0 {
+        println!(
+            "bench: arenas {} MiB, {} MiB of them on 2 MiB pages{}",
+            arena_kib >> 10,
+            huge_kib >> 10,
+            if huge_kib * 10 < arena_kib * 9 {
+                " (WARNING: most on 4 KiB pages, whose TLB misses weigh on every contender \
+                 and vary on a VM; run `cargo xtask bench`, or set \
+                 GLIBC_TUNABLES=glibc.malloc.hugetlb=1)"
+            } else {
+                ""
+            }
+        );
+    }
     let mut missed = report::print(&rec, &unit);
     if opts.raw {
         report::print_raw(&rec);

@@ -150,11 +150,20 @@ fn usage() -> &'static str {
 /// Runs the benchmarks side by side with the anchor crates, every contender built with
 /// the `bench-fair` profile (fat LTO, one codegen unit, `panic = "abort"`); `args`
 /// (`--quick`, `--check`, workload names such as `W1`) go to the benchmark binary.
+/// glibc's `malloc` is told to ask for transparent huge pages on the memory it maps
+/// (`glibc.malloc.hugetlb=1`), so the arenas every contender works in sit on 2 MiB
+/// pages (bench/README.md, "Huge pages"); the benchmark prints how much of them did.
 fn bench(paths: &Paths, args: &[String]) -> Result<(), String> {
+    let tunables = match std::env::var("GLIBC_TUNABLES") {
+        Ok(t) if t.contains("glibc.malloc.hugetlb") => t,
+        Ok(t) if !t.is_empty() => format!("{t}:glibc.malloc.hugetlb=1"),
+        _ => "glibc.malloc.hugetlb=1".to_string(),
+    };
     build::run(
         build::cargo(paths)
             .args(["run", "--profile", "bench-fair", "--package", "bench", "--"])
-            .args(args),
+            .args(args)
+            .env("GLIBC_TUNABLES", tunables),
     )
 }
 
