@@ -357,7 +357,11 @@ mod tests {
             a.dealloc_frame(*h);
         }
         assert_eq!(a.in_use(), 0);
-        assert_eq!(take(&mut a, 10), first, "the same frames, in the same order");
+        assert_eq!(
+            take(&mut a, 10),
+            first,
+            "the same frames, in the same order"
+        );
     }
 
     #[test]
