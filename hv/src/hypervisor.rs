@@ -387,6 +387,9 @@ fn finish<H: VcpuHost, M: GuestMemory>(
     if let Some(line) = vm.snapshots.report() {
         console.write_fmt_line(format_args!("[hv] {}: {line}", vm.name));
     }
+    if let Some(line) = vm.notices.report() {
+        console.write_fmt_line(format_args!("[hv] {}: {line}", vm.name));
+    }
     let Vm {
         vcpu,
         memory,
@@ -560,7 +563,9 @@ fn clone_vm<H: VcpuHost, M: GuestMemory>(
 ) -> Result<Vm<H::Vcpu, M>, Result<HypercallStatus, GuestEnd>> {
     let flush = FlushRequest::new();
     let memory = parent.memory.try_clone(flush.clone()).map_err(|e| {
-        log::warn!("guest {}: clone refused: {}", parent.name, e.detail);
+        if parent.notices.admit(&parent.name) {
+            log::warn!("guest {}: clone refused: {}", parent.name, e.detail);
+        }
         match crate::vm::status_or_end(e) {
             Ok(HypercallStatus::NoMemory) => Ok(HypercallStatus::NoMemory),
             Ok(_) => Ok(HypercallStatus::Unsupported),

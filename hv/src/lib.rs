@@ -24,6 +24,7 @@ pub mod irq;
 pub mod layout;
 pub mod loader;
 pub mod memory;
+pub mod notices;
 pub mod outcome;
 pub mod platform;
 pub mod reset;

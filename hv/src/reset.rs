@@ -123,7 +123,9 @@ pub fn snapshot<H: VcpuHost, M: GuestMemory>(
     };
     if let Err(e) = vm.memory.snapshot() {
         host.destroy(copy);
-        log::warn!("guest {}: snapshot refused: {}", vm.name, e.detail);
+        if vm.notices.admit(&vm.name) {
+            log::warn!("guest {}: snapshot refused: {}", vm.name, e.detail);
+        }
         return refused(&mut vm.vcpu, status_or_end(e));
     }
     let saved = Saved {
@@ -158,7 +160,9 @@ pub fn reset<H: VcpuHost, M: GuestMemory>(
         Ok(pages) => pages,
         Err(e) => {
             host.destroy(fresh);
-            log::warn!("guest {}: reset refused: {}", vm.name, e.detail);
+            if vm.notices.admit(&vm.name) {
+                log::warn!("guest {}: reset refused: {}", vm.name, e.detail);
+            }
             return refused(&mut vm.vcpu, status_or_end(e));
         }
     };

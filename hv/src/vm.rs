@@ -9,6 +9,7 @@ use ept::format::Access;
 use crate::cpu::msr::MsrFile;
 use crate::exit_stats::ExitCounts;
 use crate::memory::{GuestMemory, MemoryError};
+use crate::notices::Notices;
 use crate::outcome::{Expectation, FaultKind, GuestEnd};
 use crate::reset::Snapshots;
 use crate::system::FullSystem;
@@ -62,6 +63,8 @@ pub struct Vm<V: Vcpu, M: GuestMemory> {
     pub flush: FlushRequest,
     /// Its snapshot (a saved vCPU) and reset statistics.
     pub snapshots: Snapshots<V>,
+    /// What the hypervisor logged about it, bounded.
+    pub notices: Notices,
     /// The exception injected at the last exit (for the report of a triple fault that
     /// follows at once).
     injected: Option<String>,
@@ -85,6 +88,7 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
             msrs: MsrFile::default(),
             flush: FlushRequest::new(),
             snapshots: Snapshots::default(),
+            notices: Notices::default(),
             injected: None,
             line: String::new(),
             lines: 0,

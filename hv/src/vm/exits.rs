@@ -314,11 +314,13 @@ impl<V: Vcpu, M: GuestMemory> Vm<V, M> {
             hypercall::UNMAP => self.memory.unmap(a0, a1).map(|()| 0),
             hypercall::BALLOON => match self.memory.balloon(a0, a1) {
                 Ok((freed, now)) => {
-                    log::info!(
-                        "guest {}: balloon gave back {freed} frames of [{a0:#x}, {:#x}): {now} RAM frames now",
-                        self.name,
-                        a0.wrapping_add(a1)
-                    );
+                    if self.notices.admit(&self.name) {
+                        log::info!(
+                            "guest {}: balloon gave back {freed} frames of [{a0:#x}, {:#x}): {now} RAM frames now",
+                            self.name,
+                            a0.wrapping_add(a1)
+                        );
+                    }
                     Ok(freed)
                 }
                 Err(e) => Err(e),
