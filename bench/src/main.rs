@@ -14,6 +14,7 @@
 
 mod anchors;
 mod arena;
+mod canary;
 mod harness;
 mod ours;
 mod report;
@@ -29,6 +30,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use arena::Arena;
+use canary::Canary;
 use harness::Recorder;
 
 struct Options {
@@ -112,6 +114,7 @@ fn main() -> ExitCode {
     }
     let started = Instant::now();
     let mut rec = Recorder::new();
+    let mut canary = Canary::new();
     rec.only = opts.only_contender.clone();
     rec.min_sample_ns = opts.min_sample_ns;
     rec.use_clock(opts.clock);
@@ -127,19 +130,21 @@ fn main() -> ExitCode {
         for (w, leaf) in [("W1", w1::Leaf::Small), ("W2", w1::Leaf::Huge)] {
             if opts.runs(w) {
                 let (arena, order) = (&table_arena, &lookup_order);
-                rounds(&mut rec, opts.rounds, |rec, r| {
+                rounds(&mut rec, &mut canary, opts.rounds, |rec, r| {
                     w1::round(rec, arena, leaf, order, r)
                 });
             }
         }
         if opts.runs("W5") {
             let arena = &table_arena;
-            rounds(&mut rec, opts.rounds, |rec, r| w5::round(rec, arena, r));
+            rounds(&mut rec, &mut canary, opts.rounds, |rec, r| {
+                w5::round(rec, arena, r)
+            });
         }
     }
     if opts.runs("W3") {
         let large = opts.large_searches;
-        rounds(&mut rec, opts.rounds, |rec, r| {
+        rounds(&mut rec, &mut canary, opts.rounds, |rec, r| {
             let inputs = w3::Inputs::new(r, large);
             w3::round(rec, &inputs, r);
         });
@@ -149,21 +154,28 @@ fn main() -> ExitCode {
         let order = rng::permutation(w1::PAGES, 0xfa17);
         for mode in [w4::Mode::Small, w4::Mode::Huge] {
             let (arena, order) = (&arena, &order);
-            rounds(&mut rec, opts.rounds * w4::ROUNDS_FACTOR, |rec, r| {
-                w4::round(rec, arena, mode, order, r)
-            });
+            rounds(
+                &mut rec,
+                &mut canary,
+                opts.rounds * w4::ROUNDS_FACTOR,
+                |rec, r| w4::round(rec, arena, mode, order, r),
+            );
         }
     }
     let mut w6_guests = Vec::new();
     if opts.runs("W6") {
         w6_guests = w6::guests();
         for (guest, ks) in &mut w6_guests {
-            rounds(&mut rec, opts.rounds, |rec, r| guest.round(rec, ks, r));
+            rounds(&mut rec, &mut canary, opts.rounds, |rec, r| {
+                guest.round(rec, ks, r)
+            });
         }
     }
     if opts.runs("W7") {
         let mut setup = w7::Setup::new();
-        rounds(&mut rec, opts.rounds, |rec, r| setup.round(rec, r));
+        rounds(&mut rec, &mut canary, opts.rounds, |rec, r| {
+            setup.round(rec, r)
+        });
     }
     let (clock, overhead) = rec.clock();
     println!(
@@ -188,6 +200,9 @@ fn main() -> ExitCode {
         );
     }
     println!("{}", build_line());
+    if let Some(line) = canary.line() {
+        println!("{line}");
+    }
     let (arena_kib, huge_kib) = arena::huge_page_share();
     if arena_kib > 0 {
         println!(
@@ -223,11 +238,20 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Runs `one` for a dropped warm-up round and `n` recorded rounds.
-fn rounds(rec: &mut Recorder, n: usize, mut one: impl FnMut(&mut Recorder, usize)) {
+/// Runs `one` for a dropped warm-up round and `n` recorded rounds, each recorded round
+/// followed by a sample of the machine reference.
+fn rounds(
+    rec: &mut Recorder,
+    canary: &mut Canary,
+    n: usize,
+    mut one: impl FnMut(&mut Recorder, usize),
+) {
     for round in 0..=n {
         rec.recording = round > 0;
         one(rec, round);
+        if round > 0 {
+            canary.sample();
+        }
     }
 }
 
