@@ -4,6 +4,7 @@
 //! is wide, so are the lines bound by memory bandwidth, whatever the code (on this
 //! shared VM it measured 2 % in a quiet minute and 23 % half an hour later).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::harness::{Clock, Stat};
@@ -13,10 +14,11 @@ const WORDS: usize = (2 << 20) / 8;
 /// One sample's length.
 const SAMPLE: Duration = Duration::from_millis(10);
 
-/// The array and the samples so far (ns per 8-byte word).
+/// The array and the samples so far (ns per 8-byte word), by the workload whose rounds
+/// they followed.
 pub struct Canary {
     words: Vec<u64>,
-    samples: Vec<f64>,
+    samples: BTreeMap<&'static str, Vec<f64>>,
 }
 
 impl Canary {
@@ -24,12 +26,13 @@ impl Canary {
     pub fn new() -> Canary {
         Canary {
             words: (0..WORDS as u64).map(|i| i.wrapping_mul(7)).collect(),
-            samples: Vec::new(),
+            samples: BTreeMap::new(),
         }
     }
 
-    /// One sample on the thread's CPU clock (time descheduled does not count).
-    pub fn sample(&mut self) {
+    /// One sample after a round of `workload` (`W1` ...), on the thread's CPU clock
+    /// (time descheduled does not count).
+    pub fn sample(&mut self, workload: &'static str) {
         let clock = Clock::ThreadCpu.resolve();
         let words = &self.words;
         let ((passes, sum), ns) = clock.measure(|| {
@@ -47,12 +50,23 @@ impl Canary {
         });
         std::hint::black_box(sum);
         self.samples
+            .entry(workload)
+            .or_default()
             .push(ns as f64 / (passes as f64 * WORDS as f64));
     }
 
-    /// The samples' median and spread, if any were taken.
+    /// All samples' median and spread, if any were taken.
     pub fn stat(&self) -> Option<Stat> {
-        (!self.samples.is_empty()).then(|| Stat::of(&self.samples))
+        let all: Vec<f64> = self.samples.values().flatten().copied().collect();
+        (!all.is_empty()).then(|| Stat::of(&all))
+    }
+
+    /// The spread (IQR over median, %) of the samples taken during the rounds of the
+    /// workload of measurement `id` (`W4/fault_4k` -> `W4`).
+    pub fn spread_during(&self, id: &str) -> Option<f64> {
+        let workload = id.split('/').next()?;
+        let s = self.samples.get(workload).filter(|s| !s.is_empty())?;
+        Some(Stat::of(s).spread_pct())
     }
 
     /// The header's line.
@@ -66,7 +80,8 @@ impl Canary {
         };
         Some(format!(
             "bench: machine reference (a 2 MiB array summed for 10 ms after every round, {} \
-             samples): {:.3} ns per word ±{:.0}%; {verdict}",
+             samples): {:.3} ns per word ±{:.0}% (column `mach`: its spread during each \
+             workload); {verdict}",
             s.rounds,
             s.median,
             s.spread_pct()
@@ -82,11 +97,14 @@ mod tests {
     fn samples_are_positive_and_reported() {
         let mut c = Canary::new();
         assert_eq!(c.line(), None);
-        c.sample();
-        c.sample();
+        c.sample("W1");
+        c.sample("W1");
+        c.sample("W4");
         let s = c.stat().unwrap();
-        assert_eq!(s.rounds, 2);
+        assert_eq!(s.rounds, 3);
         assert!(s.median > 0.0 && s.median < 100.0, "{}", s.median);
-        assert!(c.line().unwrap().contains(", 2 samples)"));
+        assert!(c.line().unwrap().contains(", 3 samples)"));
+        assert!(c.spread_during("W1/map").is_some() && c.spread_during("W4/x").is_some());
+        assert_eq!(c.spread_during("W3/find"), None);
     }
 }

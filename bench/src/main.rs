@@ -130,21 +130,21 @@ fn main() -> ExitCode {
         for (w, leaf) in [("W1", w1::Leaf::Small), ("W2", w1::Leaf::Huge)] {
             if opts.runs(w) {
                 let (arena, order) = (&table_arena, &lookup_order);
-                rounds(&mut rec, &mut canary, opts.rounds, |rec, r| {
+                rounds(&mut rec, &mut canary, w, opts.rounds, |rec, r| {
                     w1::round(rec, arena, leaf, order, r)
                 });
             }
         }
         if opts.runs("W5") {
             let arena = &table_arena;
-            rounds(&mut rec, &mut canary, opts.rounds, |rec, r| {
+            rounds(&mut rec, &mut canary, "W5", opts.rounds, |rec, r| {
                 w5::round(rec, arena, r)
             });
         }
     }
     if opts.runs("W3") {
         let large = opts.large_searches;
-        rounds(&mut rec, &mut canary, opts.rounds, |rec, r| {
+        rounds(&mut rec, &mut canary, "W3", opts.rounds, |rec, r| {
             let inputs = w3::Inputs::new(r, large);
             w3::round(rec, &inputs, r);
         });
@@ -157,6 +157,7 @@ fn main() -> ExitCode {
             rounds(
                 &mut rec,
                 &mut canary,
+                "W4",
                 opts.rounds * w4::ROUNDS_FACTOR,
                 |rec, r| w4::round(rec, arena, mode, order, r),
             );
@@ -166,14 +167,14 @@ fn main() -> ExitCode {
     if opts.runs("W6") {
         w6_guests = w6::guests();
         for (guest, ks) in &mut w6_guests {
-            rounds(&mut rec, &mut canary, opts.rounds, |rec, r| {
+            rounds(&mut rec, &mut canary, "W6", opts.rounds, |rec, r| {
                 guest.round(rec, ks, r)
             });
         }
     }
     if opts.runs("W7") {
         let mut setup = w7::Setup::new();
-        rounds(&mut rec, &mut canary, opts.rounds, |rec, r| {
+        rounds(&mut rec, &mut canary, "W7", opts.rounds, |rec, r| {
             setup.round(rec, r)
         });
     }
@@ -218,7 +219,7 @@ fn main() -> ExitCode {
             }
         );
     }
-    let mut missed = report::print(&rec, &unit);
+    let mut missed = report::print(&rec, &unit, &|id| canary.spread_during(id));
     if opts.raw {
         report::print_raw(&rec);
     }
@@ -243,6 +244,7 @@ fn main() -> ExitCode {
 fn rounds(
     rec: &mut Recorder,
     canary: &mut Canary,
+    workload: &'static str,
     n: usize,
     mut one: impl FnMut(&mut Recorder, usize),
 ) {
@@ -250,7 +252,7 @@ fn rounds(
         rec.recording = round > 0;
         one(rec, round);
         if round > 0 {
-            canary.sample();
+            canary.sample(workload);
         }
     }
 }

@@ -144,15 +144,20 @@ fn cell(s: Option<Stat>) -> String {
 }
 
 /// Prints the table, then every `BENCH` line; returns the targets missed, each as
-/// `<id> <goal>`.
-pub fn print(rec: &Recorder, units: &dyn Fn(&str) -> &'static str) -> Vec<String> {
+/// `<id> <goal>`. `machine` gives the spread of the machine reference during a
+/// measurement's workload (column `mach`).
+pub fn print(
+    rec: &Recorder,
+    units: &dyn Fn(&str) -> &'static str,
+    machine: &dyn Fn(&str) -> Option<f64>,
+) -> Vec<String> {
     let rows: Vec<Row> = rec
         .ids()
         .iter()
         .map(|id| Row::from_recorder(rec, id))
         .collect();
     println!(
-        "{:<22} {:>9} {:>16} {:<28} {:<28} {:>16} {:>9} {:>8}  targets",
+        "{:<22} {:>9} {:>16} {:<28} {:<28} {:>16} {:>9} {:>8} {:>5}  targets",
         "workload/phase",
         "unit",
         "ours ns",
@@ -160,7 +165,8 @@ pub fn print(rec: &Recorder, units: &dyn Fn(&str) -> &'static str) -> Vec<String
         "",
         "floor ns",
         "anc/ours",
-        "ours/flr"
+        "ours/flr",
+        "mach"
     );
     let mut missed = Vec::new();
     for row in &rows {
@@ -186,7 +192,7 @@ pub fn print(rec: &Recorder, units: &dyn Fn(&str) -> &'static str) -> Vec<String
             })
             .collect();
         println!(
-            "{:<22} {:>9} {:>16} {:<28} {:<28} {:>16} {:>9} {:>8}  {}",
+            "{:<22} {:>9} {:>16} {:<28} {:<28} {:>16} {:>9} {:>8} {:>5}  {}",
             row.id,
             units(&row.id),
             cell(row.ours),
@@ -195,6 +201,7 @@ pub fn print(rec: &Recorder, units: &dyn Fn(&str) -> &'static str) -> Vec<String
             cell(row.floor),
             ratio(row.vs_anchor()),
             ratio(row.vs_floor()),
+            machine(&row.id).map_or("-".to_string(), |m| format!("±{m:.0}%")),
             goals.join("; ")
         );
     }
