@@ -135,13 +135,22 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
         let cuts = self.cuts(range, |_| true);
         self.reserve_splits(&cuts)?;
         self.last_area.set(None);
-        let r = self
-            .set
-            .unmap(range.start(), range.size(), &mut self.st)
-            .map_err(|e| set_err(e, range.start(), range.size()));
+        let r = self.set.unmap(range.start(), range.size(), &mut self.st);
+        self.settle_area_change(range, r)
+    }
+
+    /// After the area set changed `range` with `result` (its splits prepared by
+    /// `reserve_splits`): gives back the reserve the splits did not use and syncs the
+    /// bookkeeping whatever the result, then on success records the change for the
+    /// dirty log.
+    fn settle_area_change(
+        &mut self,
+        range: AddrRange<GuestPhysAddr>,
+        result: Result<(), MemorySetError<SpaceError>>,
+    ) -> Result<(), SpaceError> {
         self.st.drain_reserve();
         self.sync_metadata();
-        r?;
+        result.map_err(|e| set_err(e, range.start(), range.size()))?;
         self.note_area_change(range);
         Ok(())
     }
@@ -181,23 +190,16 @@ impl<F: Stage2Format, M: PhysMapper, A: FrameAlloc + Clone, I: Invalidate> Inner
         self.metadata_room(cuts.len())?;
         self.reserve_splits(&cuts)?;
         self.last_area.set(None);
-        let r = self
-            .set
-            .protect(
-                range.start(),
-                range.size(),
-                |f| {
-                    let new = update(f);
-                    (new != f).then_some(new)
-                },
-                &mut self.st,
-            )
-            .map_err(|e| set_err(e, range.start(), range.size()));
-        self.st.drain_reserve();
-        self.sync_metadata();
-        r?;
-        self.note_area_change(range);
-        Ok(())
+        let r = self.set.protect(
+            range.start(),
+            range.size(),
+            |f| {
+                let new = update(f);
+                (new != f).then_some(new)
+            },
+            &mut self.st,
+        );
+        self.settle_area_change(range, r)
     }
 
     /// Unmaps every area no region owns. Whole areas never need a split.
