@@ -55,7 +55,8 @@ pub struct Row {
     /// The floor's statistics.
     pub floor: Option<Stat>,
     /// Best anchor over ours and ours over the floor, each the median over the rounds of
-    /// that round's ratio (see [`paired`]).
+    /// that round's ratio ([`paired`]), or the ratio of the medians when the rounds do
+    /// not pair up.
     ratios: (Option<f64>, Option<f64>),
 }
 
@@ -76,16 +77,19 @@ impl Row {
     pub fn from_recorder(rec: &Recorder, id: &str) -> Row {
         let mut anchors = rec.anchors(id);
         anchors.sort_by(|a, b| a.1.median.total_cmp(&b.1.median));
-        let ours = rec.samples(id, Who::Ours);
-        let vs_anchor = anchors
-            .first()
-            .and_then(|(name, _)| paired(rec.samples(id, Who::Anchor(name)), ours));
-        let vs_floor = paired(ours, rec.samples(id, Who::Floor));
+        let samples = |who| rec.samples(id, who);
+        let (ours, floor) = (rec.stat(id, Who::Ours), rec.stat(id, Who::Floor));
+        let vs_anchor = anchors.first().and_then(|&(name, best)| {
+            paired(samples(Who::Anchor(name)), samples(Who::Ours))
+                .or_else(|| Some(best.median / ours?.median))
+        });
+        let vs_floor = paired(samples(Who::Ours), samples(Who::Floor))
+            .or_else(|| Some(ours?.median / floor?.median));
         Row {
             id: id.to_string(),
-            ours: rec.stat(id, Who::Ours),
+            ours,
             anchors,
-            floor: rec.stat(id, Who::Floor),
+            floor,
             ratios: (vs_anchor, vs_floor),
         }
     }
@@ -98,16 +102,12 @@ impl Row {
     /// Best anchor's time over ours (above 1: we are faster): the median of the rounds'
     /// ratios ([`paired`]), or the ratio of the medians when the rounds do not pair up.
     pub fn vs_anchor(&self) -> Option<f64> {
-        self.ratios
-            .0
-            .or_else(|| Some(self.best_anchor()?.1.median / self.ours?.median))
+        self.ratios.0
     }
 
     /// Our time over the floor's (1 is the best possible), like [`Row::vs_anchor`].
     pub fn vs_floor(&self) -> Option<f64> {
-        self.ratios
-            .1
-            .or_else(|| Some(self.ours?.median / self.floor?.median))
+        self.ratios.1
     }
 
     /// The `BENCH ...` line.
