@@ -121,12 +121,12 @@ fn main() -> ExitCode {
     // Each workload runs its rounds back to back (contenders interleaved inside every
     // round), so the slow drift of this machine's memory bandwidth over a run (10-20 %
     // over a minute, measured) widens no line's spread; its memory lives only as long.
-    let lookup_order: Vec<u32> = rng::permutation(w1::PAGES, 0x100c)
-        .into_iter()
-        .map(|i| i as u32)
-        .collect();
     if opts.runs("W1") || opts.runs("W2") || opts.runs("W5") {
         let table_arena = Arena::new(4);
+        let lookup_order: Vec<u32> = rng::permutation(w1::PAGES, 0x100c)
+            .into_iter()
+            .map(|i| i as u32)
+            .collect();
         for (w, leaf) in [("W1", w1::Leaf::Small), ("W2", w1::Leaf::Huge)] {
             if opts.runs(w) {
                 let (arena, order) = (&table_arena, &lookup_order);
