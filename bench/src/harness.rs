@@ -243,14 +243,7 @@ impl Recorder {
             self.pending = Some(Pending::new());
             let cpu0 = cpu::thread_ns().unwrap_or(0);
             let wall0 = Instant::now();
-            let mut passes = 0;
-            let out = loop {
-                let out = pass(self);
-                passes += 1;
-                if passes >= MAX_PASSES || self.pending_reached(self.min_sample_ns) {
-                    break out;
-                }
-            };
+            let out = self.run_passes(self.min_sample_ns, &mut pass);
             let wall = wall0.elapsed().as_nanos() as u64;
             let cpu = cpu::thread_ns().unwrap_or(0).saturating_sub(cpu0);
             if !checked || !disturbed(wall, cpu) {
@@ -284,19 +277,22 @@ impl Recorder {
     /// passes it holds rather than by the code measured.
     fn warm_up<T>(&mut self, ns: u64, pass: &mut impl FnMut(&mut Recorder) -> T) {
         self.pending = Some(Pending::new());
-        for _ in 0..MAX_PASSES {
-            pass(self);
-            if self.pending_reached(ns) {
-                break;
-            }
-        }
+        self.run_passes(ns, pass);
         self.pending = None;
     }
 
-    /// Whether every phase timed since the pending sample began has taken `ns`.
-    fn pending_reached(&self, ns: u64) -> bool {
-        let pending = self.pending.as_ref().expect("inside repeat");
-        pending.values().all(|&(t, _)| t >= ns)
+    /// Runs passes (at least one, at most [`MAX_PASSES`]) into the pending sample until
+    /// every phase timed in it has taken `ns`; returns the last pass's result.
+    fn run_passes<T>(&mut self, ns: u64, pass: &mut impl FnMut(&mut Recorder) -> T) -> T {
+        let mut passes = 0;
+        loop {
+            let out = pass(self);
+            passes += 1;
+            let pending = self.pending.as_ref().expect("inside repeat");
+            if passes >= MAX_PASSES || pending.values().all(|&(t, _)| t >= ns) {
+                return out;
+            }
+        }
     }
 
     /// Takes samples with `clock` (resolved, with its overhead calibrated).
