@@ -23,6 +23,9 @@ pub enum Problem {
     SharedTable,
     /// The counters disagree with the tree.
     CountMismatch,
+    /// The table's cached level-3 table of GPAs below 512 GiB is not the one the
+    /// root's entry 0 points at.
+    StaleLowTable,
 }
 
 /// One problem and where it is.
@@ -70,6 +73,19 @@ pub fn validate<F: Stage2Format, M: PhysMapper>(
     let mut seen = BTreeSet::new();
     seen.insert(table.root().as_usize());
     check_table(table, table.root(), 4, 0, &mut seen, &mut stats)?;
+    let root0 = table.tbl(table.root()).load(0);
+    let low = match F::decode(root0, 4) {
+        EntryKind::Table(t) => Some(t),
+        _ => None,
+    };
+    if table.low_table() != Some(low) {
+        return Err(ValidationError {
+            gpa: GuestPhysAddr::new(0),
+            level: 4,
+            entry: root0,
+            problem: Problem::StaleLowTable,
+        });
+    }
     let (tables, leaves) = table.counters();
     if tables != stats.tables || leaves != stats.leaves {
         return Err(ValidationError {

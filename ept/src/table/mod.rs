@@ -33,7 +33,7 @@ use crate::frame::{FrameAlloc, PhysMapper};
 use crate::size::{LeafSize, LeafTable, MapSize};
 use crate::validate::ValidationError;
 
-use raw::{Tbl, take_frame};
+use raw::{HeldTbl, Tbl, take_frame};
 
 pub use cursor::TranslateCursor;
 pub use error::TableError;
@@ -83,6 +83,16 @@ pub struct Stage2Table<F: Stage2Format, M: PhysMapper> {
     tables: usize,
     leaves: [usize; 3],
     generation: u64,
+    /// The table under the root's entry 0 (the level-3 table of GPAs below 512 GiB),
+    /// kept equal to that entry by every operation that links or frees a level-3
+    /// table ([`Stage2Table::note_linked`], [`Stage2Table::note_freed`]; checked by
+    /// [`crate::validate`]), so [`Stage2Table::translate`] of a GPA below
+    /// `low_limit` starts one level down.
+    low: Option<HostPhysAddr>,
+    /// The view of `low`, or of a table with no present entry when `low` is `None`.
+    low_view: HeldTbl,
+    /// `min(2^39, 2^gpa_bits())`: the GPAs `low` covers.
+    low_limit: usize,
     _format: PhantomData<F>,
 }
 
@@ -112,6 +122,9 @@ pub(crate) const fn lsize(level: u8) -> usize {
 /// The GPA width a 4-level walk can reach.
 const WALK_BITS: u8 = 48;
 
+/// The GPA width one root entry covers (512 GiB).
+const LOW_BITS: u8 = 39;
+
 impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
     /// An empty table: allocates and zeroes the root.
     pub fn new(
@@ -128,8 +141,46 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
             tables: 1,
             leaves: [0; 3],
             generation: 0,
+            low: None,
+            low_view: HeldTbl::empty(),
+            low_limit: 1usize << caps.max_phys_bits.min(WALK_BITS).min(LOW_BITS),
             _format: PhantomData,
         })
+    }
+
+    /// Records that `child` was just linked into entry `i` of `parent` (at
+    /// `parent_level`).
+    #[inline]
+    pub(crate) fn note_linked(
+        &mut self,
+        parent: HostPhysAddr,
+        parent_level: u8,
+        i: usize,
+        child: HostPhysAddr,
+    ) {
+        self.tables += 1;
+        if parent_level == 4 && i == 0 && parent == self.root {
+            self.low = Some(child);
+            self.low_view = HeldTbl::of(self.tbl(child));
+        }
+    }
+
+    /// Records that the table `child` was unlinked (it is freed with the flush).
+    #[inline]
+    pub(crate) fn note_freed(&mut self, child: HostPhysAddr) {
+        self.tables -= 1;
+        if self.low == Some(child) {
+            self.low = None;
+            self.low_view = HeldTbl::empty();
+        }
+    }
+
+    /// The cached table under the root's entry 0 (see the field), for the validator:
+    /// `None` when its view is not the view of that table.
+    pub(crate) fn low_table(&self) -> Option<Option<HostPhysAddr>> {
+        self.low_view
+            .shows(self.low.map(|f| self.tbl(f)))
+            .then_some(self.low)
     }
 
     /// The root table's frame.
@@ -274,7 +325,7 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
                 let t = take_frame(alloc, &self.mapper, S::LEVEL)?;
                 self.tbl(t).zero();
                 pt.store_release(i, F::table_entry(t));
-                self.tables += 1;
+                self.note_linked(parent, parent_level, i, t);
                 t
             }
             EntryKind::Leaf(h) => self.split_leaf(alloc, pt, i, parent_level, e, h)?,
@@ -371,15 +422,22 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
     #[inline(always)]
     pub fn translate(&self, gpa: GuestPhysAddr) -> Option<Translation> {
         let g = gpa.as_usize();
-        if g >> self.gpa_bits() != 0 {
-            return None;
-        }
-        // Level 4 (PML4) entries are never leaves.
-        let e4 = self.tbl(self.root).load(index(g, 4));
-        if !F::is_present(e4) {
-            return None;
-        }
-        let e3 = self.next_entry(e4, g, 3);
+        let e3 = if g < self.low_limit {
+            // Below 512 GiB (every guest of a few GiB): the level-3 table is cached,
+            // which takes the root's load off the walk's chain of dependent loads.
+            // An absent entry 0 shows as a table of absent entries.
+            self.low_view.load(index(g, 3))
+        } else {
+            if g >> self.gpa_bits() != 0 {
+                return None;
+            }
+            // Level 4 (PML4) entries are never leaves.
+            let e4 = self.tbl(self.root).load(index(g, 4));
+            if !F::is_present(e4) {
+                return None;
+            }
+            self.next_entry(e4, g, 3)
+        };
         if !F::is_present(e3) {
             return None;
         }

@@ -134,3 +134,56 @@ pub(crate) fn take_frame(
     }
     Ok(f)
 }
+
+/// A read-only view of a table frame that a [`Stage2Table`](super::Stage2Table)
+/// keeps between operations, or of a static table with no present entry.
+///
+/// Invariant: the pointer is either [`EMPTY_TABLE`] or `phys_to_virt` of a table
+/// frame that the holding table owns and keeps linked while it holds the view (the
+/// [`PhysMapper`] contract keeps such a pointer valid as long as the mapper exists,
+/// and the table owns its mapper). Only loads go through it.
+#[derive(Clone, Copy)]
+pub(crate) struct HeldTbl(core::ptr::NonNull<AtomicU64>);
+
+// SAFETY: a `HeldTbl` only reads atomics, from memory that stays valid while its
+// holder lives (type invariant), so sharing or sending it with its holder is as safe
+// as the holder's own `Tbl` views made from its mapper.
+unsafe impl Send for HeldTbl {}
+// SAFETY: as above: every access is an atomic load.
+unsafe impl Sync for HeldTbl {}
+
+/// A table with no present entry: what a [`HeldTbl`] shows when there is no table.
+static EMPTY_TABLE: [AtomicU64; ENTRIES] = [const { AtomicU64::new(0) }; ENTRIES];
+
+impl HeldTbl {
+    /// The view of [`EMPTY_TABLE`].
+    pub(crate) fn empty() -> Self {
+        HeldTbl(core::ptr::NonNull::from(&EMPTY_TABLE[0]))
+    }
+
+    /// The held view of `t` (the caller keeps the type invariant).
+    pub(crate) fn of(t: Tbl) -> Self {
+        match core::ptr::NonNull::new(t.0) {
+            Some(p) => HeldTbl(p),
+            None => Self::empty(),
+        }
+    }
+
+    /// Whether this is the view of `t` (`None`: of [`EMPTY_TABLE`]).
+    pub(crate) fn shows(&self, t: Option<Tbl>) -> bool {
+        match t {
+            Some(t) => core::ptr::eq(self.0.as_ptr(), t.0),
+            None => core::ptr::eq(self.0.as_ptr(), &EMPTY_TABLE[0]),
+        }
+    }
+
+    /// Reads entry `i`.
+    #[inline(always)]
+    pub(crate) fn load(&self, i: usize) -> u64 {
+        // SAFETY: by the type invariant the pointer is the start of 512 live
+        // `AtomicU64`s (a table frame or `EMPTY_TABLE`); the index is masked to 0..512.
+        let p = unsafe { self.0.as_ptr().add(i & (ENTRIES - 1)) };
+        // SAFETY: as above: `p` points at a live, aligned entry.
+        unsafe { &*p }.load(Ordering::Relaxed)
+    }
+}

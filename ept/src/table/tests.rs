@@ -730,6 +730,60 @@ fn leaf_slots<F: Stage2Format>(caps: Stage2Caps) {
     t.validate().unwrap();
 }
 
+/// `translate` starts below 512 GiB at a cached level-3 table: it must follow every
+/// change of the root's entry 0 (linked by `map_page`, by a 1 GiB `map_range` run,
+/// freed by `unmap_range`), and agree with a full walk above 512 GiB and at the
+/// width limit.
+fn translate_low_window<F: Stage2Format>(caps: Stage2Caps) {
+    const LOW: usize = 1 << 39;
+    let (mut a, mut t) = setup::<F>(caps);
+    let agree = |t: &Stage2Table<F, HeapArena>, gpa: usize| {
+        let fast = t.translate(g(gpa));
+        assert_eq!(fast, crate::validate::walk(t, g(gpa)).ok(), "{gpa:#x}");
+        fast.map(|tr| tr.hpa.as_usize())
+    };
+    assert_eq!(agree(&t, 0), None);
+    t.map_page::<Size4K>(&mut a, g(LOW - K4), h(T), RAM)
+        .mapped();
+    t.map_page::<Size4K>(&mut a, g(LOW), h(T + K4), RAM)
+        .mapped();
+    t.validate().unwrap();
+    assert_eq!(agree(&t, LOW - K4 + 8), Some(T + 8));
+    assert_eq!(agree(&t, LOW + 8), Some(T + K4 + 8));
+    assert_eq!(agree(&t, 0), None);
+    // The last low page unmapped: the level-3 table under entry 0 is freed.
+    let frames = t.table_frames();
+    done(t.unmap_range(&mut a, g(LOW - K4), K4).unwrap(), &mut a);
+    assert_eq!(t.table_frames(), frames - 3);
+    t.validate().unwrap();
+    assert_eq!(agree(&t, LOW - K4), None);
+    assert_eq!(agree(&t, LOW), Some(T + K4));
+    // A 1 GiB run links a new level-3 table filled with its leaves.
+    t.map_range(&mut a, g(G1), h(T), G1, RAM, LeafSize::Size1G)
+        .mapped();
+    t.validate().unwrap();
+    assert_eq!(agree(&t, G1 + 0x1234), Some(T + 0x1234));
+    done(t.unmap_range(&mut a, g(G1), G1).unwrap(), &mut a);
+    t.validate().unwrap();
+    assert_eq!(agree(&t, G1), None);
+    // Past the address width: refused by both walks.
+    assert_eq!(agree(&t, 1 << t.gpa_bits()), None);
+    // A narrower width than one root entry covers.
+    let narrow = Stage2Caps {
+        max_phys_bits: 36,
+        ..caps
+    };
+    let (mut a, mut t) = setup::<F>(narrow);
+    t.map_page::<Size4K>(&mut a, g((1 << 36) - K4), h(T), RAM)
+        .mapped();
+    assert_eq!(agree(&t, (1 << 36) - 8), Some(T + K4 - 8));
+    assert_eq!(t.translate(g(1 << 36)), None);
+    assert_eq!(t.translate(g((1 << 36) + (1 << 39) - K4)), None);
+    // The validator notices a root entry 0 the cache does not follow.
+    poke(&t, 0, 4, |_| 0);
+    assert_eq!(t.validate().unwrap_err().problem, Problem::StaleLowTable);
+}
+
 macro_rules! both_formats {
     ($($name:ident),* $(,)?) => {
         mod ept_tests {
@@ -757,6 +811,7 @@ both_formats!(
     ensure_chain_splits,
     destroy_returns_everything,
     leaf_slots,
+    translate_low_window,
 );
 
 #[test]

@@ -408,7 +408,7 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
     /// the flush completes.
     fn free_child(&mut self, t: Tbl, i: usize, c: HostPhysAddr, flush: &mut Flush) {
         t.store(i, 0);
-        self.tables -= 1;
+        self.note_freed(c);
         self.generation += 1;
         flush.add_freed_table(c);
     }
