@@ -23,9 +23,10 @@ pub enum Problem {
     SharedTable,
     /// The counters disagree with the tree.
     CountMismatch,
-    /// The table's cached level-3 table of GPAs below 512 GiB is not the one the
-    /// root's entry 0 points at.
-    StaleLowTable,
+    /// A view the table keeps for `translate` (the level-3 table under the root's
+    /// entry 0, the page directories under its first entries) is not the table the
+    /// tree holds there.
+    StaleShortcut,
 }
 
 /// One problem and where it is.
@@ -73,17 +74,12 @@ pub fn validate<F: Stage2Format, M: PhysMapper>(
     let mut seen = BTreeSet::new();
     seen.insert(table.root().as_usize());
     check_table(table, table.root(), 4, 0, &mut seen, &mut stats)?;
-    let root0 = table.tbl(table.root()).load(0);
-    let low = match F::decode(root0, 4) {
-        EntryKind::Table(t) => Some(t),
-        _ => None,
-    };
-    if table.low_table() != Some(low) {
+    if !table.shortcuts_agree() {
         return Err(ValidationError {
             gpa: GuestPhysAddr::new(0),
             level: 4,
-            entry: root0,
-            problem: Problem::StaleLowTable,
+            entry: table.tbl(table.root()).load(0),
+            problem: Problem::StaleShortcut,
         });
     }
     let (tables, leaves) = table.counters();

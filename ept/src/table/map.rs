@@ -366,7 +366,7 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
                 let f = take_frame(reserve, &self.mapper, S::LEVEL)?;
                 self.tbl(f).fill_fresh(i0, n, first, S::SIZE as u64);
                 pt.store_release(pi, F::table_entry(f));
-                self.note_linked(parent, parent_level, pi, f);
+                self.note_linked(pt, parent_level, pi, f);
             }
             EntryKind::Table(f) => {
                 let t = self.tbl(f);

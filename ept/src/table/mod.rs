@@ -17,6 +17,7 @@ mod hw;
 mod map;
 mod raw;
 mod reserve;
+mod shortcut;
 #[cfg(test)]
 mod tests;
 mod unmap;
@@ -33,7 +34,8 @@ use crate::frame::{FrameAlloc, PhysMapper};
 use crate::size::{LeafSize, LeafTable, MapSize};
 use crate::validate::ValidationError;
 
-use raw::{HeldTbl, Tbl, take_frame};
+use raw::{Tbl, take_frame};
+use shortcut::Shortcuts;
 
 pub use cursor::TranslateCursor;
 pub use error::TableError;
@@ -83,16 +85,9 @@ pub struct Stage2Table<F: Stage2Format, M: PhysMapper> {
     tables: usize,
     leaves: [usize; 3],
     generation: u64,
-    /// The table under the root's entry 0 (the level-3 table of GPAs below 512 GiB),
-    /// kept equal to that entry by every operation that links or frees a level-3
-    /// table ([`Stage2Table::note_linked`], [`Stage2Table::note_freed`]; checked by
-    /// [`crate::validate`]), so [`Stage2Table::translate`] of a GPA below
-    /// `low_limit` starts one level down.
-    low: Option<HostPhysAddr>,
-    /// The view of `low`, or of a table with no present entry when `low` is `None`.
-    low_view: HeldTbl,
-    /// `min(2^39, 2^gpa_bits())`: the GPAs `low` covers.
-    low_limit: usize,
+    /// Views of the upper tables for `translate` (kept in step by
+    /// [`Stage2Table::note_linked`] and [`Stage2Table::note_freed`]).
+    shortcuts: Shortcuts,
     _format: PhantomData<F>,
 }
 
@@ -122,9 +117,6 @@ pub(crate) const fn lsize(level: u8) -> usize {
 /// The GPA width a 4-level walk can reach.
 const WALK_BITS: u8 = 48;
 
-/// The GPA width one root entry covers (512 GiB).
-const LOW_BITS: u8 = 39;
-
 impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
     /// An empty table: allocates and zeroes the root.
     pub fn new(
@@ -141,46 +133,51 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
             tables: 1,
             leaves: [0; 3],
             generation: 0,
-            low: None,
-            low_view: HeldTbl::empty(),
-            low_limit: 1usize << caps.max_phys_bits.min(WALK_BITS).min(LOW_BITS),
+            shortcuts: Shortcuts::new(caps.max_phys_bits.min(WALK_BITS)),
             _format: PhantomData,
         })
     }
 
-    /// Records that `child` was just linked into entry `i` of `parent` (at
-    /// `parent_level`).
+    /// Records that the table `child` was just linked into entry `i` of `parent`
+    /// (at `parent_level`).
     #[inline]
     pub(crate) fn note_linked(
         &mut self,
-        parent: HostPhysAddr,
+        parent: Tbl,
         parent_level: u8,
         i: usize,
         child: HostPhysAddr,
     ) {
         self.tables += 1;
-        if parent_level == 4 && i == 0 && parent == self.root {
-            self.low = Some(child);
-            self.low_view = HeldTbl::of(self.tbl(child));
-        }
+        let root = self.tbl(self.root);
+        let view = self.tbl(child);
+        self.shortcuts
+            .linked(root, parent, parent_level, i, (child, view));
     }
 
-    /// Records that the table `child` was unlinked (it is freed with the flush).
+    /// Records that the table under entry `i` of `parent` (at `parent_level`) was
+    /// unlinked; it is freed with the flush.
     #[inline]
-    pub(crate) fn note_freed(&mut self, child: HostPhysAddr) {
+    pub(crate) fn note_freed(&mut self, parent: Tbl, parent_level: u8, i: usize) {
         self.tables -= 1;
-        if self.low == Some(child) {
-            self.low = None;
-            self.low_view = HeldTbl::empty();
-        }
+        let root = self.tbl(self.root);
+        self.shortcuts.freed(root, parent, parent_level, i);
     }
 
-    /// The cached table under the root's entry 0 (see the field), for the validator:
-    /// `None` when its view is not the view of that table.
-    pub(crate) fn low_table(&self) -> Option<Option<HostPhysAddr>> {
-        self.low_view
-            .shows(self.low.map(|f| self.tbl(f)))
-            .then_some(self.low)
+    /// Whether the shortcuts of `translate` show the tables of the tree (for the
+    /// validator).
+    pub(crate) fn shortcuts_agree(&self) -> bool {
+        let table_at = |t: Tbl, i: usize, level: u8| match F::decode(t.load(i), level) {
+            EntryKind::Table(c) => Some(c),
+            _ => None,
+        };
+        let low = table_at(self.tbl(self.root), 0, 4);
+        let low_view = low.map(|l| self.tbl(l));
+        self.shortcuts.agrees(low.map(|l| (l, self.tbl(l))), |k| {
+            low_view
+                .and_then(|v| table_at(v, k, 3))
+                .map(|c| self.tbl(c))
+        })
     }
 
     /// The root table's frame.
@@ -325,7 +322,7 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
                 let t = take_frame(alloc, &self.mapper, S::LEVEL)?;
                 self.tbl(t).zero();
                 pt.store_release(i, F::table_entry(t));
-                self.note_linked(parent, parent_level, i, t);
+                self.note_linked(pt, parent_level, i, t);
                 t
             }
             EntryKind::Leaf(h) => self.split_leaf(alloc, pt, i, parent_level, e, h)?,
@@ -361,7 +358,7 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
             ct.store(k, bits | (base + k as u64 * step));
         }
         pt.store_release(i, F::table_entry(t));
-        self.tables += 1;
+        self.note_linked(pt, level, i, t);
         self.leaves[level as usize - 1] -= 1;
         self.leaves[child_level as usize - 1] += ENTRIES;
         Ok(t)
@@ -422,11 +419,26 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
     #[inline(always)]
     pub fn translate(&self, gpa: GuestPhysAddr) -> Option<Translation> {
         let g = gpa.as_usize();
-        let e3 = if g < self.low_limit {
-            // Below 512 GiB (every guest of a few GiB): the level-3 table is cached,
-            // which takes the root's load off the walk's chain of dependent loads.
+        if g >= self.shortcuts.pd_limit {
+            return self.translate_from_top(g);
+        }
+        // Below `PD_SLOTS` GiB (every guest of a few GiB), the page directory is kept:
+        // two dependent loads less. No directory (none yet, or a 1 GiB leaf) shows as
+        // a table of absent entries, and the full walk decides.
+        let e2 = self.shortcuts.pd_view(g).load(index(g, 2));
+        if !F::is_present(e2) {
+            return self.translate_from_top(g);
+        }
+        self.translate_from_2(e2, g)
+    }
+
+    /// [`Stage2Table::translate`] from the root (from the kept level-3 table below
+    /// 512 GiB).
+    #[inline]
+    fn translate_from_top(&self, g: usize) -> Option<Translation> {
+        let e3 = if g < self.shortcuts.low_limit {
             // An absent entry 0 shows as a table of absent entries.
-            self.low_view.load(index(g, 3))
+            self.shortcuts.low_view().load(index(g, 3))
         } else {
             if g >> self.gpa_bits() != 0 {
                 return None;
@@ -448,6 +460,12 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
         if !F::is_present(e2) {
             return None;
         }
+        self.translate_from_2(e2, g)
+    }
+
+    /// The rest of the walk from the present level-2 entry `e2`.
+    #[inline(always)]
+    fn translate_from_2(&self, e2: u64, g: usize) -> Option<Translation> {
         if e2 & F::HUGE_BIT != 0 {
             return Self::leaf_translation(e2, 2, g);
         }

@@ -37,6 +37,12 @@ impl Tbl {
         unsafe { &*p }
     }
 
+    /// Whether `self` and `other` view the same frame.
+    #[inline]
+    pub(crate) fn same(&self, other: Tbl) -> bool {
+        core::ptr::eq(self.0, other.0)
+    }
+
     /// Reads entry `i`.
     #[inline]
     pub(crate) fn load(&self, i: usize) -> u64 {

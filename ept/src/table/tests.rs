@@ -766,6 +766,37 @@ fn translate_low_window<F: Stage2Format>(caps: Stage2Caps) {
     done(t.unmap_range(&mut a, g(G1), G1).unwrap(), &mut a);
     t.validate().unwrap();
     assert_eq!(agree(&t, G1), None);
+    // The page directories of the first GiBs: a 1 GiB leaf in a slot (the fast path
+    // finds nothing and the full walk answers), split by a protect, collapsed back.
+    if caps.leaf_1g {
+        t.map_page::<Size1G>(&mut a, g(2 * G1), h(T), RAM).mapped();
+        assert_eq!(agree(&t, 2 * G1 + 0x1234), Some(T + 0x1234));
+        let ro = LeafAttr::ram(Access::READ);
+        done(t.protect_range(&mut a, g(2 * G1), K4, ro).unwrap(), &mut a);
+        t.validate().unwrap();
+        assert_eq!(t.translate(g(2 * G1)).unwrap().attr, ro);
+        assert_eq!(agree(&t, 2 * G1 + M2 + 8), Some(T + M2 + 8));
+        done(t.protect_range(&mut a, g(2 * G1), K4, RAM).unwrap(), &mut a);
+        done(t.collapse(g(2 * G1)).unwrap(), &mut a);
+        t.validate().unwrap();
+        assert_eq!(t.translate(g(2 * G1)).unwrap().size, LeafSize::Size1G);
+        assert_eq!(agree(&t, 2 * G1 + M2 + 8), Some(T + M2 + 8));
+        done(t.unmap_range(&mut a, g(2 * G1), G1).unwrap(), &mut a);
+    }
+    // A 2 MiB run links a directory filled with its leaves; past the kept slots
+    // (64 GiB) the walk starts at the level-3 table.
+    for base in [3 * G1, 100 * G1] {
+        t.map_range(&mut a, g(base), h(T), 2 * M2, RAM, LeafSize::Size2M)
+            .mapped();
+        t.validate().unwrap();
+        assert_eq!(agree(&t, base + M2 + 8), Some(T + M2 + 8));
+        done(t.unmap_range(&mut a, g(base), M2).unwrap(), &mut a);
+        assert_eq!(agree(&t, base + 8), None);
+        assert_eq!(agree(&t, base + M2), Some(T + M2));
+        done(t.unmap_range(&mut a, g(base + M2), M2).unwrap(), &mut a);
+        t.validate().unwrap();
+        assert_eq!(agree(&t, base + M2), None);
+    }
     // Past the address width: refused by both walks.
     assert_eq!(agree(&t, 1 << t.gpa_bits()), None);
     // A narrower width than one root entry covers.
@@ -779,9 +810,25 @@ fn translate_low_window<F: Stage2Format>(caps: Stage2Caps) {
     assert_eq!(agree(&t, (1 << 36) - 8), Some(T + K4 - 8));
     assert_eq!(t.translate(g(1 << 36)), None);
     assert_eq!(t.translate(g((1 << 36) + (1 << 39) - K4)), None);
-    // The validator notices a root entry 0 the cache does not follow.
+    // The validator notices a directory, then a root entry 0, the views do not follow.
+    t.map_page::<Size4K>(&mut a, g(0), h(T), RAM).mapped();
+    t.validate().unwrap();
+    // Swapping two directories keeps the tree valid but not the views.
+    let (lo, hi) = (0, (1 << 36) - K4);
+    let mut e_lo = 0;
+    poke(&t, lo, 3, |e| {
+        e_lo = e;
+        e
+    });
+    let mut e_hi = 0;
+    poke(&t, hi, 3, |e| {
+        e_hi = e;
+        e_lo
+    });
+    poke(&t, lo, 3, |_| e_hi);
+    assert_eq!(t.validate().unwrap_err().problem, Problem::StaleShortcut);
     poke(&t, 0, 4, |_| 0);
-    assert_eq!(t.validate().unwrap_err().problem, Problem::StaleLowTable);
+    assert_eq!(t.validate().unwrap_err().problem, Problem::StaleShortcut);
 }
 
 macro_rules! both_formats {

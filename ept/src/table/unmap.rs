@@ -285,7 +285,7 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
                     let ct = self.tbl(c);
                     self.walk_range(reserve, ct, level - 1, s, en, op, flush, changed)?;
                     if matches!(op, Op::Unmap) && ct.is_empty() {
-                        self.free_child(t, i, c, flush);
+                        self.free_child(t, level, i, c, flush);
                     }
                 }
                 EntryKind::Table(c) if full && level == 2 && matches!(op, Op::Unmap) => {
@@ -295,14 +295,14 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
                     if self.drain_leaf_table(ct, base, flush) > 0 {
                         *changed = true;
                     }
-                    self.free_child(t, i, c, flush);
+                    self.free_child(t, level, i, c, flush);
                 }
                 EntryKind::Table(c) => {
                     let ct = self.tbl(c);
                     self.walk_range(reserve, ct, level - 1, s, en, op, flush, changed)?;
                     if matches!(op, Op::Unmap) && (full || ct.is_empty()) {
                         debug_assert!(ct.is_empty());
-                        self.free_child(t, i, c, flush);
+                        self.free_child(t, level, i, c, flush);
                     }
                 }
             }
@@ -404,11 +404,11 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
         }
     }
 
-    /// Unlinks the (empty) child table `c` from entry `i` of `t`; it is freed when
+    /// Unlinks the (empty) child table `c` from entry `i` of `t` (at `level`); it is freed when
     /// the flush completes.
-    fn free_child(&mut self, t: Tbl, i: usize, c: HostPhysAddr, flush: &mut Flush) {
+    fn free_child(&mut self, t: Tbl, level: u8, i: usize, c: HostPhysAddr, flush: &mut Flush) {
         t.store(i, 0);
-        self.note_freed(c);
+        self.note_freed(t, level, i);
         self.generation += 1;
         flush.add_freed_table(c);
     }

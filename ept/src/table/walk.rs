@@ -185,7 +185,7 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
             };
             if let Some(entry) = self.uniform_leaf(child, leaf_level - 1) {
                 parent.store(i, entry);
-                self.note_freed(child);
+                self.note_freed(parent, leaf_level, i);
                 self.generation += 1;
                 self.leaves[leaf_level as usize - 2] -= ENTRIES;
                 self.leaves[leaf_level as usize - 1] += 1;
