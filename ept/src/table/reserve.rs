@@ -9,12 +9,16 @@ use super::raw::take_frame;
 use crate::frame::{FrameAlloc, PhysMapper};
 use crate::table::TableError;
 
-/// A stack of frames reserved for one operation. Small reservations (the common
-/// single-page case) do not touch the heap.
+/// The frames reserved for one operation, handed out in the order they were taken
+/// (so a range's tables lie in ascending addresses, as the allocator gave them, and
+/// a walk in GPA order streams through memory forwards). Small reservations (the
+/// common single-page case) do not touch the heap.
 pub(crate) struct Reserve {
     small: [HostPhysAddr; 4],
     small_len: usize,
     large: Vec<HostPhysAddr>,
+    /// How many of the frames (small ones first) were handed out.
+    taken: usize,
 }
 
 impl Reserve {
@@ -23,11 +27,12 @@ impl Reserve {
             small: [HostPhysAddr::new(0); 4],
             small_len: 0,
             large: Vec::new(),
+            taken: 0,
         }
     }
 
     fn push(&mut self, f: HostPhysAddr) {
-        if self.small_len < self.small.len() {
+        if self.small_len < self.small.len() && self.large.is_empty() {
             self.small[self.small_len] = f;
             self.small_len += 1;
         } else {
@@ -35,15 +40,16 @@ impl Reserve {
         }
     }
 
+    /// The next frame in the order taken.
     fn pop(&mut self) -> Option<HostPhysAddr> {
-        if let Some(f) = self.large.pop() {
-            return Some(f);
-        }
-        if self.small_len == 0 {
-            return None;
-        }
-        self.small_len -= 1;
-        Some(self.small[self.small_len])
+        let i = self.taken;
+        let f = if i < self.small_len {
+            self.small[i]
+        } else {
+            *self.large.get(i - self.small_len)?
+        };
+        self.taken += 1;
+        Some(f)
     }
 
     /// Reserves `counts[l]` frames for tables at level `l` (1..=3), highest level
@@ -80,7 +86,7 @@ impl Reserve {
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.small_len == 0 && self.large.is_empty()
+        self.taken == self.small_len + self.large.len()
     }
 }
 
