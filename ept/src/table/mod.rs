@@ -149,10 +149,10 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
         child: HostPhysAddr,
     ) {
         self.tables += 1;
-        let root = self.tbl(self.root);
-        let view = self.tbl(child);
-        self.shortcuts
-            .linked(root, parent, parent_level, i, (child, view));
+        if Shortcuts::watches(parent_level) {
+            let (root, child) = (self.tbl(self.root), self.tbl(child));
+            self.shortcuts.linked(root, parent, parent_level, i, child);
+        }
     }
 
     /// Records that the table under entry `i` of `parent` (at `parent_level`) was
@@ -160,24 +160,22 @@ impl<F: Stage2Format, M: PhysMapper> Stage2Table<F, M> {
     #[inline]
     pub(crate) fn note_freed(&mut self, parent: Tbl, parent_level: u8, i: usize) {
         self.tables -= 1;
-        let root = self.tbl(self.root);
-        self.shortcuts.freed(root, parent, parent_level, i);
+        if Shortcuts::watches(parent_level) {
+            let root = self.tbl(self.root);
+            self.shortcuts.freed(root, parent, parent_level, i);
+        }
     }
 
     /// Whether the shortcuts of `translate` show the tables of the tree (for the
     /// validator).
     pub(crate) fn shortcuts_agree(&self) -> bool {
         let table_at = |t: Tbl, i: usize, level: u8| match F::decode(t.load(i), level) {
-            EntryKind::Table(c) => Some(c),
+            EntryKind::Table(c) => Some(self.tbl(c)),
             _ => None,
         };
         let low = table_at(self.tbl(self.root), 0, 4);
-        let low_view = low.map(|l| self.tbl(l));
-        self.shortcuts.agrees(low.map(|l| (l, self.tbl(l))), |k| {
-            low_view
-                .and_then(|v| table_at(v, k, 3))
-                .map(|c| self.tbl(c))
-        })
+        self.shortcuts
+            .agrees(low, |k| low.and_then(|v| table_at(v, k, 3)))
     }
 
     /// The root table's frame.

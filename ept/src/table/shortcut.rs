@@ -14,8 +14,6 @@
 //! or a 1 GiB leaf) shows a static table of absent entries, so the fast path takes no
 //! extra branch and falls back to the full walk when it finds nothing.
 
-use memory_set::HostPhysAddr;
-
 use super::raw::{HeldTbl, Tbl};
 
 /// GiB of guest-physical space whose page directories are kept (a slot each).
@@ -26,11 +24,9 @@ const LOW_BITS: u8 = 39;
 
 /// The views (see the module).
 pub(crate) struct Shortcuts {
-    /// The level-3 table under the root's entry 0.
-    low: Option<HostPhysAddr>,
-    /// The view of `low`, or of no table.
+    /// The level-3 table under the root's entry 0, or no table.
     low_view: HeldTbl,
-    /// The page directory under entry `k` of `low`, or no table.
+    /// The page directory under entry `k` of that table, or no table.
     pd: [HeldTbl; PD_SLOTS],
     /// GPAs below this start at `low_view`: `min(2^39, 2^gpa_bits)`.
     pub(crate) low_limit: usize,
@@ -43,7 +39,6 @@ impl Shortcuts {
     pub(crate) fn new(gpa_bits: u8) -> Self {
         let limit = 1usize << gpa_bits;
         Shortcuts {
-            low: None,
             low_view: HeldTbl::empty(),
             pd: [HeldTbl::empty(); PD_SLOTS],
             low_limit: limit.min(1 << LOW_BITS),
@@ -63,9 +58,17 @@ impl Shortcuts {
         &self.pd[(g >> 30) & (PD_SLOTS - 1)]
     }
 
-    /// The table `child` (frame, and its view) was linked into entry `i` of `parent`
-    /// at `parent_level`; `root` is the table's root. Out of line: inlined, it weighed
-    /// on the register allocation of the loops around it (unmap's leaf loop).
+    /// Whether a table linked or freed under a table at `parent_level` can change a
+    /// view (only those under the root and under a level-3 table): checked inline, so
+    /// the page tables of a range cost no call.
+    #[inline(always)]
+    pub(crate) fn watches(parent_level: u8) -> bool {
+        parent_level >= 3
+    }
+
+    /// The table `child` was linked into entry `i` of `parent` at `parent_level`;
+    /// `root` is the table's root. Out of line: inlined, it weighed on the register
+    /// allocation of the loops around it (unmap's leaf loop).
     #[inline(never)]
     pub(crate) fn linked(
         &mut self,
@@ -73,15 +76,12 @@ impl Shortcuts {
         parent: Tbl,
         parent_level: u8,
         i: usize,
-        child: (HostPhysAddr, Tbl),
+        child: Tbl,
     ) {
         match parent_level {
-            4 if i == 0 && parent.same(root) => {
-                self.low = Some(child.0);
-                self.low_view = HeldTbl::of(child.1);
-            }
+            4 if i == 0 && parent.same(root) => self.low_view = HeldTbl::of(child),
             3 if i < PD_SLOTS && self.low_view.shows(Some(parent)) => {
-                self.pd[i] = HeldTbl::of(child.1);
+                self.pd[i] = HeldTbl::of(child);
             }
             _ => {}
         }
@@ -93,7 +93,6 @@ impl Shortcuts {
     pub(crate) fn freed(&mut self, root: Tbl, parent: Tbl, parent_level: u8, i: usize) {
         match parent_level {
             4 if i == 0 && parent.same(root) => {
-                self.low = None;
                 self.low_view = HeldTbl::empty();
                 // A level-3 table is freed only once empty: no directory is left.
                 self.pd = [HeldTbl::empty(); PD_SLOTS];
@@ -106,14 +105,12 @@ impl Shortcuts {
     }
 
     /// Whether the views show the tables the tree holds: `low` is the table under the
-    /// root's entry 0 (`low_entry`), and slot `k` the view of `pd_of(k)`.
+    /// root's entry 0, and slot `k` shows `pd_of(k)`.
     pub(crate) fn agrees(
         &self,
-        low: Option<(HostPhysAddr, Tbl)>,
+        low: Option<Tbl>,
         mut pd_of: impl FnMut(usize) -> Option<Tbl>,
     ) -> bool {
-        self.low == low.map(|l| l.0)
-            && self.low_view.shows(low.map(|l| l.1))
-            && (0..PD_SLOTS).all(|k| self.pd[k].shows(pd_of(k)))
+        self.low_view.shows(low) && (0..PD_SLOTS).all(|k| self.pd[k].shows(pd_of(k)))
     }
 }

@@ -730,10 +730,11 @@ fn leaf_slots<F: Stage2Format>(caps: Stage2Caps) {
     t.validate().unwrap();
 }
 
-/// `translate` starts below 512 GiB at a cached level-3 table: it must follow every
-/// change of the root's entry 0 (linked by `map_page`, by a 1 GiB `map_range` run,
-/// freed by `unmap_range`), and agree with a full walk above 512 GiB and at the
-/// width limit.
+/// `translate` starts below 64 GiB at a kept page directory and below 512 GiB at a
+/// kept level-3 table: the views must follow every link and free of those tables
+/// (`map_page`, 1 GiB and 2 MiB `map_range` runs, a split by `protect_range`,
+/// `collapse`, `unmap_range`), and every answer agree with the software walk, also
+/// past 64 GiB, past 512 GiB and at the width limit.
 fn translate_low_window<F: Stage2Format>(caps: Stage2Caps) {
     const LOW: usize = 1 << 39;
     let (mut a, mut t) = setup::<F>(caps);
